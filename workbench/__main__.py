@@ -1,0 +1,5 @@
+"""`python -m workbench` (what `accelerate launch -m workbench` runs)."""
+
+from workbench.cli import main
+
+raise SystemExit(main())

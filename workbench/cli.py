@@ -1,0 +1,181 @@
+"""`workbench <verb>`: parse, call one function, print. User-fixable errors print one message, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger("workbench")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. train.learning_rate=1e-5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Preference-tuning workbench")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("train", help="run one recipe in this process (or under accelerate launch)")
+    _add_recipe_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("launch", help="accelerate launch ... -m workbench train RECIPE")
+    _add_recipe_args(p)
+    p.add_argument("--accelerate-config", required=True, help="an accelerate config, e.g. accelerate_configs/cpu_ddp.yaml")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_launch)
+
+    p = verbs.add_parser("validate", help="check a recipe without loading weights")
+    _add_recipe_args(p)
+    p.add_argument("--accelerate-config", default=None, help="accelerate config used for the global batch")
+    p.set_defaults(func=cmd_validate)
+
+    data = verbs.add_parser("data", help="data layer commands").add_subparsers(dest="data_verb", required=True)
+    p = data.add_parser("prepare", help="write prepared splits, rejects and data_report.json to OUTPUT_DIR")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("inspect", help="print and write the data report with length plots")
+    p.add_argument("target", help="a recipe YAML or a data file / saved dataset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--format", default="auto", help="layout of a data file (auto, preference, conversational, hh-rlhf, labeled-pair)"
+    )
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory or id for token statistics (data files)")
+    p.add_argument("--out", default=None, help="where to write the report and plots")
+    p.set_defaults(func=cmd_data_inspect)
+
+    p = verbs.add_parser("tiny-model", help="write a tiny causal LM + tokenizer built offline")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from workbench.config import load_recipe
+    from workbench.runner import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe, resume=args.resume)
+    if result.run_dir and _is_main():
+        print(f"run complete: {result.run_dir} (model: {result.model_dir})")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from workbench.config import load_recipe
+    from workbench.launch import launch
+
+    load_recipe(args.recipe, args.overrides)  # fail fast, before spawning processes
+    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from workbench.validate import validate
+
+    report, problems = validate(args.recipe, args.overrides, args.accelerate_config)
+    print(report)
+    if problems:
+        print(f"\n{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    print("\nrecipe OK")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from workbench.config import load_recipe
+    from workbench.data.pipeline import prepare, save
+    from workbench.data.report import summary_lines
+    from workbench.models import load_tokenizer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    prepared = prepare(recipe.data, recipe.data_seed, load_tokenizer(recipe.model))
+    data_dir = save(prepared, recipe.output_dir)
+    print("\n".join(summary_lines(prepared.report)))
+    print(f"wrote {data_dir}/train, {data_dir}/eval and {Path(recipe.output_dir) / 'data_report.json'}")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from workbench.config import DataConfig, ModelConfig, SourceConfig, convert, load_recipe
+    from workbench.data.pipeline import prepare, write_json
+    from workbench.data.report import plot_lengths, summary_lines
+    from workbench.errors import RecipeError
+    from workbench.models import load_tokenizer
+
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(target, args.overrides)
+        data, seed, tok_cfg = recipe.data, recipe.data_seed, recipe.model
+        out = Path(args.out or Path(recipe.output_dir) / "inspect")
+    else:
+        problems: list[str] = []
+        convert(args.format, SourceConfig.__dataclass_fields__["format"].type, "--format", problems)
+        if problems:
+            raise RecipeError("data inspect", problems)
+        data = DataConfig(sources=[SourceConfig(path=args.target, format=args.format)], on_invalid="drop")
+        seed, tok_cfg = 0, ModelConfig(name_or_path=args.tokenizer) if args.tokenizer else None
+        out = Path(args.out or f"inspect-{target.name.split('.')[0]}")
+    prepared = prepare(data, seed, load_tokenizer(tok_cfg) if tok_cfg else None)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_lengths(prepared.tokenized, out) if prepared.tokenized else []
+    prepared.report["plots"] = [p.name for p in plots]
+    write_json(out / "data_report.json", prepared.report)
+    print("\n".join(summary_lines(prepared.report)))
+    print(f"wrote {out / 'data_report.json'}" + (f" and {len(plots)} plot(s)" if plots else " (no tokenizer: no token plots)"))
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from workbench.tiny import build_tiny_model
+
+    out = build_tiny_model(args.out_dir, seed=args.seed)
+    print(f"wrote tiny model and tokenizer to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def setup_logging() -> None:
+    level = logging.INFO if _is_main() else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,203 @@
+"""The one place where chat templates are applied and text becomes token ids.
+
+Every method gets its token ids from here, so a pair is tokenized and truncated the same way
+whether it feeds DPO, a reward model or evaluation. Truncation keeps the END of long prompts
+(the latest turns matter most) and the START of long responses, and is counted per split,
+including the pairs whose truncation removed every token where chosen and rejected differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from workbench.data.schema import Content, Message
+
+
+@dataclass(frozen=True)
+class TokenizationSettings:
+    max_length: int
+    max_prompt_length: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_truncated: bool
+    response_truncated: bool
+    lost_difference: bool
+    lengths: tuple[int, int, int]  # (prompt, chosen, rejected) tokens before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_truncated or self.response_truncated
+
+
+PLAIN_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def render_plain(messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+    """Messages -> text for tokenizers without a chat template (e.g. BERT-style reward models)."""
+    text = "\n\n".join(f"{PLAIN_ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+    return text + ("\n\nAssistant:" if add_generation_prompt else "")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _encode_text(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _encode_messages(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+    if has_chat_template(tokenizer):
+        return list(
+            tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+            )
+        )
+    return _encode_text(tokenizer, render_plain(messages, add_generation_prompt), special=True)
+
+
+def prompt_ids(tokenizer: Any, prompt: Content) -> list[int]:
+    """Token ids of a prompt, ready for generation (chat template with the generation prompt)."""
+    if isinstance(prompt, list):
+        return _encode_messages(tokenizer, prompt, add_generation_prompt=True)
+    return _encode_text(tokenizer, prompt, special=True)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def completion_ids(tokenizer: Any, prompt: Content, prompt_tokens: list[int], completion: Content) -> list[int]:
+    """Token ids of a completion after `prompt`, ending with EOS / the template's end-of-turn."""
+    if isinstance(prompt, list):
+        completion_msgs = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        full = _encode_messages(tokenizer, [*prompt, *completion_msgs], add_generation_prompt=False)
+        if not has_chat_template(tokenizer) and tokenizer.eos_token_id is not None:
+            full = full if full and full[-1] == tokenizer.eos_token_id else [*full, tokenizer.eos_token_id]
+        return full[common_prefix_length(prompt_tokens, full) :]
+    text = completion if isinstance(completion, str) else "\n".join(m["content"] for m in completion)
+    ids = _encode_text(tokenizer, text, special=False)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def truncate_pair(
+    prompt: list[int], chosen: list[int], rejected: list[int], settings: TokenizationSettings
+) -> tuple[list[int], list[int], list[int], bool, bool]:
+    """Fit prompt + each response into max_length: cut the prompt's start first, then the responses' ends.
+
+    Returns (prompt, chosen, rejected, prompt_truncated, response_truncated).
+    """
+    longest = max(len(chosen), len(rejected))
+    prompt_cut = response_cut = False
+    if len(prompt) + longest > settings.max_length and len(prompt) > settings.max_prompt_length:
+        prompt = prompt[-settings.max_prompt_length :]
+        prompt_cut = True
+    room = settings.max_length - len(prompt)
+    if longest > room:
+        chosen, rejected = chosen[:room], rejected[:room]
+        response_cut = True
+    return prompt, chosen, rejected, prompt_cut, response_cut
+
+
+def tokenize_pair(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedPair:
+    """A preference row -> truncated token ids plus what truncation did to it."""
+    p = prompt_ids(tokenizer, row["prompt"])
+    c = completion_ids(tokenizer, row["prompt"], p, row["chosen"])
+    r = completion_ids(tokenizer, row["prompt"], p, row["rejected"])
+    lengths = (len(p), len(c), len(r))
+    differed = c != r
+    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, settings)
+    return TokenizedPair(p, c, r, prompt_cut, response_cut, differed and c == r, lengths)
+
+
+def tokenize_preference_rows(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], settings: TokenizationSettings
+) -> list[TokenizedPair]:
+    return [tokenize_pair(tokenizer, row, settings) for row in rows]
+
+
+def length_stats(values: Sequence[int]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def pct(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "count": len(values),
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 2),
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "max": ordered[-1],
+    }
+
+
+def truncation_report(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
+    """Per-split counts of truncation, and of pairs truncation made useless (chosen == rejected)."""
+    return {
+        "pairs": len(pairs),
+        "truncated": sum(p.truncated for p in pairs),
+        "prompt_truncated": sum(p.prompt_truncated for p in pairs),
+        "response_truncated": sum(p.response_truncated for p in pairs),
+        "lost_difference": sum(p.lost_difference for p in pairs),
+    }
+
+
+def token_length_report(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
+    """Token length statistics before truncation, and the token-level length bias."""
+    chosen_longer = sum(p.lengths[1] > p.lengths[2] for p in pairs)
+    return {
+        "prompt": length_stats([p.lengths[0] for p in pairs]),
+        "chosen": length_stats([p.lengths[1] for p in pairs]),
+        "rejected": length_stats([p.lengths[2] for p in pairs]),
+        "chosen_longer_share": round(chosen_longer / len(pairs), 4) if pairs else None,
+    }
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Changes whenever tokenization could change: vocabulary, merges, special tokens, chat template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    return h.hexdigest()[:16]
+
+
+def describe_pair(tokenizer: Any, pair: TokenizedPair) -> str:
+    """Human-readable view of one tokenized pair: what the model sees and which tokens carry the loss."""
+
+    def span(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
+    lines = [
+        f"prompt   ({len(pair.prompt_ids)} tokens, no loss{', start cut' if pair.prompt_truncated else ''}): {span(pair.prompt_ids)!r}",
+        f"chosen   ({len(pair.chosen_ids)} tokens, in loss{', end cut' if pair.response_truncated else ''}): {span(pair.chosen_ids)!r}",
+        f"rejected ({len(pair.rejected_ids)} tokens, in loss{', end cut' if pair.response_truncated else ''}): {span(pair.rejected_ids)!r}",
+        "loss mask (chosen sequence): " + "".join("0" for _ in pair.prompt_ids) + "".join("1" for _ in pair.chosen_ids),
+        f"before truncation: prompt {pair.lengths[0]}, chosen {pair.lengths[1]}, rejected {pair.lengths[2]} tokens",
+    ]
+    if pair.lost_difference:
+        lines.append("WARNING: truncation removed every token where chosen and rejected differ")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Recipe `data:` section -> validated, deduplicated, split, mixed preference data plus its report.
+
+This is the only way methods get data: `prepare(recipe, tokenizer)` then `save(...)` into the
+run directory. Every row read ends up in exactly one place: train, eval, rejects or duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.config import DataConfig, effective_max_prompt_length
+from workbench.data import quality
+from workbench.data.formatting import (
+    TokenizationSettings,
+    TokenizedPair,
+    token_length_report,
+    tokenize_preference_rows,
+    tokenizer_fingerprint,
+    truncation_report,
+)
+from workbench.data.schema import Reject, empty_response_warning, pair_id, stable_hash, to_conversational
+from workbench.data.sources import Loaded, load_source
+from workbench.errors import DataError
+
+KEEP_COLUMNS = ("prompt", "chosen", "rejected", "pair_id", "source", "line")
+
+
+@dataclass
+class Prepared:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    rejects: list[Reject]
+    duplicates: list[dict[str, Any]]
+    report: dict[str, Any]
+    tokenized: dict[str, list[TokenizedPair]] = field(default_factory=dict)
+    settings: TokenizationSettings | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.report["fingerprints"]["data"]
+
+
+def tokenization_settings(data: DataConfig) -> TokenizationSettings:
+    return TokenizationSettings(max_length=data.max_length, max_prompt_length=effective_max_prompt_length(data))
+
+
+def read_sources(data: DataConfig) -> tuple[list[Loaded], list[Reject], list[dict[str, Any]]]:
+    """Every row of every source, as kept rows and rejects, plus per-source counts."""
+    loaded: list[Loaded] = []
+    rejects: list[Reject] = []
+    per_source = []
+    for index, src in enumerate(data.sources):
+        kept = bad = 0
+        for item in load_source(src, index):
+            if isinstance(item, Reject):
+                rejects.append(item)
+                bad += 1
+            else:
+                loaded.append(item)
+                kept += 1
+        label = src.path if src.path is not None else f"synthetic:{src.synthetic.task}"  # type: ignore[union-attr]
+        per_source.append({"source": label, "rows_read": kept + bad, "valid": kept, "invalid": bad, "weight": src.weight})
+    return loaded, rejects, per_source
+
+
+def raise_for_rejects(rejects: list[Reject]) -> None:
+    if not rejects:
+        return
+    first = rejects[0]
+    more = len(rejects) - 1
+    tail = f" ({more} more invalid row{'s' if more != 1 else ''} follow)" if more else ""
+    raise DataError(
+        f"{first.location()}: {first.reason}{tail}. Fix the data, or set `data.on_invalid: drop` "
+        "to keep the good rows and write the bad ones to OUTPUT_DIR/data/rejects.jsonl."
+    )
+
+
+def to_rows(loaded: list[Loaded]) -> list[dict[str, Any]]:
+    rows = [{**item.row, "source": item.source, "line": item.line, "_src": item.source_index} for item in loaded]
+    if len({isinstance(r["prompt"], list) for r in rows}) > 1:  # one column type per field
+        rows = [to_conversational(r) for r in rows]
+    for r in rows:
+        r["pair_id"] = pair_id(r)
+    return rows
+
+
+def remove_duplicates(rows: list[dict[str, Any]], data: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows kept, and a record per duplicate naming the row it duplicates."""
+    if data.dedup == "none":
+        return rows, []
+    found = {i: (j, "exact") for i, j in quality.exact_duplicates(rows).items()}
+    if data.dedup == "near":
+        rest = [i for i in range(len(rows)) if i not in found]
+        near = quality.near_duplicates([rows[i] for i in rest], data.near_dup_threshold)
+        found.update({rest[i]: (rest[j], "near") for i, j in near.items()})
+    dup_records = [
+        {
+            "source": rows[i]["source"],
+            "line": rows[i]["line"],
+            "pair_id": rows[i]["pair_id"],
+            "kind": kind,
+            "duplicate_of": {"source": rows[j]["source"], "line": rows[j]["line"], "pair_id": rows[j]["pair_id"]},
+        }
+        for i, (j, kind) in sorted(found.items())
+    ]
+    return [r for i, r in enumerate(rows) if i not in found], dup_records
+
+
+def apply_mixture(train: list[dict[str, Any]], data: DataConfig, seed: int) -> list[dict[str, Any]]:
+    """Sample each source's training rows by its weight (seeded); eval rows are never resampled."""
+    if all(src.weight == 1.0 for src in data.sources):
+        return train
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for index, src in enumerate(data.sources):
+        own = [r for r in train if r["_src"] == index]
+        out.extend(own[i] for i in quality.mixture_indices(len(own), src.weight, rng))
+    return out
+
+
+def prepare(data: DataConfig, seed: int, tokenizer: Any = None) -> Prepared:
+    """Run the whole data layer. Raises DataError for bad rows when `on_invalid: error`."""
+    loaded, rejects, per_source = read_sources(data)
+    if data.on_invalid == "error":
+        raise_for_rejects(rejects)
+    rows = to_rows(loaded)
+    warnings = Counter(w for w in (empty_response_warning(r) for r in rows) if w)
+    rows, duplicates = remove_duplicates(rows, data)
+    eval_rows = [r for r in rows if quality.is_eval(r, data.eval_split, data.split_by)]
+    train_rows = [r for r in rows if not quality.is_eval(r, data.eval_split, data.split_by)]
+    for entry, index in zip(per_source, range(len(data.sources))):
+        entry["train"] = sum(r["_src"] == index for r in train_rows)
+        entry["eval"] = sum(r["_src"] == index for r in eval_rows)
+    train_rows = apply_mixture(train_rows, data, seed)
+    for entry, index in zip(per_source, range(len(data.sources))):
+        entry["train_after_mixture"] = sum(r["_src"] == index for r in train_rows)
+    if not train_rows:
+        raise DataError("no training rows left after validation, dedup and split; check `data.sources` and `data.eval_split`")
+    train = [{k: r[k] for k in KEEP_COLUMNS} for r in train_rows]
+    evals = [{k: r[k] for k in KEEP_COLUMNS} for r in eval_rows]
+    report = build_report(data, per_source, rejects, duplicates, warnings, train, evals)
+    prepared = Prepared(train, evals, rejects, duplicates, report)
+    if tokenizer is not None:
+        add_token_report(prepared, tokenizer, tokenization_settings(data))
+    return prepared
+
+
+def build_report(
+    data: DataConfig,
+    per_source: list[dict[str, Any]],
+    rejects: list[Reject],
+    duplicates: list[dict[str, Any]],
+    warnings: Counter,
+    train: list[dict[str, Any]],
+    evals: list[dict[str, Any]],
+) -> dict[str, Any]:
+    rows_read = sum(s["rows_read"] for s in per_source)
+    dropped = len(rejects) if data.on_invalid == "drop" else 0
+    train_fp = stable_hash([r["pair_id"] for r in train])
+    eval_fp = stable_hash([r["pair_id"] for r in evals])
+    return {
+        "sources": per_source,
+        "rows_read": rows_read,
+        "kept": rows_read - dropped - len(duplicates),
+        "dropped": {"total": dropped, "by_reason": quality.count_reasons([r.reason for r in rejects])},
+        "warnings": dict(warnings),
+        "duplicates": {
+            "mode": data.dedup,
+            "removed": len(duplicates),
+            "exact": sum(d["kind"] == "exact" for d in duplicates),
+            "near": sum(d["kind"] == "near" for d in duplicates),
+        },
+        "split": {"by": data.split_by, "eval_split": data.eval_split, "train": len(train), "eval": len(evals)},
+        "contamination": quality.contamination(train, evals),
+        "length_bias": {"train": quality.length_bias(train), "eval": quality.length_bias(evals)},
+        "fingerprints": {"train": train_fp[:16], "eval": eval_fp[:16], "data": stable_hash([train_fp, eval_fp])[:16]},
+    }
+
+
+def add_token_report(prepared: Prepared, tokenizer: Any, settings: TokenizationSettings) -> None:
+    """Tokenize both splits once (methods reuse it) and add token lengths and truncation to the report."""
+    prepared.settings = settings
+    prepared.tokenized = {
+        "train": tokenize_preference_rows(tokenizer, prepared.train, settings),
+        "eval": tokenize_preference_rows(tokenizer, prepared.eval, settings),
+    }
+    prepared.report["tokenization"] = {**settings.to_dict(), "tokenizer": tokenizer_fingerprint(tokenizer)}
+    prepared.report["tokens"] = {name: token_length_report(p) for name, p in prepared.tokenized.items()}
+    prepared.report["truncation"] = {name: truncation_report(p) for name, p in prepared.tokenized.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def save(prepared: Prepared, output_dir: str | Path) -> Path:
+    """Write data/train, data/eval (save_to_disk), rejects.jsonl, duplicates.jsonl and data_report.json."""
+    from datasets import Dataset
+
+    out = Path(output_dir)
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", prepared.train), ("eval", prepared.eval)):
+        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in KEEP_COLUMNS})
+        dataset.save_to_disk(str(data_dir / name))
+    for name, records in (("rejects.jsonl", [r.to_json() for r in prepared.rejects]), ("duplicates.jsonl", prepared.duplicates)):
+        if records:
+            write_jsonl(data_dir / name, records)
+        elif (data_dir / name).exists():
+            (data_dir / name).unlink()
+    write_json(out / "data_report.json", prepared.report)
+    return data_dir
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)

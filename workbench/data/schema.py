@@ -1,0 +1,140 @@
+"""Canonical records and their validation.
+
+A preference record is {prompt, chosen, rejected}; a prompt-only record is {prompt}; an SFT
+record is {prompt, completion}. Each field is either text (str) or conversational (a list of
+{role, content} messages), the two forms TRL trainers accept. Records also carry provenance
+(`source`, `line`) and a stable `pair_id` once normalized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+PROMPT_FIELDS = ("prompt",)
+SFT_FIELDS = ("prompt", "completion")
+
+Message = dict[str, str]
+Content = str | list[Message]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A row that was not kept, with where it came from and why."""
+
+    source: str
+    line: int
+    reason: str
+    row: Any = None
+
+    def location(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "reason": self.reason, "row": self.row}
+
+
+def is_conversational(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def message_list_problem(value: list[Any], name: str) -> str | None:
+    """Why `value` is not a well-formed message list, or None."""
+    if not value:
+        return f"field '{name}' is an empty message list"
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            return f"field '{name}' message {i} is not an object"
+        if "role" not in msg or "content" not in msg:
+            missing = "role" if "role" not in msg else "content"
+            return f"field '{name}' message {i} lacks '{missing}'"
+        if msg["role"] not in ROLES:
+            return f"field '{name}' message {i} has unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
+        if not isinstance(msg["content"], str):
+            return f"field '{name}' message {i} content is not a string"
+    return None
+
+
+def field_problem(row: dict[str, Any], name: str) -> str | None:
+    """Why field `name` of `row` is unusable, or None."""
+    if name not in row:
+        return f"missing field '{name}'"
+    value = row[name]
+    if value is None:
+        return f"field '{name}' is null"
+    if isinstance(value, list):
+        return message_list_problem(value, name)
+    if not isinstance(value, str):
+        return f"field '{name}' is not a string or message list (got {type(value).__name__})"
+    return None
+
+
+def text_of(value: Content) -> str:
+    """The plain text of a field: the string, or the messages' contents joined."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(m["content"] for m in value)
+
+
+def preference_problem(row: dict[str, Any]) -> str | None:
+    """Why a canonical preference row is invalid, or None. Empty responses are valid (warned)."""
+    for name in PREFERENCE_FIELDS:
+        problem = field_problem(row, name)
+        if problem:
+            return problem
+    if not text_of(row["prompt"]).strip():
+        return "empty prompt"
+    if is_conversational(row["chosen"]) != is_conversational(row["rejected"]):
+        return "chosen and rejected mix text and message-list forms"
+    if normalize(row["chosen"]) == normalize(row["rejected"]):
+        return "chosen identical to rejected"
+    return None
+
+
+def empty_response_warning(row: dict[str, Any]) -> str | None:
+    for name in ("chosen", "rejected"):
+        if not text_of(row[name]).strip():
+            return f"empty {name} response"
+    return None
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalize(value: Content) -> Any:
+    """Whitespace-folded form used for ids and dedup (trailing/duplicate spaces never make pairs differ)."""
+    if isinstance(value, str):
+        return _WS.sub(" ", value).strip()
+    return [{"role": m["role"], "content": _WS.sub(" ", m["content"]).strip()} for m in value]
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def pair_id(row: dict[str, Any]) -> str:
+    """Stable id of a preference pair: a hash of its normalized fields, whatever file or order it came from."""
+    return stable_hash([normalize(row[name]) for name in PREFERENCE_FIELDS])[:32]
+
+
+def prompt_id(prompt: Content) -> str:
+    return stable_hash(normalize(prompt))[:32]
+
+
+def as_messages(value: Content, role: str) -> list[Message]:
+    """Text -> a one-message list with `role`; messages unchanged."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row with every field as messages (prompt as user, responses as assistant)."""
+    out = dict(row)
+    out["prompt"] = as_messages(row["prompt"], "user")
+    out["chosen"] = as_messages(row["chosen"], "assistant")
+    out["rejected"] = as_messages(row["rejected"], "assistant")
+    return out

@@ -1,0 +1,360 @@
+"""Loaders: files, saved datasets and hub ids -> raw rows with provenance -> canonical preference rows.
+
+Each raw row keeps `source` and `line` (the 1-based line for line-oriented files, the row
+number otherwise) so that every rejected row can be reported as `file:line`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.config import LabelSpec, SourceConfig
+from workbench.data import synthetic
+from workbench.data.schema import Message, Reject, preference_problem
+from workbench.errors import DataError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class RawRow:
+    source: str
+    line: int
+    row: Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def _base_suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return Path(name).suffix
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue  # blank lines are not rows
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Reject(label, number, f"not valid JSON ({exc.msg})", line.rstrip("\n")[:500])
+                continue
+            if not isinstance(row, dict):
+                yield Reject(label, number, f"not a JSON object (got {type(row).__name__})", row)
+                continue
+            yield RawRow(label, number, row)
+
+
+def read_json(path: Path, label: str) -> Iterator[RawRow | Reject]:
+    with _open_text(path) as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines saved as .json
+            yield from read_jsonl(path, label)
+            return
+        raise DataError(f"{label}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file or save it as JSON Lines") from None
+    if isinstance(data, dict):
+        rows = next((data[k] for k in ("data", "rows", "examples") if isinstance(data.get(k), list)), None)
+        if rows is None:
+            raise DataError(
+                f"{label}: a .json file must hold a list of rows (or {{'data': [...]}}), got an object with keys {sorted(data)[:8]}"
+            )
+        data = rows
+    if not isinstance(data, list):
+        raise DataError(f"{label}: a .json file must hold a list of rows, got {type(data).__name__}")
+    for number, row in enumerate(data, start=1):
+        if isinstance(row, dict):
+            yield RawRow(label, number, row)
+        else:
+            yield Reject(label, number, f"not a JSON object (got {type(row).__name__})", row)
+
+
+def _maybe_json_cell(value: Any) -> Any:
+    """CSV cells holding message lists are JSON text."""
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def read_csv(path: Path, label: str) -> Iterator[RawRow | Reject]:
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
+
+
+def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
+    import pyarrow.parquet as pq
+
+    source: Any = path
+    if path.name.lower().endswith(".gz"):
+        source = io.BytesIO(gzip.open(path, "rb").read())
+    for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
+        yield RawRow(label, number, row)
+
+
+READERS: dict[str, Callable[[Path, str], Iterator[RawRow | Reject]]] = {
+    ".jsonl": read_jsonl,
+    ".json": read_json,
+    ".csv": read_csv,
+    ".parquet": read_parquet,
+}
+
+
+def read_dataset_rows(dataset: Any, label: str) -> Iterator[RawRow]:
+    for number, row in enumerate(dataset, start=1):
+        yield RawRow(label, number, dict(row))
+
+
+def read_saved(path: Path, split: str) -> Iterator[RawRow | Reject]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: saved DatasetDict has no split '{split}'; set `split:` to one of {sorted(ds)}")
+        ds = ds[split]
+    yield from read_dataset_rows(ds, str(path))
+
+
+def read_hub(src: SourceConfig) -> Iterator[RawRow | Reject]:
+    from datasets import load_dataset
+
+    assert src.path is not None
+    try:
+        ds = load_dataset(src.path, src.name, split=src.split)
+    except Exception as exc:  # the hub raises many types; all mean "cannot load this id"
+        raise DataError(
+            f"data source '{src.path}': not a local file or directory, and loading it as a hub dataset failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the path, or the id and network."
+        ) from None
+    yield from read_dataset_rows(ds, f"{src.path}[{src.split}]")
+
+
+def looks_like_local_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or _base_suffix(Path(text)) in FILE_SUFFIXES
+
+
+def iter_raw(src: SourceConfig) -> Iterator[RawRow | Reject]:
+    """Raw rows (or rejects for unreadable lines) of one source, in file order."""
+    if src.synthetic is not None:
+        label = f"synthetic:{src.synthetic.task}"
+        for number, row in enumerate(synthetic.generate(src.synthetic), start=1):
+            yield RawRow(label, number, row)
+        return
+    assert src.path is not None
+    path = Path(src.path).expanduser()
+    if path.is_dir():
+        yield from read_saved(path, src.split)
+    elif path.is_file():
+        reader = READERS.get(_base_suffix(path))
+        if reader is None:
+            raise DataError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
+        yield from reader(path, str(src.path))
+    elif looks_like_local_path(src.path):
+        raise DataError(f"data source '{src.path}' not found (relative paths are resolved from {Path.cwd()})")
+    else:
+        yield from read_hub(src)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts -> canonical preference rows
+
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+
+
+def split_hh_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """Split two HH-RLHF dialogues at the last Assistant marker inside their common prefix.
+
+    Returns (shared dialogue ending with the marker, chosen tail, rejected tail), or None when
+    the common prefix holds no Assistant marker. Exact even when a response contains markers.
+    """
+    limit = min(len(chosen), len(rejected))
+    common = 0
+    while common < limit and chosen[common] == rejected[common]:
+        common += 1
+    cut = chosen.rfind(ASSISTANT, 0, common)
+    if cut < 0 or cut + len(ASSISTANT) > common:
+        return None
+    cut += len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def parse_hh_dialogue(text: str) -> list[Message]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b...' -> [{user: a}, {assistant: b}, ...] (stripped contents)."""
+    messages: list[Message] = []
+    pos = 0
+    markers = ((HUMAN, "user"), (ASSISTANT, "assistant"))
+    current: str | None = None
+    start = 0
+    while True:
+        found = [(text.find(marker, pos), marker, role) for marker, role in markers]
+        found = [f for f in found if f[0] >= 0]
+        if not found:
+            break
+        index, marker, role = min(found)
+        if current is not None:
+            messages.append({"role": current, "content": text[start:index].strip()})
+        elif text[:index].strip():
+            messages.append({"role": "system", "content": text[:index].strip()})
+        current, start = role, index + len(marker)
+        pos = start
+    if current is not None:
+        messages.append({"role": current, "content": text[start:].strip()})
+    return messages
+
+
+def hh_to_preference(row: dict[str, Any]) -> dict[str, Any] | str:
+    for name in ("chosen", "rejected"):
+        if not isinstance(row.get(name), str):
+            return f"field '{name}' is missing or not a string (hh-rlhf rows hold whole dialogues)"
+    chosen, rejected = row["chosen"], row["rejected"]
+    if chosen.startswith("Human:"):
+        chosen, rejected = "\n\n" + chosen, "\n\n" + rejected
+    parts = split_hh_pair(chosen, rejected)
+    if parts is None:
+        return "hh-rlhf: chosen and rejected share no dialogue ending in '\\n\\nAssistant:'"
+    shared, chosen_tail, rejected_tail = parts
+    prompt = parse_hh_dialogue(shared[: -len(ASSISTANT)])
+    if not prompt or prompt[-1]["role"] != "user":
+        return "hh-rlhf: the shared dialogue does not end with a Human turn"
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen_tail.strip()}],
+        "rejected": [{"role": "assistant", "content": rejected_tail.strip()}],
+    }
+
+
+def implicit_messages_to_preference(row: dict[str, Any]) -> dict[str, Any] | str:
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        return "no 'prompt' field, and chosen/rejected are not message lists to take a shared prompt from"
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == len(chosen) and shared == len(rejected):
+        return "chosen identical to rejected"
+    return {**row, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+
+
+def _label_matches(value: Any, expected: Any) -> bool:
+    return value == expected or str(value).strip() == str(expected).strip()
+
+
+def labeled_to_preference(row: dict[str, Any], spec: LabelSpec) -> dict[str, Any] | str:
+    for column in (spec.prompt, spec.first, spec.second, spec.label):
+        if column not in row:
+            return f"missing field '{column}' (labeled-pair spec)"
+    label = row[spec.label]
+    if _label_matches(label, spec.first_value):
+        chosen, rejected = row[spec.first], row[spec.second]
+    elif _label_matches(label, spec.second_value):
+        chosen, rejected = row[spec.second], row[spec.first]
+    else:
+        return f"label {label!r} is neither {spec.first_value!r} nor {spec.second_value!r}"
+    return {"prompt": row[spec.prompt], "chosen": chosen, "rejected": rejected}
+
+
+def detect_format(row: dict[str, Any], src: SourceConfig) -> str:
+    """Guess the layout from one row's columns."""
+    spec = src.label or LabelSpec()
+    keys = set(row)
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return "preference"
+    if {spec.prompt, spec.first, spec.second, spec.label} <= keys:
+        return "labeled-pair"
+    if {"chosen", "rejected"} <= keys:
+        if isinstance(row["chosen"], list):
+            return "conversational"
+        if isinstance(row["chosen"], str) and row["chosen"].lstrip("\n").startswith("Human:"):
+            return "hh-rlhf"
+    raise DataError(
+        f"{src.path}: cannot tell the data layout from columns {sorted(keys)}; rename columns with "
+        "`columns: {prompt: ..., chosen: ..., rejected: ...}` or set `format:` (preference, conversational, hh-rlhf, labeled-pair)"
+    )
+
+
+def rename_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any] | str:
+    out = dict(row)
+    for canonical, column in columns.items():
+        if column not in row:
+            return f"missing field '{column}' (mapped to '{canonical}' by `columns`)"
+        out[canonical] = out.pop(column)
+    return out
+
+
+def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str, Any] | str:
+    """One raw row -> a canonical preference row, or the reason it is invalid."""
+    if fmt == "hh-rlhf":
+        result = hh_to_preference(row)
+    elif fmt == "labeled-pair":
+        result = labeled_to_preference(row, src.label or LabelSpec())
+    elif "prompt" not in row and fmt == "conversational":
+        result = implicit_messages_to_preference(row)
+    else:
+        result = {k: row.get(k) for k in ("prompt", "chosen", "rejected") if k in row}
+    if isinstance(result, str):
+        return result
+    problem = preference_problem(result)
+    if problem:
+        return problem
+    if fmt == "conversational" and not all(isinstance(result[k], list) for k in ("prompt", "chosen", "rejected")):
+        return "format is conversational but a field is text, not a message list"
+    return {k: result[k] for k in ("prompt", "chosen", "rejected")}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A canonical row with its provenance."""
+
+    source: str
+    line: int
+    row: dict[str, Any]
+    source_index: int
+
+
+def load_source(src: SourceConfig, source_index: int) -> Iterator[Loaded | Reject]:
+    """Canonical preference rows of one source, and a Reject for every row that cannot be used."""
+    fmt = None if src.format == "auto" else src.format
+    for item in iter_raw(src):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        row = rename_columns(item.row, src.columns) if src.columns else item.row
+        if isinstance(row, str):
+            yield Reject(item.source, item.line, row, item.row)
+            continue
+        if fmt is None:
+            fmt = detect_format(row, src)
+        result = to_preference(row, fmt, src)
+        if isinstance(result, str):
+            yield Reject(item.source, item.line, result, item.row)
+        else:
+            yield Loaded(item.source, item.line, result, source_index)

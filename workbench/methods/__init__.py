@@ -1,0 +1,19 @@
+"""One module per method, each exposing `run(ctx: RunContext) -> RunResult`."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from workbench.errors import WorkbenchError
+
+METHOD_MODULES = {
+    "dpo": "workbench.methods.dpo",
+}
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHOD_MODULES:
+        available = ", ".join(sorted(METHOD_MODULES))
+        raise WorkbenchError(f"method '{name}' is not available in this version of the workbench (available: {available})")
+    return importlib.import_module(METHOD_MODULES[name])

@@ -1,0 +1,86 @@
+"""DPO and its loss family on TRL's DPOTrainer, fed pre-tokenized pairs from the shared data layer."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from trl import DPOTrainer
+
+from workbench.config import ModelConfig
+from workbench.methods import hf
+from workbench.models import apply_lora, load_causal_lm
+
+if TYPE_CHECKING:
+    from workbench.runner import RunContext, RunResult
+
+log = logging.getLogger("workbench")
+
+
+class PretokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends)."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def token_dataset(pairs: list[Any]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt_ids": [p.prompt_ids for p in pairs],
+            "chosen_ids": [p.chosen_ids for p in pairs],
+            "rejected_ids": [p.rejected_ids for p in pairs],
+        }
+    )
+
+
+def reference_model(ctx: RunContext, args: Any) -> tuple[Any, str]:
+    """The frozen reference and how it was chosen (recorded in the manifest)."""
+    ref = ctx.recipe.reference
+    if ref.name_or_path:
+        cfg = ModelConfig(
+            name_or_path=ref.name_or_path, dtype=ctx.recipe.model.dtype, trust_remote_code=ctx.recipe.model.trust_remote_code
+        )
+        return load_causal_lm(cfg, ctx.tokenizer), f"separate model {ref.name_or_path}"
+    if ctx.recipe.model.lora is not None:
+        return None, "policy base with adapters disabled"
+    if ref.precompute_log_probs:
+        return None, "precomputed log-probs of the initial policy"
+    return None, f"frozen copy of {ctx.recipe.model.name_or_path}"
+
+
+def run(ctx: RunContext) -> RunResult:
+    from workbench.runner import RunResult
+
+    recipe = ctx.recipe
+    args = hf.training_args(
+        ctx,
+        max_length=recipe.data.max_length,
+        precompute_ref_log_probs=recipe.reference.precompute_log_probs,
+    )
+    if args.fp16:
+        log.warning("fp16 with DPO is a known source of NaN losses (log-prob sums overflow); prefer bf16")
+    model = load_causal_lm(recipe.model, ctx.tokenizer)
+    if recipe.model.lora is not None:
+        model = apply_lora(model, recipe.model, task_type="CAUSAL_LM")
+    ref, ref_kind = reference_model(ctx, args)
+    ctx.tracker.update_manifest(reference=ref_kind)
+    eval_pairs = ctx.data.tokenized.get("eval") or []
+    trainer = PretokenizedDPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=token_dataset(ctx.data.tokenized["train"]),
+        eval_dataset=token_dataset(eval_pairs) if eval_pairs else None,
+        processing_class=ctx.tokenizer,
+        callbacks=hf.callbacks(ctx),
+    )
+    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    if eval_pairs:
+        trainer.evaluate()
+    model_dir = hf.export(trainer, ctx)
+    return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer))

@@ -1,0 +1,156 @@
+"""Load policies, references and reward models: explicit dtype, pad token, LoRA / QLoRA, safetensors only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from workbench.config import ModelConfig
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger("workbench")
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def model_location_problem(name_or_path: str) -> str | None:
+    """Why `name_or_path` cannot be a model, checked without loading weights; None if it looks fine."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else f"model directory '{name_or_path}' has no config.json"
+    if path.exists():
+        return f"model path '{name_or_path}' is a file; give the directory holding config.json"
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return f"model '{name_or_path}' not found (relative paths are resolved from {Path.cwd()}); build one with `workbench tiny-model DIR`"
+    return None  # a hub id: checked when loaded
+
+
+def checkpoint_dtype_name(cfg: ModelConfig) -> str | None:
+    """The dtype the checkpoint declares in its config, if any."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
+def resolve_dtype(requested: str, stored: str | None) -> str:
+    """`auto` -> the checkpoint's own dtype (float32 when it declares none); warn on a lossy mismatch."""
+    if requested == "auto":
+        return stored if stored in DTYPE_NAMES else "float32"
+    if stored in DTYPE_NAMES and stored != requested:
+        lossy = {stored, requested} == {"bfloat16", "float16"}
+        log.warning(
+            "model weights are stored as %s but the recipe loads them as %s%s",
+            stored,
+            requested,
+            " - bf16 weights loaded as fp16 overflow and ruin models; use bfloat16 or auto" if lossy else "",
+        )
+    return requested
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer, with a pad token guaranteed (the EOS token when the checkpoint has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    return tokenizer
+
+
+def _common_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "revision": cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "use_safetensors": True,
+        "dtype": torch_dtype(resolve_dtype(cfg.dtype, checkpoint_dtype_name(cfg))),
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.quantization:
+        kwargs["quantization_config"] = quantization_config(cfg)
+    return kwargs
+
+
+def _sync_pad(model: Any, tokenizer: Any) -> Any:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer: Any) -> Any:
+    """A causal LM as the recipe describes it (dtype, attention, quantization), pad token in its config."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **_common_kwargs(cfg))
+    except OSError as exc:
+        raise WorkbenchError(f"cannot load model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
+    return _sync_pad(model, tokenizer)
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer: Any) -> Any:
+    """A one-label sequence-classification model (decoder or encoder backbone) with pad_token_id set."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.name_or_path, num_labels=1, **_common_kwargs(cfg))
+    except OSError as exc:
+        raise WorkbenchError(f"cannot load reward model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
+    return _sync_pad(model, tokenizer)
+
+
+def quantization_config(cfg: ModelConfig) -> Any:
+    """bitsandbytes config for QLoRA; refuses clearly where it cannot work."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkbenchError("`model.quantization` (QLoRA) needs a CUDA GPU; remove it to train on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise WorkbenchError("`model.quantization` needs bitsandbytes: pip install 'workbench[qlora]'")
+    if cfg.lora is None:
+        raise WorkbenchError("`model.quantization` trains LoRA adapters on a frozen quantized base; set `model.lora` too")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
+
+
+def lora_config(cfg: ModelConfig, task_type: str) -> Any:
+    """peft LoraConfig from `model.lora` (fields passed through), task type set by the method."""
+    from peft import LoraConfig
+
+    fields = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear", **(cfg.lora or {})}
+    return LoraConfig(task_type=task_type, **fields)
+
+
+def apply_lora(model: Any, cfg: ModelConfig, task_type: str) -> Any:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.quantization:
+        model = prepare_model_for_kbit_training(model)
+    return get_peft_model(model, lora_config(cfg, task_type))

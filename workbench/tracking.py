@@ -1,0 +1,240 @@
+"""One tracking interface: W&B run, `metrics.jsonl`, `manifest.json` and `recipe.yaml`.
+
+Only the main process writes. `metrics.jsonl` holds exactly the keys sent to W&B. Secrets
+(tokens, keys, passwords, and the values of the usual secret environment variables) never
+reach the recipe copy, the manifest, the metrics or the W&B config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from workbench.config import Recipe, dump_yaml, resolved_dict
+
+REDACTED = "***REDACTED***"
+SECRET_NAME = re.compile(r"(token|secret|passw|api_?key|_key$|^key$|credential|auth)", re.IGNORECASE)
+# Names that match the pattern but hold no secret.
+NOT_SECRET = {
+    "pad_token",
+    "eos_token",
+    "bos_token",
+    "unk_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "max_new_tokens",
+    "push_to_hub_token",
+    "include_num_input_tokens_seen",
+    "average_tokens_across_devices",
+    "include_tokens_per_second",
+    "sort_key",
+    "key",
+}
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY")
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "wandb", "workbench")
+
+
+def _secret_values() -> list[str]:
+    values = [os.environ[name] for name in SECRET_ENV if os.environ.get(name)]
+    values += [v for k, v in os.environ.items() if SECRET_NAME.search(k) and k not in NOT_SECRET and len(v) >= 8]
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of `obj` with secret-named string fields and any secret env value replaced."""
+    secrets = _secret_values() if secrets is None else secrets
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            name = str(key)
+            if isinstance(value, str) and value and SECRET_NAME.search(name) and name not in NOT_SECRET:
+                out[key] = REDACTED
+            else:
+                out[key] = redact(value, secrets)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        for secret in secrets:
+            obj = obj.replace(secret, REDACTED)
+        return obj
+    return obj
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_state(cwd: str | Path = ".") -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain")) if commit else None}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def wandb_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class Tracker:
+    """Writes the run directory's records and mirrors metrics to W&B; a no-op off the main process."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, is_main: bool = True, world_size: int = 1):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.is_main = is_main
+        self.world_size = world_size
+        self.wandb_run: Any = None
+        self.manifest: dict[str, Any] = {}
+        self._t0 = time.time()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, extra: dict[str, Any] | None = None) -> None:
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = redact(resolved_dict(self.recipe))
+        (self.run_dir / "recipe.yaml").write_text(dump_yaml(resolved), encoding="utf-8")
+        self.manifest = {
+            "status": "running",
+            "method": self.recipe.method,
+            "started_at": now(),
+            "ended_at": None,
+            "command": redact(sys.argv),
+            "world_size": self.world_size,
+            "versions": package_versions(),
+            "git": git_state(),
+            "hardware": hardware(),
+            **(extra or {}),
+        }
+        self._write_manifest()
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._start_wandb(resolved)
+
+    def _start_wandb(self, resolved: dict[str, Any]) -> None:
+        cfg = self.recipe.tracking
+        mode = wandb_mode(cfg.mode)
+        if mode == "disabled":
+            return
+        import wandb
+
+        self.wandb_run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            job_type=cfg.job_type or self.recipe.method,
+            tags=cfg.tags or None,
+            name=cfg.name or self.run_dir.name,
+            mode=mode,
+            dir=str(self.run_dir),
+            config=redact({"recipe": resolved, "manifest": self.manifest}),
+            reinit="finish_previous",
+        )
+        self.update_manifest(wandb={"mode": mode, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir)})
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if not self.is_main:
+            return
+        self.update_manifest(
+            status=status,
+            ended_at=now(),
+            wall_seconds=round(time.time() - self._t0, 2),
+            **({"error": redact(error)} if error else {}),
+        )
+        if getattr(self, "metrics_file", None):
+            self.metrics_file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
+            self.wandb_run = None
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """One line in metrics.jsonl and the same keys to W&B."""
+        if not self.is_main or not metrics:
+            return
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
+        self.metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(clean, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.is_main and self.wandb_run is not None:
+            self.wandb_run.summary.update(redact(values))
+
+    def update_manifest(self, **fields: Any) -> None:
+        if not self.is_main:
+            return
+        self.manifest.update(redact(fields))
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        path = self.run_dir / "manifest.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers Trainer -> Tracker
+
+
+def metric_name(key: str) -> str:
+    """Trainer log keys -> W&B names: `loss` -> `train/loss`, `eval_rewards/accuracies` -> `eval/rewards/accuracies`."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_") :]
+    if key.startswith("train_"):
+        return "train/" + key[len("train_") :]
+    return "train/" + key
+
+
+def trainer_callback(tracker: Tracker) -> Any:
+    """A transformers TrainerCallback forwarding every log to the tracker."""
+    from transformers import TrainerCallback
+
+    class TrackingCallback(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if logs and state.is_world_process_zero:
+                tracker.log({metric_name(k): v for k, v in logs.items()}, step=state.global_step)
+
+    return TrackingCallback()
