@@ -147,7 +147,7 @@ class Tracker:
             **(extra or {}),
         }
         self._write_manifest()
-        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
         self._start_wandb(resolved)
 
     def _start_wandb(self, resolved: dict[str, Any]) -> None:

@@ -113,7 +113,8 @@ def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
 
     source: Any = path
     if path.name.lower().endswith(".gz"):
-        source = io.BytesIO(gzip.open(path, "rb").read())
+        with gzip.open(path, "rb") as fh:
+            source = io.BytesIO(fh.read())
     for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
         yield RawRow(label, number, row)
 
