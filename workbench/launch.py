@@ -23,19 +23,31 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def init_distributed_if_needed() -> None:
-    """DeepSpeed without a GPU must use gloo, and must be initialized before ZeRO-3 builds models."""
-    if not deepspeed_requested():
-        return
+def cpu_launched() -> bool:
+    """Several processes on a machine without a GPU (gloo)."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    import deepspeed
-    import torch.distributed as dist
+    return "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
 
-    if not dist.is_initialized():
+
+def init_distributed_state() -> Any:
+    """Create accelerate's process state correctly for this machine, before any model is built.
+
+    On GPUs accelerate does the right thing by itself. Without a GPU, a launched process must use
+    gloo: DeepSpeed needs `deepspeed.init_distributed(dist_backend="gloo")` first (ZeRO-3 shards
+    parameters as models are created), and plain DDP needs the CPU state; otherwise every process
+    silently believes it is alone.
+    """
+    from accelerate import PartialState
+
+    if not cpu_launched():
+        return PartialState()
+    if deepspeed_requested():
+        import deepspeed
+
         deepspeed.init_distributed(dist_backend="gloo")
+        return PartialState(backend="gloo")
+    return PartialState(cpu=True, backend="gloo")
 
 
 def read_accelerate_config(path: str | Path) -> dict[str, Any]:

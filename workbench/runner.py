@@ -13,7 +13,7 @@ from typing import Any
 
 from workbench.config import Recipe
 from workbench.data.pipeline import Prepared, prepare, save
-from workbench.launch import init_distributed_if_needed
+from workbench.launch import init_distributed_state
 from workbench.methods import get_method
 from workbench.models import load_tokenizer
 from workbench.tracking import Tracker
@@ -44,11 +44,9 @@ class RunResult:
 
 def train(recipe: Recipe, resume: bool = False) -> RunResult:
     """Run one recipe end to end; the manifest ends `completed` or `failed`."""
-    init_distributed_if_needed()
-    from accelerate import PartialState
     from transformers import set_seed
 
-    state = PartialState()
+    state = init_distributed_state()
     set_seed(recipe.seed)
     method = get_method(recipe.method)
     run_dir = Path(recipe.output_dir)

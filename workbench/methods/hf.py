@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.config import train_config_class
+from workbench.launch import cpu_launched
 from workbench.tracking import trainer_callback
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         "seed": recipe.seed,
         "disable_tqdm": True,
     }
+    if cpu_launched():  # keep the gloo state the launch path built (TrainingArguments would reset it)
+        fields["accelerator_config"] = {**(fields.get("accelerator_config") or {}), "use_configured_state": True}
     return train_config_class(recipe.method)(**fields)
 
 
