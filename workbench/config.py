@@ -233,15 +233,33 @@ class Recipe:
 # Generic typed conversion with problem collection
 
 
+# Names users bring from other tools, mapped to ours when the target is a valid key there.
+ALIASES = {
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "epochs": "num_train_epochs",
+    "grad_accum": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps",
+}
+
+
 def closest(name: str, choices: typing.Iterable[str]) -> str | None:
-    """The valid name a typo most likely meant, or None."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    """The valid name a typo (or another tool's name for it) most likely meant, or None."""
+    choices = list(choices)
+    if ALIASES.get(name) in choices:
+        return ALIASES[name]
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return match[0] if match else None
 
 
 def unknown_key_message(where: str, key: str, choices: typing.Iterable[str]) -> str:
+    choices = sorted(choices)
     guess = closest(key, choices)
-    hint = f"; did you mean `{guess}`?" if guess else f"; valid keys: {', '.join(sorted(choices))}"
+    listed = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    hint = f"; did you mean `{guess}`?" if guess else f"; valid keys: {listed}"
     return f"unknown key `{where}{key}`{hint}"
 
 
@@ -258,8 +276,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+INVALID = object()  # what `convert` returns for a value that does not fit its annotation
+
+
 def convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
-    """Check `value` against the annotation `tp`; record a problem naming `where` if it does not fit."""
+    """Check `value` against the annotation `tp`; record a problem naming `where` and return INVALID if it does not fit.
+
+    Containers keep their valid parts, so one bad leaf never hides its siblings.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -274,49 +298,55 @@ def convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             out = convert(value, arg, where, trial)
             if not trial:
                 return out
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:  # Optional[X]: report X's own message
+            return convert(value, non_none[0], where, problems)
         problems.append(f"`{where}` must be {_type_name(tp)}, got {value!r}")
-        return value
+        return INVALID
     if origin is Literal:
         if value not in args:
             guess = closest(str(value), [str(a) for a in args])
             hint = f"; did you mean {guess!r}?" if guess else ""
             problems.append(f"`{where}` must be one of {', '.join(repr(a) for a in args)}, got {value!r}{hint}")
+            return INVALID
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"`{where}` must be a mapping of {tp.__name__} fields, got {value!r}")
-            return tp()
+            return INVALID
         return build_dataclass(tp, value, where + ".", problems)
     if origin is list:
         if not isinstance(value, list):
             problems.append(f"`{where}` must be a list, got {value!r}")
-            return value
+            return INVALID
         (item_tp,) = args or (Any,)
-        return [convert(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]
+        items = [convert(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]
+        return [v for v in items if v is not INVALID]
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"`{where}` must be a mapping, got {value!r}")
-            return value
-        key_tp, val_tp = args or (Any, Any)
-        return {k: convert(v, val_tp, f"{where}.{k}", problems) for k, v in value.items()}
+            return INVALID
+        _, val_tp = args or (Any, Any)
+        items = {k: convert(v, val_tp, f"{where}.{k}", problems) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v is not INVALID}
+    return _convert_scalar(value, tp, where, problems)
+
+
+def _convert_scalar(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    ok = True
     if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"`{where}` must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"`{where}` must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"`{where}` must be a number, got {value!r}")
-            return value
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"`{where}` must be a string, got {value!r}")
-        return value
-    return value  # types we do not check (enums, callables of external classes)
+        ok, expected = isinstance(value, bool), "true or false"
+    elif tp is int:
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif tp is float:
+        ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        value = float(value) if ok else value
+    elif tp is str:
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        problems.append(f"`{where}` must be {expected}, got {value!r}")
+        return INVALID
+    return value  # types we do not check (enums, external classes) pass through
 
 
 def type_hints(cls: type) -> dict[str, Any]:
@@ -336,7 +366,9 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, problems: list[
         if key not in fields:
             problems.append(unknown_key_message(where, str(key), fields))
             continue
-        kwargs[key] = convert(value, hints.get(key, Any), f"{where}{key}", problems)
+        converted = convert(value, hints.get(key, Any), f"{where}{key}", problems)
+        if converted is not INVALID:  # an ill-typed field keeps its default, so later checks see valid types
+            kwargs[key] = converted
     try:
         return cls(**kwargs)
     except Exception as exc:  # a dataclass's own __post_init__ checks
@@ -442,7 +474,9 @@ def check_train_section(method: str, train: dict[str, Any], problems: list[str])
         if key not in fields:
             problems.append(unknown_key_message("train.", key, fields) + f" (fields of {cls.__module__}.{cls.__name__})")
             continue
-        checked[key] = convert(value, hints.get(key, Any), f"train.{key}", problems)
+        converted = convert(value, hints.get(key, Any), f"train.{key}", problems)
+        if converted is not INVALID:
+            checked[key] = converted
     return checked
 
 

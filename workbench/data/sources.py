@@ -232,6 +232,17 @@ def parse_hh_dialogue(text: str) -> list[Message]:
     return messages
 
 
+def merge_consecutive_roles(messages: list[Message]) -> list[Message]:
+    """Join back-to-back turns of one role (real HH dialogues have them; chat templates want alternation)."""
+    merged: list[Message] = []
+    for msg in messages:
+        if merged and merged[-1]["role"] == msg["role"]:
+            merged[-1] = {"role": msg["role"], "content": merged[-1]["content"] + "\n\n" + msg["content"]}
+        else:
+            merged.append(dict(msg))
+    return merged
+
+
 def hh_to_preference(row: dict[str, Any]) -> dict[str, Any] | str:
     for name in ("chosen", "rejected"):
         if not isinstance(row.get(name), str):
@@ -243,7 +254,7 @@ def hh_to_preference(row: dict[str, Any]) -> dict[str, Any] | str:
     if parts is None:
         return "hh-rlhf: chosen and rejected share no dialogue ending in '\\n\\nAssistant:'"
     shared, chosen_tail, rejected_tail = parts
-    prompt = parse_hh_dialogue(shared[: -len(ASSISTANT)])
+    prompt = merge_consecutive_roles(parse_hh_dialogue(shared[: -len(ASSISTANT)]))
     if not prompt or prompt[-1]["role"] != "user":
         return "hh-rlhf: the shared dialogue does not end with a Human turn"
     return {

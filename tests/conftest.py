@@ -1,0 +1,51 @@
+"""Shared fixtures: offline environment, a tiny model built once, the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DISABLE_TQDM", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HH_TEST = SHARED_DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+LLMBAR = SHARED_DATA / "llmbar"
+
+
+def need_shared() -> None:
+    if not HH_TEST.is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA} (shared/ sits beside the checkout in CI)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workbench.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model: Path):
+    from workbench.config import ModelConfig
+    from workbench.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path=str(tiny_model)))
+
+
+def run_workbench(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """Run the real CLI in a subprocess (as users and accelerate do)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
