@@ -65,7 +65,9 @@ def test_error_mode_stops_at_first_bad_row_and_counts_the_rest(tmp_path):
     with pytest.raises(DataError) as info:
         prepare(DataConfig(sources=[SourceConfig(path=str(path))]), seed=0)
     message = str(info.value)
-    assert message.startswith(f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes) (7 more invalid rows follow).")
+    assert message.startswith(
+        f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes) (7 more invalid rows follow)."
+    )
     assert "on_invalid: drop" in message
 
 
@@ -90,7 +92,11 @@ def test_near_dedup_finds_small_edits_only():
     items = [
         {"prompt": base, "chosen": "a fine long answer about foxes and dogs", "rejected": "nope"},
         {"prompt": base + " today", "chosen": "a fine long answer about foxes and dogs", "rejected": "nope"},
-        {"prompt": "a completely different question about cooking pasta at home with fresh tomatoes", "chosen": "boil water", "rejected": "no"},
+        {
+            "prompt": "a completely different question about cooking pasta at home with fresh tomatoes",
+            "chosen": "boil water",
+            "rejected": "no",
+        },
     ]
     assert quality.near_duplicates(items, threshold=0.8) == {1: 0}
 
@@ -130,9 +136,14 @@ def test_mixture_indices():
 
 def test_weighted_mixture_of_two_sources(tmp_path):
     for name in ("a", "b"):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"{name}{i}", "chosen": "c", "rejected": "r"}) + "\n" for i in range(40)))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"prompt": f"{name}{i}", "chosen": "c", "rejected": "r"}) + "\n" for i in range(40))
+        )
     data = DataConfig(
-        sources=[SourceConfig(path=str(tmp_path / "a.jsonl"), weight=0.5), SourceConfig(path=str(tmp_path / "b.jsonl"), weight=2.0)],
+        sources=[
+            SourceConfig(path=str(tmp_path / "a.jsonl"), weight=0.5),
+            SourceConfig(path=str(tmp_path / "b.jsonl"), weight=2.0),
+        ],
         eval_split=0.0,
     )
     prepared = prepare(data, seed=1)
@@ -168,13 +179,23 @@ def test_truncation_report_counts_pairs_that_lost_their_difference(tokenizer):
     fine = {"prompt": "Say something.", "chosen": "aurora", "rejected": "rhythm"}
     long_prompt = {"prompt": "word " * 50 + "END", "chosen": "aurora", "rejected": "rhythm"}
     pairs = [tokenize_pair(tokenizer, r, s) for r in (useless, fine, long_prompt)]
-    assert truncation_report(pairs) == {"pairs": 3, "truncated": 2, "prompt_truncated": 1, "response_truncated": 1, "lost_difference": 1}
+    assert truncation_report(pairs) == {
+        "pairs": 3,
+        "truncated": 2,
+        "prompt_truncated": 1,
+        "response_truncated": 1,
+        "lost_difference": 1,
+    }
     assert tokenizer.decode(pairs[2].prompt_ids).endswith("END")
     assert all(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= 24 for p in pairs)
 
 
 def test_conversational_tokenization_masks_only_the_response(tokenizer):
-    row = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "aurora"}], "rejected": [{"role": "assistant", "content": "lynx"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "aurora"}],
+        "rejected": [{"role": "assistant", "content": "lynx"}],
+    }
     pair = tokenize_pair(tokenizer, row, TokenizationSettings(64, 32))
     assert tokenizer.decode(pair.prompt_ids) == "<|user|>\nHi<|end|>\n<|assistant|>\n"
     assert tokenizer.decode(pair.chosen_ids) == "aurora<|end|>\n"

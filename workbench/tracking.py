@@ -125,6 +125,8 @@ class Tracker:
         self.wandb_run: Any = None
         self.manifest: dict[str, Any] = {}
         self._t0 = time.time()
+        self._pending_step: int | None = None
+        self._pending: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -162,8 +164,8 @@ class Tracker:
             entity=cfg.entity,
             group=cfg.group,
             job_type=cfg.job_type or self.recipe.method,
-            tags=cfg.tags or None,
-            name=cfg.name or self.run_dir.name,
+            tags=redact(cfg.tags) or None,
+            name=redact(cfg.name or self.run_dir.name),
             mode=mode,
             dir=str(self.run_dir),
             config=redact({"recipe": resolved, "manifest": self.manifest}),
@@ -181,6 +183,7 @@ class Tracker:
             **({"error": redact(error)} if error else {}),
         )
         if getattr(self, "metrics_file", None):
+            self._flush_metrics()
             self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
@@ -189,14 +192,26 @@ class Tracker:
     # -- records ---------------------------------------------------------------------------------
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        """One line in metrics.jsonl and the same keys to W&B."""
+        """Send metrics to W&B and keep them for this step's line in metrics.jsonl.
+
+        W&B merges every log of one step into one history row; metrics.jsonl does the same,
+        writing a step's line as soon as a later step (or the end of the run) arrives.
+        """
         if not self.is_main or not metrics:
             return
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
-        self.metrics_file.flush()
+        if self._pending_step is not None and step != self._pending_step:
+            self._flush_metrics()
+        self._pending_step = step
+        self._pending.update(clean)
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
+
+    def _flush_metrics(self) -> None:
+        if self._pending_step is not None and self._pending:
+            self.metrics_file.write(json.dumps({"step": self._pending_step, **self._pending}) + "\n")
+            self.metrics_file.flush()
+        self._pending_step, self._pending = None, {}
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.is_main and self.wandb_run is not None:
@@ -220,11 +235,15 @@ class Tracker:
 
 
 def metric_name(key: str) -> str:
-    """Trainer log keys -> W&B names: `loss` -> `train/loss`, `eval_rewards/accuracies` -> `eval/rewards/accuracies`."""
+    """Trainer log keys -> W&B names: `loss` -> `train/loss`, `eval_rewards/accuracies` -> `eval/rewards/accuracies`.
+
+    The Trainer's end-of-run summary (`train_loss`, `train_runtime`, ...) goes under `train/summary/`
+    so that it never collides with the per-step `train/loss`.
+    """
     if key.startswith("eval_"):
         return "eval/" + key[len("eval_") :]
     if key.startswith("train_"):
-        return "train/" + key[len("train_") :]
+        return "train/summary/" + key[len("train_") :]
     return "train/" + key
 
 
