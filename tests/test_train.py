@@ -144,3 +144,29 @@ def test_bad_data_fails_the_run_with_one_message_and_a_failed_manifest(tmp_path,
     assert f"error: {bad}:2: missing field 'chosen'." in err and "Traceback" not in err
     manifest = json.loads((tmp_path / "failing" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "missing field 'chosen'" in manifest["error"]
+
+
+@pytest.mark.slow
+def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = write_recipe(tmp_path, tiny_model, name="lora", train__max_steps=2, tracking__mode="disabled")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    recipe["model"]["merge_lora_on_export"] = True
+    path.write_text(yaml.safe_dump(recipe))
+    res = run_workbench(["train", str(path)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "lora"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["reference"] == "policy base with adapters disabled"
+    losses = [m["train/loss"] for m in read_metrics(run) if "train/loss" in m]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert (run / "model" / "adapter_model.safetensors").is_file() and not (run / "model" / "model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    adapted = PeftModel.from_pretrained(base, run / "model").merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(run / "model" / "merged")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-5)
