@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.checkpoint import newest_complete, step_of
 from workbench.config import Recipe
 from workbench.data.pipeline import Prepared, prepare, save
 from workbench.launch import init_distributed_state
@@ -32,7 +33,7 @@ class RunContext:
     data: Prepared
     is_main: bool
     world_size: int
-    resume: bool = False
+    resume_checkpoint: Path | None = None
 
 
 @dataclass
@@ -50,8 +51,11 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
     set_seed(recipe.seed)
     method = get_method(recipe.method)
     run_dir = Path(recipe.output_dir)
+    checkpoint = resume_point(run_dir, resume) if state.is_main_process else None
+    checkpoint = state_broadcast(state, checkpoint)
     tracker = Tracker(recipe, run_dir, is_main=state.is_main_process, world_size=state.num_processes)
-    tracker.start()
+    tracker.start(resume_step=step_of(checkpoint) if checkpoint else None)
+    state.wait_for_everyone()
     try:
         tokenizer = load_tokenizer(recipe.model)
         prepared = prepare(recipe.data, recipe.data_seed, tokenizer)
@@ -59,7 +63,7 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
             save(prepared, run_dir)
         tracker.update_manifest(data={"fingerprints": prepared.report["fingerprints"], "split": prepared.report["split"]})
         state.wait_for_everyone()
-        ctx = RunContext(recipe, run_dir, tracker, tokenizer, prepared, state.is_main_process, state.num_processes, resume)
+        ctx = RunContext(recipe, run_dir, tracker, tokenizer, prepared, state.is_main_process, state.num_processes, checkpoint)
         result = method.run(ctx)
     except BaseException as exc:
         tracker.finish("failed", error=f"{type(exc).__name__}: {exc}")
@@ -67,3 +71,32 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
     tracker.summary(result.metrics)
     tracker.finish("completed")
     return result
+
+
+def resume_point(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from; a fresh start clears what an earlier run left in the directory."""
+    import shutil
+
+    checkpoints = run_dir / "checkpoints"
+    if resume:
+        found = newest_complete(checkpoints)
+        if found is None:
+            log.warning("--resume: no complete checkpoint in %s; starting from the beginning", checkpoints)
+        else:
+            log.info("resuming from %s", found)
+        return found
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        log.warning("fresh start: removing checkpoints of an earlier run in %s (use --resume to continue it)", checkpoints)
+        shutil.rmtree(checkpoints)
+    return None
+
+
+def state_broadcast(state: Any, value: Path | None) -> Path | None:
+    """Rank 0 decides; every rank gets the same answer."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [str(value) if value else None]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0]) if box[0] else None

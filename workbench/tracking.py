@@ -127,20 +127,31 @@ class Tracker:
         self._t0 = time.time()
         self._pending_step: int | None = None
         self._pending: dict[str, float] = {}
+        self._written_step: int | None = None  # the last line written, which later logs of its step extend
+        self._written: dict[str, Any] = {}
+        self._written_offset = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, extra: dict[str, Any] | None = None) -> None:
+    def start(self, extra: dict[str, Any] | None = None, resume_step: int | None = None) -> None:
+        """Write recipe.yaml and a `running` manifest, open metrics.jsonl and the W&B run.
+
+        A fresh start begins a new metrics log; a resumed one keeps the lines up to the
+        checkpoint's step and continues the same W&B run.
+        """
         if not self.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous = self._read_manifest() if resume_step is not None else {}
+        self._keep_metrics_up_to(resume_step or 0)
         resolved = redact(resolved_dict(self.recipe))
         (self.run_dir / "recipe.yaml").write_text(dump_yaml(resolved), encoding="utf-8")
         self.manifest = {
             "status": "running",
             "method": self.recipe.method,
-            "started_at": now(),
+            "started_at": previous.get("started_at", now()),
             "ended_at": None,
+            "resumed_from_step": resume_step,
             "command": redact(sys.argv),
             "world_size": self.world_size,
             "versions": package_versions(),
@@ -150,9 +161,22 @@ class Tracker:
         }
         self._write_manifest()
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
-        self._start_wandb(resolved)
+        self._start_wandb(resolved, resume_id=(previous.get("wandb") or {}).get("id"))
 
-    def _start_wandb(self, resolved: dict[str, Any]) -> None:
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.run_dir / "manifest.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def _keep_metrics_up_to(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [
+            line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _start_wandb(self, resolved: dict[str, Any], resume_id: str | None = None) -> None:
         cfg = self.recipe.tracking
         mode = wandb_mode(cfg.mode)
         if mode == "disabled":
@@ -170,6 +194,7 @@ class Tracker:
             dir=str(self.run_dir),
             config=redact({"recipe": resolved, "manifest": self.manifest}),
             reinit="finish_previous",
+            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
         )
         self.update_manifest(wandb={"mode": mode, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir)})
 
@@ -207,10 +232,22 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
 
+    def flush(self) -> None:
+        """Write the pending step's line now (checkpoints call this, so a resumed run loses no line)."""
+        if self.is_main and getattr(self, "metrics_file", None):
+            self._flush_metrics()
+
     def _flush_metrics(self) -> None:
         if self._pending_step is not None and self._pending:
-            self.metrics_file.write(json.dumps({"step": self._pending_step, **self._pending}) + "\n")
+            line = {"step": self._pending_step, **self._pending}
+            if self._pending_step == self._written_step:  # more logs for a step already written: one line per step
+                self.metrics_file.truncate(self._written_offset)
+                line = {**self._written, **self._pending}
+            else:
+                self._written_offset = self.metrics_file.tell()
+            self.metrics_file.write(json.dumps(line) + "\n")
             self.metrics_file.flush()
+            self._written_step, self._written = self._pending_step, line
         self._pending_step, self._pending = None, {}
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -255,5 +292,8 @@ def trainer_callback(tracker: Tracker) -> Any:
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and state.is_world_process_zero:
                 tracker.log({metric_name(k): v for k, v in logs.items()}, step=state.global_step)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            tracker.flush()
 
     return TrackingCallback()
