@@ -84,32 +84,39 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def completion_ids(tokenizer: Any, prompt: Content, prompt_tokens: list[int], completion: Content) -> list[int]:
-    """Token ids of a completion after `prompt`, ending with EOS / the template's end-of-turn."""
+def completion_ids(tokenizer: Any, prompt: Content, prompt_tokens: list[int], completion: Content) -> tuple[int, list[int]]:
+    """(how many prompt tokens the full sequence shares, the completion's token ids ending with EOS / end-of-turn).
+
+    The full dialogue is tokenized as one sequence, so prompt[:shared] + completion equals its
+    encoding exactly even where the prompt alone ends differently (e.g. a BERT [SEP]).
+    """
     if isinstance(prompt, list):
         completion_msgs = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         full = _encode_messages(tokenizer, [*prompt, *completion_msgs], add_generation_prompt=False)
         if not has_chat_template(tokenizer) and tokenizer.eos_token_id is not None:
             full = full if full and full[-1] == tokenizer.eos_token_id else [*full, tokenizer.eos_token_id]
-        return full[common_prefix_length(prompt_tokens, full) :]
+        shared = common_prefix_length(prompt_tokens, full)
+        return shared, full[shared:]
     text = completion if isinstance(completion, str) else "\n".join(m["content"] for m in completion)
     ids = _encode_text(tokenizer, text, special=False)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    return ids
+    return len(prompt_tokens), ids
 
 
 def truncate_pair(
-    prompt: list[int], chosen: list[int], rejected: list[int], settings: TokenizationSettings
+    prompt: list[int], chosen: list[int], rejected: list[int], settings: TokenizationSettings, keep_first: bool = False
 ) -> tuple[list[int], list[int], list[int], bool, bool]:
     """Fit prompt + each response into max_length: cut the prompt's start first, then the responses' ends.
 
-    Returns (prompt, chosen, rejected, prompt_truncated, response_truncated).
+    `keep_first` keeps a leading special token (BOS, or CLS that encoder classifiers read) when
+    the prompt's start is cut. Returns (prompt, chosen, rejected, prompt_truncated, response_truncated).
     """
     longest = max(len(chosen), len(rejected))
     prompt_cut = response_cut = False
     if len(prompt) + longest > settings.max_length and len(prompt) > settings.max_prompt_length:
-        prompt = prompt[-settings.max_prompt_length :]
+        head = prompt[:1] if keep_first else []
+        prompt = head + prompt[len(prompt) - (settings.max_prompt_length - len(head)) :]
         prompt_cut = True
     room = settings.max_length - len(prompt)
     if longest > room:
@@ -121,11 +128,16 @@ def truncate_pair(
 def tokenize_pair(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedPair:
     """A preference row -> truncated token ids plus what truncation did to it."""
     p = prompt_ids(tokenizer, row["prompt"])
-    c = completion_ids(tokenizer, row["prompt"], p, row["chosen"])
-    r = completion_ids(tokenizer, row["prompt"], p, row["rejected"])
+    shared_c, c = completion_ids(tokenizer, row["prompt"], p, row["chosen"])
+    shared_r, r = completion_ids(tokenizer, row["prompt"], p, row["rejected"])
+    if shared_c != shared_r:  # both responses must follow the same prompt tokens
+        c = p[shared_r:shared_c] + c if shared_c > shared_r else c
+        r = p[shared_c:shared_r] + r if shared_r > shared_c else r
+    p = p[: min(shared_c, shared_r)]
     lengths = (len(p), len(c), len(r))
     differed = c != r
-    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, settings)
+    keep_first = bool(p) and p[0] in set(tokenizer.all_special_ids)
+    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, settings, keep_first)
     return TokenizedPair(p, c, r, prompt_cut, response_cut, differed and c == r, lengths)
 
 

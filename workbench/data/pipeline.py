@@ -123,6 +123,18 @@ def apply_mixture(train: list[dict[str, Any]], data: DataConfig, seed: int) -> l
     return out
 
 
+def margin_column(rows: list[dict[str, Any]]) -> bool:
+    """Whether every row carries a `margin`; a partial column is an error, not a silent default."""
+    with_margin = sum("margin" in r for r in rows)
+    if 0 < with_margin < len(rows):
+        example = next(r for r in rows if "margin" not in r)
+        raise DataError(
+            f"{with_margin} of {len(rows)} pairs have a 'margin' but {example['source']}:{example['line']} has none; "
+            "give every pair a margin or none"
+        )
+    return with_margin > 0
+
+
 def prepare(data: DataConfig, seed: int, tokenizer: Any = None) -> Prepared:
     """Run the whole data layer. Raises DataError for bad rows when `on_invalid: error`."""
     loaded, rejects, per_source = read_sources(data)
@@ -141,8 +153,9 @@ def prepare(data: DataConfig, seed: int, tokenizer: Any = None) -> Prepared:
         entry["train_after_mixture"] = sum(r["_src"] == index for r in train_rows)
     if not train_rows:
         raise DataError("no training rows left after validation, dedup and split; check `data.sources` and `data.eval_split`")
-    train = [{k: r[k] for k in KEEP_COLUMNS} for r in train_rows]
-    evals = [{k: r[k] for k in KEEP_COLUMNS} for r in eval_rows]
+    columns = KEEP_COLUMNS + (("margin",) if margin_column(rows) else ())
+    train = [{k: r[k] for k in columns} for r in train_rows]
+    evals = [{k: r[k] for k in columns} for r in eval_rows]
     report = build_report(data, per_source, rejects, duplicates, warnings, train, evals)
     prepared = Prepared(train, evals, rejects, duplicates, report)
     if tokenizer is not None:

@@ -339,7 +339,16 @@ def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str,
         return problem
     if fmt == "conversational" and not all(isinstance(result[k], list) for k in ("prompt", "chosen", "rejected")):
         return "format is conversational but a field is text, not a message list"
-    return {k: result[k] for k in ("prompt", "chosen", "rejected")}
+    out = {k: result[k] for k in ("prompt", "chosen", "rejected")}
+    if row.get("margin") is not None:  # optional per-pair preference strength (reward models)
+        margin = row["margin"]
+        if isinstance(margin, bool) or not isinstance(margin, (int, float, str)):
+            return f"field 'margin' is not a number (got {type(margin).__name__})"
+        try:
+            out["margin"] = float(margin)
+        except ValueError:
+            return f"field 'margin' is not a number (got {margin!r})"
+    return out
 
 
 @dataclass(frozen=True)
