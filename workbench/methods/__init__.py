@@ -9,6 +9,7 @@ from workbench.errors import WorkbenchError
 
 METHOD_MODULES = {
     "dpo": "workbench.methods.dpo",
+    "reward": "workbench.methods.reward",
 }
 
 

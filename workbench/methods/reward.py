@@ -1,0 +1,103 @@
+"""Pairwise Bradley-Terry reward models on TRL's RewardTrainer, fed by the shared data layer.
+
+Decoder backbones (a causal LM given a scalar head) and encoder backbones (BERT-like: no chat
+template, no EOS) both get their token ids from `data/formatting.py`, which keeps the end of long
+dialogues. The export keeps the head and pad token and stores the reward mean/std measured on the
+training data in its config, so later stages can normalize scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from trl import RewardTrainer
+
+from workbench.methods import hf
+from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
+from workbench.models import apply_lora, load_reward_model
+from workbench.scoring import score_sequences
+
+if TYPE_CHECKING:
+    from workbench.data.formatting import TokenizedPair
+    from workbench.runner import RunContext, RunResult
+
+log = logging.getLogger("workbench")
+
+STATS_PAIRS = 1024  # training pairs scored for the stored reward mean/std
+
+
+def full_sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt + chosen, prompt + rejected) token ids of each pair."""
+    return [p.prompt_ids + p.chosen_ids for p in pairs], [p.prompt_ids + p.rejected_ids for p in pairs]
+
+
+def reward_dataset(pairs: list[TokenizedPair], margins: list[float] | None) -> Any:
+    from datasets import Dataset
+
+    chosen, rejected = full_sequences(pairs)
+    columns: dict[str, Any] = {"chosen_ids": chosen, "rejected_ids": rejected}
+    if margins is not None:
+        columns["margin"] = margins
+    return Dataset.from_dict(columns)
+
+
+def margins_of(rows: list[dict[str, Any]]) -> list[float] | None:
+    return [float(r["margin"]) for r in rows] if rows and "margin" in rows[0] else None
+
+
+def pair_scores(model: Any, pairs: list[TokenizedPair], pad_id: int, batch_size: int) -> tuple[list[float], list[float]]:
+    chosen, rejected = full_sequences(pairs)
+    scores = score_sequences(model, chosen + rejected, pad_id, batch_size)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def eval_metrics(chosen: list[float], rejected: list[float], pairs: list[TokenizedPair]) -> dict[str, float]:
+    """Held-out metrics beside TRL's own: ties-half accuracy, reward spread, and the length baseline."""
+    mean, std = mean_std(chosen + rejected)
+    return {
+        "eval/accuracy_ties_half": pairwise_accuracy(chosen, rejected),
+        "eval/reward_mean": mean,
+        "eval/reward_std": std,
+        "eval/chosen_reward_mean": mean_std(chosen)[0],
+        "eval/rejected_reward_mean": mean_std(rejected)[0],
+        "eval/length_baseline_accuracy": length_baseline_accuracy(
+            [len(p.chosen_ids) for p in pairs], [len(p.rejected_ids) for p in pairs]
+        ),
+    }
+
+
+def run(ctx: RunContext) -> RunResult:
+    from workbench.runner import RunResult
+
+    recipe = ctx.recipe
+    args = hf.training_args(ctx, max_length=recipe.data.max_length)
+    model = load_reward_model(recipe.model, ctx.tokenizer)
+    if recipe.model.lora is not None:
+        model = apply_lora(model, recipe.model, task_type="SEQ_CLS")
+    train_pairs = ctx.data.tokenized["train"]
+    eval_pairs = ctx.data.tokenized.get("eval") or []
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=reward_dataset(train_pairs, margins_of(ctx.data.train)),
+        eval_dataset=reward_dataset(eval_pairs, margins_of(ctx.data.eval)) if eval_pairs else None,
+        processing_class=ctx.tokenizer,
+        callbacks=hf.callbacks(ctx),
+    )
+    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    pad_id = ctx.tokenizer.pad_token_id
+    extra: dict[str, float] = {}
+    if eval_pairs:
+        trainer.evaluate()
+        chosen, rejected = pair_scores(trainer.model, eval_pairs, pad_id, args.per_device_eval_batch_size)
+        extra = eval_metrics(chosen, rejected, eval_pairs)
+        ctx.tracker.log(extra, step=trainer.state.global_step)
+    chosen, rejected = pair_scores(trainer.model, train_pairs[:STATS_PAIRS], pad_id, args.per_device_eval_batch_size)
+    reward_mean, reward_std = mean_std(chosen + rejected)
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    config.reward_mean, config.reward_std = reward_mean, reward_std
+    config.pad_token_id = pad_id
+    model_dir = hf.export(trainer, ctx, head="reward")
+    metrics = {**hf.final_metrics(trainer), **extra, "train/reward_mean": reward_mean, "train/reward_std": reward_std}
+    return RunResult(ctx.run_dir, model_dir, metrics)
