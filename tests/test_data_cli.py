@@ -61,4 +61,6 @@ def test_hub_ids_go_through_load_dataset_and_fail_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError) as info:
         list(load_source(SourceConfig(path="someone/some-preference-data", split="train"), 0))
-    assert str(info.value).startswith("data source 'someone/some-preference-data': not a local file or directory, and loading it as a hub dataset failed")
+    assert str(info.value).startswith(
+        "data source 'someone/some-preference-data': not a local file or directory, and loading it as a hub dataset failed"
+    )

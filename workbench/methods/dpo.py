@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from trl import DPOTrainer
 
+from workbench.cache import persisted_dataset
 from workbench.config import ModelConfig
+from workbench.data.schema import stable_hash
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 
@@ -18,12 +20,19 @@ log = logging.getLogger("workbench")
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends)."""
+    """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends)
+    and counts reference forward passes (so reuse of cached reference log-probs is visible)."""
+
+    reference_forward_batches = 0
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         if "prompt_ids" in dataset.column_names:
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
+        self.reference_forward_batches += 1
+        return super().compute_ref_log_probs(model, inputs)
 
 
 def token_dataset(pairs: list[Any]) -> Any:
@@ -36,6 +45,15 @@ def token_dataset(pairs: list[Any]) -> Any:
             "rejected_ids": [p.rejected_ids for p in pairs],
         }
     )
+
+
+def dpo_dataset(pairs: list[Any], ctx: RunContext) -> Any:
+    """In memory; or, when reference log-probs are precomputed, stored by content in the cache so that
+    TRL's reference cache (keyed by dataset fingerprint and reference weights) is found by later runs."""
+    if not ctx.recipe.reference.precompute_log_probs:
+        return token_dataset(pairs)
+    key = stable_hash([[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs])[:24]
+    return persisted_dataset(lambda: token_dataset(pairs), "dpo-pairs", key, ctx.is_main)
 
 
 def reference_model(ctx: RunContext, args: Any) -> tuple[Any, str]:
@@ -74,11 +92,12 @@ def run(ctx: RunContext) -> RunResult:
         model=model,
         ref_model=ref,
         args=args,
-        train_dataset=token_dataset(ctx.data.tokenized["train"]),
-        eval_dataset=token_dataset(eval_pairs) if eval_pairs else None,
+        train_dataset=dpo_dataset(ctx.data.tokenized["train"], ctx),
+        eval_dataset=dpo_dataset(eval_pairs, ctx) if eval_pairs else None,
         processing_class=ctx.tokenizer,
         callbacks=hf.callbacks(ctx),
     )
+    ctx.tracker.update_manifest(reference_forward_batches_before_training=trainer.reference_forward_batches)
     trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
     if eval_pairs:
         trainer.evaluate()

@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.checkpoint import completion_callback
 from workbench.config import train_config_class
+from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
 from workbench.tracking import trainer_callback
 
@@ -45,26 +47,16 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
 
 
 def callbacks(ctx: RunContext) -> list[Any]:
-    return [trainer_callback(ctx.tracker)]
-
-
-def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete Trainer checkpoint (one whose trainer_state.json was written), or None."""
-    done = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return [trainer_callback(ctx.tracker), completion_callback()]
 
 
 def resume_from(ctx: RunContext) -> str | None:
-    if not ctx.resume:
-        return None
-    found = newest_checkpoint(ctx.run_dir / "checkpoints")
-    if found is None:
-        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ctx.run_dir / "checkpoints")
-    return str(found) if found else None
+    """The checkpoint `--resume` continues from (the newest complete one), or None."""
+    return str(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
 
 
-def export(trainer: Any, ctx: RunContext) -> Path:
-    """model/: gathered weights as safetensors (ZeRO-3 included), tokenizer, merged LoRA on request."""
+def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
+    """model/: gathered weights as safetensors (ZeRO-3 included), tokenizer, merged LoRA on request; then checked."""
     model_dir = ctx.run_dir / "model"
     trainer.save_model(str(model_dir))
     if ctx.is_main:
@@ -74,7 +66,51 @@ def export(trainer: Any, ctx: RunContext) -> Path:
             merged.save_pretrained(str(model_dir / "merged"), safe_serialization=True)
             ctx.tokenizer.save_pretrained(str(model_dir / "merged"))
     trainer.accelerator.wait_for_everyone()
+    check_export(trainer, ctx, model_dir, head)
     return model_dir
+
+
+def export_probe(ctx: RunContext) -> list[int]:
+    """A fixed input for the export check: the first training pair's prompt and chosen response."""
+    pair = ctx.data.tokenized["train"][0]
+    return (pair.prompt_ids + pair.chosen_ids)[:64]
+
+
+def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> None:
+    """Reload model/ and compare its logits on a fixed input with the trained model's; fail loudly if they differ."""
+    import torch
+
+    model = trainer.model
+    ids = torch.tensor([export_probe(ctx)], device=trainer.accelerator.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits.float().cpu()  # every rank: ZeRO-3 gathers shards collectively
+    model.train(was_training)
+    if ctx.is_main:
+        reloaded = load_export(model_dir, head, is_peft=ctx.recipe.model.lora is not None, dtype=next(model.parameters()).dtype)
+        with torch.no_grad():
+            again = reloaded.to(trainer.accelerator.device)(input_ids=ids).logits.float().cpu()
+        diff = float((trained - again).abs().max())
+        tolerance = 1e-4 if next(reloaded.parameters()).dtype == torch.float32 else 5e-2
+        ctx.tracker.update_manifest(export_check={"max_abs_logit_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance})
+        if not diff <= tolerance:
+            raise WorkbenchError(
+                f"export check failed: {model_dir} gives logits {diff:.3g} away from the trained model's (tolerance {tolerance})"
+            )
+    trainer.accelerator.wait_for_everyone()
+
+
+def load_export(model_dir: Path, head: str, is_peft: bool, dtype: Any) -> Any:
+    if is_peft:
+        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+
+        cls = AutoPeftModelForSequenceClassification if head == "reward" else AutoPeftModelForCausalLM
+    else:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        cls = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
+    return cls.from_pretrained(str(model_dir), dtype=dtype).eval()
 
 
 def final_metrics(trainer: Any) -> dict[str, float]:
