@@ -16,7 +16,7 @@ CPU_CONFIGS = ("cpu_ddp", "cpu_zero2", "cpu_zero3")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model):
-    """The same 3 optimizer steps of 8 pairs each, distributed five ways."""
+    """The same 3 optimizer steps of 8 pairs each, distributed six ways."""
     tmp = tmp_path_factory.mktemp("dist")
     out = {}
     for name in CPU_CONFIGS:
@@ -33,7 +33,7 @@ def runs(tmp_path_factory, tiny_model):
         )
         assert res.returncode == 0, f"{name}:\n{res.stderr[-4000:]}"
         out[name] = tmp / name
-    for name, micro, accum in (("single_b8", 8, 1), ("single_b4x2", 4, 2)):
+    for name, micro, accum, ckpt in (("single_b8", 8, 1, False), ("single_b4x2", 4, 2, False), ("single_b4x2_ckpt", 4, 2, True)):
         path = write_recipe(
             tmp,
             tiny_model,
@@ -41,6 +41,7 @@ def runs(tmp_path_factory, tiny_model):
             train__max_steps=3,
             train__per_device_train_batch_size=micro,
             train__gradient_accumulation_steps=accum,
+            train__gradient_checkpointing=ckpt,
         )
         res = run_workbench(["train", str(path), "--set", "tracking.mode=disabled"])
         assert res.returncode == 0, f"{name}:\n{res.stderr[-4000:]}"
@@ -61,7 +62,8 @@ def test_two_processes_train_and_export(runs, name):
 
 
 def test_same_loss_curve_whatever_the_distribution(runs):
-    """batch 8 = batch 4 x accumulation 2 = 2 x 4 (DDP) = 2 x 4 (ZeRO-2) = 2 x 4 (ZeRO-3), over 3 steps."""
+    """batch 8 = batch 4 x accumulation 2 (with and without gradient checkpointing) = 2 x 4 (DDP)
+    = 2 x 4 (ZeRO-2) = 2 x 4 (ZeRO-3), over 3 steps."""
     curves = {name: [m["train/loss"] for m in read_metrics(run) if "train/loss" in m] for name, run in runs.items()}
     reference = curves["single_b8"]
     assert len(reference) == 3 and reference[2] != pytest.approx(reference[0], abs=1e-4)  # it did learn

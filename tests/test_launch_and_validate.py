@@ -188,3 +188,13 @@ def test_qlora_is_refused_clearly_without_cuda():
 
     with pytest.raises(WorkbenchError, match=r"QLoRA\) needs a CUDA GPU"):
         quantization_config(ModelConfig(name_or_path="m", quantization="4bit", lora={"r": 8}))
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid_and_documents_its_launch(recipe):
+    from workbench.config import load_recipe
+
+    loaded = load_recipe(recipe)  # keys and types checked against the real TRL / peft classes
+    header = recipe.read_text().splitlines()[:12]
+    assert any("workbench " in line for line in header if line.startswith("#")), "header comment gives the launch command"
+    assert loaded.output_dir.startswith("runs/")

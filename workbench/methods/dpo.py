@@ -30,6 +30,11 @@ class PretokenizedDPOTrainer(DPOTrainer):
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "length" not in self._signature_columns:  # for train_sampling_strategy: group_by_length
+            self._signature_columns = [*self._signature_columns, "length"]
+
     def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
         self.reference_forward_batches += 1
         return super().compute_ref_log_probs(model, inputs)
@@ -43,6 +48,7 @@ def token_dataset(pairs: list[Any]) -> Any:
             "prompt_ids": [p.prompt_ids for p in pairs],
             "chosen_ids": [p.chosen_ids for p in pairs],
             "rejected_ids": [p.rejected_ids for p in pairs],
+            "length": [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
         }
     )
 

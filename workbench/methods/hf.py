@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,28 +79,49 @@ def export_probe(ctx: RunContext) -> list[int]:
 
 
 def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> None:
-    """Reload model/ and compare its logits on a fixed input with the trained model's; fail loudly if they differ."""
+    """Reload model/ and compare its logits on a fixed input with the trained model's; fail loudly if they differ.
+
+    The trained model's forward runs on every rank (ZeRO-3 gathers its shards collectively); the
+    main process reloads the export as a plain full model and compares.
+    """
     import torch
 
     model = trainer.model
     ids = torch.tensor([export_probe(ctx)], device=trainer.accelerator.device)
+    dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        trained = model(input_ids=ids).logits.float().cpu()  # every rank: ZeRO-3 gathers shards collectively
+        trained = model(input_ids=ids).logits.float().cpu()
     model.train(was_training)
     if ctx.is_main:
-        reloaded = load_export(model_dir, head, is_peft=ctx.recipe.model.lora is not None, dtype=next(model.parameters()).dtype)
+        with plain_loading():
+            reloaded = load_export(model_dir, head, is_peft=ctx.recipe.model.lora is not None, dtype=dtype)
         with torch.no_grad():
             again = reloaded.to(trainer.accelerator.device)(input_ids=ids).logits.float().cpu()
         diff = float((trained - again).abs().max())
-        tolerance = 1e-4 if next(reloaded.parameters()).dtype == torch.float32 else 5e-2
+        tolerance = 1e-4 if dtype == torch.float32 else 5e-2
         ctx.tracker.update_manifest(export_check={"max_abs_logit_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance})
-        if not diff <= tolerance:
-            raise WorkbenchError(
-                f"export check failed: {model_dir} gives logits {diff:.3g} away from the trained model's (tolerance {tolerance})"
-            )
+        del reloaded
     trainer.accelerator.wait_for_everyone()
+    check = ctx.tracker.manifest.get("export_check") if ctx.is_main else None
+    if check is not None and not check["ok"]:
+        raise WorkbenchError(
+            f"export check failed: {model_dir} gives logits {check['max_abs_logit_diff']:.3g} away from the trained model's (tolerance {check['tolerance']})"
+        )
+
+
+@contextlib.contextmanager
+def plain_loading() -> Iterator[None]:
+    """Load a full, unpartitioned model on one process even while a ZeRO-3 run is active."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_export(model_dir: Path, head: str, is_peft: bool, dtype: Any) -> Any:

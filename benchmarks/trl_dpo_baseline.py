@@ -1,0 +1,51 @@
+"""The baseline: a plain TRL DPOTrainer script, as a user would write it from TRL's docs.
+
+Reads (prompt, chosen, rejected) JSONL, trains, prints one JSON line with TRL's own
+train_runtime and num_tokens so that the comparison uses the same counters on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    tokenizer = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model)
+    dataset = load_dataset("json", data_files=a.data, split="train")
+    args = DPOConfig(
+        output_dir=a.out,
+        per_device_train_batch_size=a.batch,
+        max_length=a.max_length,
+        max_steps=a.steps,
+        learning_rate=1e-4,
+        bf16=False,
+        gradient_checkpointing=False,
+        logging_steps=a.steps,
+        save_strategy="no",
+        report_to=[],
+        seed=a.seed,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    print(json.dumps({"train_runtime": logs["train_runtime"], "num_tokens": logs["num_tokens"]}))
+
+
+if __name__ == "__main__":
+    main()
