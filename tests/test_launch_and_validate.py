@@ -198,3 +198,24 @@ def test_every_shipped_recipe_is_valid_and_documents_its_launch(recipe):
     header = recipe.read_text().splitlines()[:12]
     assert any("workbench " in line for line in header if line.startswith("#")), "header comment gives the launch command"
     assert loaded.output_dir.startswith("runs/")
+
+
+def test_missing_relative_model_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, capsys):
+    from workbench.models import model_location_problem
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert model_location_problem("runs/tiny-model").startswith("model 'runs/tiny-model' not found")
+    assert model_location_problem("Qwen/Qwen2.5-0.5B") is None  # a hub id: checked when loaded
+    recipe = {
+        "method": "dpo",
+        "model": {"name_or_path": "runs/tiny-model"},
+        "data": {"sources": [{"synthetic": {"num_pairs": 4}}]},
+        "tracking": {"mode": "disabled"},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "r.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'runs/tiny-model' not found" in err and "workbench tiny-model" in err and "Traceback" not in err
+    assert main(["data", "inspect", "x.jsonl", "--format", "hh"]) == 2
+    assert "`--format` must be one of" in capsys.readouterr().err

@@ -117,7 +117,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from workbench.config import DataConfig, ModelConfig, SourceConfig, convert, load_recipe
+    from workbench.config import DataConfig, ModelConfig, SourceConfig, convert, load_recipe, type_hints
     from workbench.data.pipeline import prepare, write_json
     from workbench.data.report import plot_lengths, summary_lines
     from workbench.errors import RecipeError
@@ -130,7 +130,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         out = Path(args.out or Path(recipe.output_dir) / "inspect")
     else:
         problems: list[str] = []
-        convert(args.format, SourceConfig.__dataclass_fields__["format"].type, "--format", problems)
+        convert(args.format, type_hints(SourceConfig)["format"], "--format", problems)
         if problems:
             raise RecipeError("data inspect", problems)
         data = DataConfig(sources=[SourceConfig(path=args.target, format=args.format)], on_invalid="drop")

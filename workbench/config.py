@@ -20,8 +20,6 @@ import yaml
 
 from workbench.errors import RecipeError
 
-METHODS = ("sft", "reward", "dpo", "rejection_sampling", "ppo")
-
 # Method -> (module, class) of its `train:` section. A declaration, not an import of methods/.
 TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "sft": ("trl", "SFTConfig"),
@@ -374,11 +372,6 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, problems: list[
     except Exception as exc:  # a dataclass's own __post_init__ checks
         problems.append(f"`{where.rstrip('.') or cls.__name__}`: {exc}")
         return cls()
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """Help text of each field, for `workbench validate --explain` and the docs."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,10 +20,6 @@ def torch_dtype(name: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def is_local(name_or_path: str) -> bool:
-    return Path(name_or_path).expanduser().exists()
-
-
 def model_location_problem(name_or_path: str) -> str | None:
     """Why `name_or_path` cannot be a model, checked without loading weights; None if it looks fine."""
     path = Path(name_or_path).expanduser()
@@ -31,7 +27,8 @@ def model_location_problem(name_or_path: str) -> str | None:
         return None if (path / "config.json").is_file() else f"model directory '{name_or_path}' has no config.json"
     if path.exists():
         return f"model path '{name_or_path}' is a file; give the directory holding config.json"
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    first = name_or_path.split("/", 1)[0]
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or Path(first).is_dir():
         return f"model '{name_or_path}' not found (relative paths are resolved from {Path.cwd()}); build one with `workbench tiny-model DIR`"
     return None  # a hub id: checked when loaded
 
@@ -64,7 +61,15 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     """The model's tokenizer, with a pad token guaranteed (the EOS token when the checkpoint has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    problem = model_location_problem(cfg.name_or_path)
+    if problem:
+        raise WorkbenchError(problem)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as exc:
+        raise WorkbenchError(f"cannot load the tokenizer of '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import Recipe, dump_yaml, resolved_dict
+from workbench.data.pipeline import write_json
 
 REDACTED = "***REDACTED***"
 SECRET_NAME = re.compile(r"(token|secret|passw|api_?key|_key$|^key$|credential|auth)", re.IGNORECASE)
@@ -261,10 +262,7 @@ class Tracker:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        path = self.run_dir / "manifest.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json(self.run_dir / "manifest.json", self.manifest)
 
 
 # ----------------------------------------------------------------------------------------------

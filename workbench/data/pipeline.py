@@ -40,10 +40,6 @@ class Prepared:
     tokenized: dict[str, list[TokenizedPair]] = field(default_factory=dict)
     settings: TokenizationSettings | None = None
 
-    @property
-    def fingerprint(self) -> str:
-        return self.report["fingerprints"]["data"]
-
 
 def tokenization_settings(data: DataConfig) -> TokenizationSettings:
     return TokenizationSettings(max_length=data.max_length, max_prompt_length=effective_max_prompt_length(data))

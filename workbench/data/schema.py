@@ -16,8 +16,6 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
-PROMPT_FIELDS = ("prompt",)
-SFT_FIELDS = ("prompt", "completion")
 
 Message = dict[str, str]
 Content = str | list[Message]
