@@ -128,8 +128,8 @@ class SourceConfig:
         default=None,
     )
     synthetic: SyntheticSpec | None = _help("Generate the data instead of reading `path`.", default=None)
-    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair"] = _help(
-        "Row layout. `auto` detects it from the columns.", default="auto"
+    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair", "sft", "prompt"] = _help(
+        "Row layout. `auto` detects it from the columns. `sft`: (prompt, completion); `prompt`: prompts only.", default="auto"
     )
     columns: dict[str, str] = _help(
         "Renames applied first, canonical name -> source column, e.g. {prompt: question}.", default_factory=dict

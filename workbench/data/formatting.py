@@ -35,10 +35,40 @@ class TokenizedPair:
     response_truncated: bool
     lost_difference: bool
     lengths: tuple[int, int, int]  # (prompt, chosen, rejected) tokens before truncation
+    FIELDS = ("prompt", "chosen", "rejected")
 
     @property
     def truncated(self) -> bool:
         return self.prompt_truncated or self.response_truncated
+
+
+@dataclass(frozen=True)
+class TokenizedSFT:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    prompt_truncated: bool
+    response_truncated: bool
+    lengths: tuple[int, int]  # (prompt, completion) tokens before truncation
+    FIELDS = ("prompt", "completion")
+    lost_difference = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_truncated or self.response_truncated
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    prompt_ids: list[int]
+    prompt_truncated: bool
+    lengths: tuple[int]
+    FIELDS = ("prompt",)
+    response_truncated = False
+    lost_difference = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_truncated
 
 
 PLAIN_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
@@ -141,9 +171,34 @@ def tokenize_pair(tokenizer: Any, row: dict[str, Any], settings: TokenizationSet
     return TokenizedPair(p, c, r, prompt_cut, response_cut, differed and c == r, lengths)
 
 
-def tokenize_preference_rows(
-    tokenizer: Any, rows: Sequence[dict[str, Any]], settings: TokenizationSettings
-) -> list[TokenizedPair]:
+def tokenize_sft(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedSFT:
+    """A (prompt, completion) row -> truncated token ids, the same rules as for pairs."""
+    p = prompt_ids(tokenizer, row["prompt"])
+    shared, c = completion_ids(tokenizer, row["prompt"], p, row["completion"])
+    p = p[:shared]
+    lengths = (len(p), len(c))
+    keep_first = bool(p) and p[0] in set(tokenizer.all_special_ids)
+    p, c, _, prompt_cut, response_cut = truncate_pair(p, c, [], settings, keep_first)
+    return TokenizedSFT(p, c, prompt_cut, response_cut, lengths)
+
+
+def tokenize_prompt(tokenizer: Any, prompt: Content, max_prompt_length: int) -> TokenizedPrompt:
+    """Prompt ids for generation, cut to the last `max_prompt_length` tokens (keeping a leading BOS)."""
+    p = prompt_ids(tokenizer, prompt)
+    if len(p) <= max_prompt_length:
+        return TokenizedPrompt(p, False, (len(p),))
+    head = p[:1] if p[0] in set(tokenizer.all_special_ids) else []
+    return TokenizedPrompt(head + p[len(p) - (max_prompt_length - len(head)) :], True, (len(p),))
+
+
+def tokenize_rows(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], settings: TokenizationSettings, kind: str = "preference"
+) -> list[Any]:
+    """Tokenize records of one kind: preference -> TokenizedPair, sft -> TokenizedSFT, prompt -> TokenizedPrompt."""
+    if kind == "sft":
+        return [tokenize_sft(tokenizer, row, settings) for row in rows]
+    if kind == "prompt":
+        return [tokenize_prompt(tokenizer, row["prompt"], settings.max_prompt_length) for row in rows]
     return [tokenize_pair(tokenizer, row, settings) for row in rows]
 
 
@@ -165,7 +220,7 @@ def length_stats(values: Sequence[int]) -> dict[str, float]:
     }
 
 
-def truncation_report(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
+def truncation_report(pairs: Sequence[Any]) -> dict[str, Any]:
     """Per-split counts of truncation, and of pairs truncation made useless (chosen == rejected)."""
     return {
         "pairs": len(pairs),
@@ -176,15 +231,15 @@ def truncation_report(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
     }
 
 
-def token_length_report(pairs: Sequence[TokenizedPair]) -> dict[str, Any]:
-    """Token length statistics before truncation, and the token-level length bias."""
-    chosen_longer = sum(p.lengths[1] > p.lengths[2] for p in pairs)
-    return {
-        "prompt": length_stats([p.lengths[0] for p in pairs]),
-        "chosen": length_stats([p.lengths[1] for p in pairs]),
-        "rejected": length_stats([p.lengths[2] for p in pairs]),
-        "chosen_longer_share": round(chosen_longer / len(pairs), 4) if pairs else None,
-    }
+def token_length_report(records: Sequence[Any]) -> dict[str, Any]:
+    """Token length statistics before truncation per field, and for pairs the token-level length bias."""
+    if not records:
+        return {}
+    fields = records[0].FIELDS
+    out: dict[str, Any] = {name: length_stats([r.lengths[i] for r in records]) for i, name in enumerate(fields)}
+    if fields == TokenizedPair.FIELDS:
+        out["chosen_longer_share"] = round(sum(r.lengths[1] > r.lengths[2] for r in records) / len(records), 4)
+    return out
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

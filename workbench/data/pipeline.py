@@ -19,19 +19,20 @@ from workbench.data.formatting import (
     TokenizationSettings,
     TokenizedPair,
     token_length_report,
-    tokenize_preference_rows,
+    tokenize_rows,
     tokenizer_fingerprint,
     truncation_report,
 )
-from workbench.data.schema import Reject, empty_response_warning, pair_id, stable_hash, to_conversational
+from workbench.data.schema import KIND_FIELDS, Reject, empty_response_warning, pair_id, stable_hash, to_conversational
 from workbench.data.sources import Loaded, load_source
 from workbench.errors import DataError
 
-KEEP_COLUMNS = ("prompt", "chosen", "rejected", "pair_id", "source", "line")
+PROVENANCE = ("pair_id", "source", "line")
 
 
 @dataclass
 class Prepared:
+    kind: str
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     rejects: list[Reject]
@@ -45,14 +46,14 @@ def tokenization_settings(data: DataConfig) -> TokenizationSettings:
     return TokenizationSettings(max_length=data.max_length, max_prompt_length=effective_max_prompt_length(data))
 
 
-def read_sources(data: DataConfig) -> tuple[list[Loaded], list[Reject], list[dict[str, Any]]]:
+def read_sources(data: DataConfig, kind: str = "preference") -> tuple[list[Loaded], list[Reject], list[dict[str, Any]]]:
     """Every row of every source, as kept rows and rejects, plus per-source counts."""
     loaded: list[Loaded] = []
     rejects: list[Reject] = []
     per_source = []
     for index, src in enumerate(data.sources):
         kept = bad = 0
-        for item in load_source(src, index):
+        for item in load_source(src, index, kind):
             if isinstance(item, Reject):
                 rejects.append(item)
                 bad += 1
@@ -76,12 +77,12 @@ def raise_for_rejects(rejects: list[Reject]) -> None:
     )
 
 
-def to_rows(loaded: list[Loaded]) -> list[dict[str, Any]]:
+def to_rows(loaded: list[Loaded], kind: str) -> list[dict[str, Any]]:
     rows = [{**item.row, "source": item.source, "line": item.line, "_src": item.source_index} for item in loaded]
     if len({isinstance(r["prompt"], list) for r in rows}) > 1:  # one column type per field
         rows = [to_conversational(r) for r in rows]
     for r in rows:
-        r["pair_id"] = pair_id(r)
+        r["pair_id"] = pair_id(r, KIND_FIELDS[kind])
     return rows
 
 
@@ -131,12 +132,15 @@ def margin_column(rows: list[dict[str, Any]]) -> bool:
     return with_margin > 0
 
 
-def prepare(data: DataConfig, seed: int, tokenizer: Any = None) -> Prepared:
-    """Run the whole data layer. Raises DataError for bad rows when `on_invalid: error`."""
-    loaded, rejects, per_source = read_sources(data)
+def prepare(data: DataConfig, seed: int, tokenizer: Any = None, kind: str = "preference") -> Prepared:
+    """Run the whole data layer for records of `kind` (preference, sft, prompt).
+
+    Raises DataError for bad rows when `on_invalid: error`.
+    """
+    loaded, rejects, per_source = read_sources(data, kind)
     if data.on_invalid == "error":
         raise_for_rejects(rejects)
-    rows = to_rows(loaded)
+    rows = to_rows(loaded, kind)
     warnings = Counter(w for w in (empty_response_warning(r) for r in rows) if w)
     rows, duplicates = remove_duplicates(rows, data)
     eval_rows = [r for r in rows if quality.is_eval(r, data.eval_split, data.split_by)]
@@ -149,11 +153,11 @@ def prepare(data: DataConfig, seed: int, tokenizer: Any = None) -> Prepared:
         entry["train_after_mixture"] = sum(r["_src"] == index for r in train_rows)
     if not train_rows:
         raise DataError("no training rows left after validation, dedup and split; check `data.sources` and `data.eval_split`")
-    columns = KEEP_COLUMNS + (("margin",) if margin_column(rows) else ())
+    columns = KIND_FIELDS[kind] + PROVENANCE + (("margin",) if margin_column(rows) else ())
     train = [{k: r[k] for k in columns} for r in train_rows]
     evals = [{k: r[k] for k in columns} for r in eval_rows]
-    report = build_report(data, per_source, rejects, duplicates, warnings, train, evals)
-    prepared = Prepared(train, evals, rejects, duplicates, report)
+    report = build_report(data, per_source, rejects, duplicates, warnings, train, evals, kind)
+    prepared = Prepared(kind, train, evals, rejects, duplicates, report)
     if tokenizer is not None:
         add_token_report(prepared, tokenizer, tokenization_settings(data))
     return prepared
@@ -167,12 +171,14 @@ def build_report(
     warnings: Counter,
     train: list[dict[str, Any]],
     evals: list[dict[str, Any]],
+    kind: str = "preference",
 ) -> dict[str, Any]:
     rows_read = sum(s["rows_read"] for s in per_source)
     dropped = len(rejects) if data.on_invalid == "drop" else 0
     train_fp = stable_hash([r["pair_id"] for r in train])
     eval_fp = stable_hash([r["pair_id"] for r in evals])
-    return {
+    report = {
+        "kind": kind,
         "sources": per_source,
         "rows_read": rows_read,
         "kept": rows_read - dropped - len(duplicates),
@@ -186,17 +192,19 @@ def build_report(
         },
         "split": {"by": data.split_by, "eval_split": data.eval_split, "train": len(train), "eval": len(evals)},
         "contamination": quality.contamination(train, evals),
-        "length_bias": {"train": quality.length_bias(train), "eval": quality.length_bias(evals)},
         "fingerprints": {"train": train_fp[:16], "eval": eval_fp[:16], "data": stable_hash([train_fp, eval_fp])[:16]},
     }
+    if kind == "preference":
+        report["length_bias"] = {"train": quality.length_bias(train), "eval": quality.length_bias(evals)}
+    return report
 
 
 def add_token_report(prepared: Prepared, tokenizer: Any, settings: TokenizationSettings) -> None:
     """Tokenize both splits once (methods reuse it) and add token lengths and truncation to the report."""
     prepared.settings = settings
     prepared.tokenized = {
-        "train": tokenize_preference_rows(tokenizer, prepared.train, settings),
-        "eval": tokenize_preference_rows(tokenizer, prepared.eval, settings),
+        "train": tokenize_rows(tokenizer, prepared.train, settings, prepared.kind),
+        "eval": tokenize_rows(tokenizer, prepared.eval, settings, prepared.kind),
     }
     prepared.report["tokenization"] = {**settings.to_dict(), "tokenizer": tokenizer_fingerprint(tokenizer)}
     prepared.report["tokens"] = {name: token_length_report(p) for name, p in prepared.tokenized.items()}
@@ -222,7 +230,7 @@ def save(prepared: Prepared, output_dir: str | Path) -> Path:
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", prepared.train), ("eval", prepared.eval)):
-        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in KEEP_COLUMNS})
+        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in KIND_FIELDS[prepared.kind] + PROVENANCE})
         dataset.save_to_disk(str(data_dir / name))
     for name, records in (("rejects.jsonl", [r.to_json() for r in prepared.rejects]), ("duplicates.jsonl", prepared.duplicates)):
         if records:

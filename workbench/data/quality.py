@@ -43,7 +43,7 @@ def shingles(text: str, n: int = 3) -> set[str]:
 
 
 def pair_text(row: dict[str, Any]) -> str:
-    return " \n ".join(text_of(row[k]) for k in ("prompt", "chosen", "rejected"))
+    return " \n ".join(text_of(row[k]) for k in ("prompt", "chosen", "rejected", "completion") if k in row)
 
 
 def near_duplicates(rows: Sequence[dict[str, Any]], threshold: float, num_perm: int = 128, seed: int = 1) -> dict[int, int]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench.data.formatting import TokenizedPair
-
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short human-readable view of data_report.json."""
@@ -27,10 +25,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines.append(
         f"contamination: {c['eval_pairs_in_train']} eval pairs and {c['eval_prompts_in_train']} eval prompts also in train"
     )
-    lb = report["length_bias"]["train"]
-    lines.append(
-        f"length bias (train): chosen longer in {lb['chosen_longer']} of {lb['pairs']} pairs ({lb['chosen_longer_share']})"
-    )
+    if "length_bias" in report:
+        lb = report["length_bias"]["train"]
+        lines.append(
+            f"length bias (train): chosen longer in {lb['chosen_longer']} of {lb['pairs']} pairs ({lb['chosen_longer_share']})"
+        )
     for name, t in report.get("tokens", {}).items():
         parts = ", ".join(
             f"{k} mean {v.get('mean')} p95 {v.get('p95')} max {v.get('max')}" for k, v in t.items() if isinstance(v, dict)
@@ -43,8 +42,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot_lengths(tokenized: dict[str, list[TokenizedPair]], out_dir: Path) -> list[Path]:
-    """One PNG per split: histograms of prompt / chosen / rejected token lengths before truncation."""
+def plot_lengths(tokenized: dict[str, list[Any]], out_dir: Path) -> list[Path]:
+    """One PNG per split: histograms of each field's token lengths (prompt, chosen, rejected...) before truncation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,12 +53,13 @@ def plot_lengths(tokenized: dict[str, list[TokenizedPair]], out_dir: Path) -> li
     for split, pairs in tokenized.items():
         if not pairs:
             continue
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-        for ax, (index, name) in zip(axes, enumerate(("prompt", "chosen", "rejected"))):
+        fields = pairs[0].FIELDS
+        fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2), squeeze=False)
+        for ax, (index, name) in zip(axes[0], enumerate(fields)):
             ax.hist([p.lengths[index] for p in pairs], bins=40, color=("#4c72b0", "#55a868", "#c44e52")[index])
             ax.set_title(f"{name} tokens ({split})")
             ax.set_xlabel("tokens")
-        axes[0].set_ylabel("pairs")
+        axes[0][0].set_ylabel("records")
         fig.tight_layout()
         path = out_dir / f"lengths_{split}.png"
         fig.savefig(path, dpi=90)

@@ -16,6 +16,8 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+# The fields of each record kind: preference pairs, SFT examples, prompts (generation).
+KIND_FIELDS = {"preference": PREFERENCE_FIELDS, "sft": ("prompt", "completion"), "prompt": ("prompt",)}
 
 Message = dict[str, str]
 Content = str | list[Message]
@@ -94,9 +96,20 @@ def preference_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
+def record_problem(row: dict[str, Any], kind: str) -> str | None:
+    """Why a canonical record of `kind` is invalid, or None."""
+    if kind == "preference":
+        return preference_problem(row)
+    for name in KIND_FIELDS[kind]:
+        problem = field_problem(row, name)
+        if problem:
+            return problem
+    return None if text_of(row["prompt"]).strip() else "empty prompt"
+
+
 def empty_response_warning(row: dict[str, Any]) -> str | None:
-    for name in ("chosen", "rejected"):
-        if not text_of(row[name]).strip():
+    for name in ("chosen", "rejected", "completion"):
+        if name in row and not text_of(row[name]).strip():
             return f"empty {name} response"
     return None
 
@@ -115,9 +128,10 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def pair_id(row: dict[str, Any]) -> str:
-    """Stable id of a preference pair: a hash of its normalized fields, whatever file or order it came from."""
-    return stable_hash([normalize(row[name]) for name in PREFERENCE_FIELDS])[:32]
+def pair_id(row: dict[str, Any], fields: tuple[str, ...] = PREFERENCE_FIELDS) -> str:
+    """Stable id of a record (a preference pair by default): a hash of its normalized fields,
+    whatever file or order it came from."""
+    return stable_hash([normalize(row[name]) for name in fields])[:32]
 
 
 def prompt_id(prompt: Content) -> str:
@@ -130,9 +144,9 @@ def as_messages(value: Content, role: str) -> list[Message]:
 
 
 def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
-    """A preference row with every field as messages (prompt as user, responses as assistant)."""
+    """A record with every field as messages (prompt as user, responses as assistant)."""
     out = dict(row)
-    out["prompt"] = as_messages(row["prompt"], "user")
-    out["chosen"] = as_messages(row["chosen"], "assistant")
-    out["rejected"] = as_messages(row["rejected"], "assistant")
+    for name in ("prompt", "chosen", "rejected", "completion"):
+        if name in row:
+            out[name] = as_messages(row[name], "user" if name == "prompt" else "assistant")
     return out

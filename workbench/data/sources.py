@@ -17,7 +17,7 @@ from typing import Any
 
 from workbench.config import LabelSpec, SourceConfig
 from workbench.data import synthetic
-from workbench.data.schema import Message, Reject, preference_problem
+from workbench.data.schema import KIND_FIELDS, Message, Reject, preference_problem, record_problem
 from workbench.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -307,6 +307,10 @@ def detect_format(row: dict[str, Any], src: SourceConfig) -> str:
             return "conversational"
         if isinstance(row["chosen"], str) and row["chosen"].lstrip("\n").startswith("Human:"):
             return "hh-rlhf"
+    if {"prompt", "completion"} <= keys:
+        return "sft"
+    if "prompt" in keys:
+        return "prompt"
     raise DataError(
         f"{src.path}: cannot tell the data layout from columns {sorted(keys)}; rename columns with "
         "`columns: {prompt: ..., chosen: ..., rejected: ...}` or set `format:` (preference, conversational, hh-rlhf, labeled-pair)"
@@ -361,8 +365,27 @@ class Loaded:
     source_index: int
 
 
-def load_source(src: SourceConfig, source_index: int) -> Iterator[Loaded | Reject]:
-    """Canonical preference rows of one source, and a Reject for every row that cannot be used."""
+def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> dict[str, Any] | str:
+    """One raw row -> a canonical record of `kind` (preference, sft or prompt), or why it is invalid.
+
+    Preference layouts also serve the other kinds: SFT takes (prompt, chosen), generation takes prompts.
+    """
+    if fmt in ("sft", "prompt"):
+        if kind == "preference" or (kind == "sft" and fmt == "prompt"):
+            raise DataError(
+                f"{src.path}: a `{fmt}` source has no {'chosen/rejected' if kind == 'preference' else 'completion'} for a {kind} method"
+            )
+        record = {name: row.get(name) for name in KIND_FIELDS[kind]}
+    else:
+        pair = to_preference(row, fmt, src)
+        if isinstance(pair, str) or kind == "preference":
+            return pair
+        record = {"prompt": pair["prompt"], "completion": pair["chosen"]} if kind == "sft" else {"prompt": pair["prompt"]}
+    return record_problem(record, kind) or record
+
+
+def load_source(src: SourceConfig, source_index: int, kind: str = "preference") -> Iterator[Loaded | Reject]:
+    """Canonical records of one source, and a Reject for every row that cannot be used."""
     fmt = None if src.format == "auto" else src.format
     for item in iter_raw(src):
         if isinstance(item, Reject):
@@ -374,7 +397,7 @@ def load_source(src: SourceConfig, source_index: int) -> Iterator[Loaded | Rejec
             continue
         if fmt is None:
             fmt = detect_format(row, src)
-        result = to_preference(row, fmt, src)
+        result = to_record(row, fmt, src, kind)
         if isinstance(result, str):
             yield Reject(item.source, item.line, result, item.row)
         else:
