@@ -10,8 +10,8 @@ import yaml
 from conftest import run_workbench
 from test_train import read_metrics
 
+from workbench.batching import left_pad, length_sorted_batches
 from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
-from workbench.scoring import length_sorted_batches
 
 
 def test_pairwise_accuracy_counts_ties_half():
@@ -30,8 +30,10 @@ def test_length_baseline_and_mean_std():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
 
 
-def test_length_sorted_batches():
+def test_length_sorted_batches_and_left_padding():
     assert length_sorted_batches([3, 9, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert length_sorted_batches([2, 2, 2], 2) == [[0, 1], [2]]  # ties keep their order
+    assert left_pad([[5, 6, 7], [8]], 0) == ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
 
 
 def reward_recipe(tmp_path, model, name, **train):

@@ -25,7 +25,7 @@ TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "sft": ("trl", "SFTConfig"),
     "reward": ("trl", "RewardConfig"),
     "dpo": ("trl", "DPOConfig"),
-    "rejection_sampling": ("trl", "SFTConfig"),
+    "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
     "ppo": ("trl", "SFTConfig"),
 }
 
@@ -348,11 +348,19 @@ def _convert_scalar(value: Any, tp: Any, where: str, problems: list[str]) -> Any
 
 
 def type_hints(cls: type) -> dict[str, Any]:
-    """Resolved field annotations; fields whose annotation cannot be resolved are not type-checked."""
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # external classes may use annotations that do not resolve here
-        return {}
+    """Resolved field annotations, class by class along the MRO; an annotation that cannot be
+    resolved (external classes) leaves its field unchecked rather than every field."""
+    import sys
+
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        namespace = vars(sys.modules.get(klass.__module__, typing))
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+            except Exception:  # an annotation this Python cannot evaluate
+                hints.pop(name, None)
+    return hints
 
 
 def build_dataclass(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> Any:

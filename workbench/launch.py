@@ -159,3 +159,10 @@ def launch(recipe: str, accelerate_config: str, overrides: list[str], resume: bo
     cmd = launch_command(recipe, accelerate_config, overrides, resume)
     print("launching:", " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd)
+
+
+def world_size() -> int:
+    """Processes in this run (1 outside a launcher)."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes if PartialState._shared_state else int(os.environ.get("WORLD_SIZE", "1"))

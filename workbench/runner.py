@@ -58,7 +58,7 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
     state.wait_for_everyone()
     try:
         tokenizer = load_tokenizer(recipe.model)
-        prepared = prepare(recipe.data, recipe.data_seed, tokenizer)
+        prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=getattr(method, "DATA_KIND", "preference"))
         if state.is_main_process:
             save(prepared, run_dir)
         tracker.update_manifest(data={"fingerprints": prepared.report["fingerprints"], "split": prepared.report["split"]})

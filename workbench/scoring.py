@@ -9,11 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+from workbench.batching import length_sorted_batches
 
 
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 16) -> list[float]:
@@ -37,3 +33,104 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id
                 scores[i] = float(logits[row, 0])
     model.train(was_training)
     return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward sources: one callable interface, f(prompts, completions) -> list[float]
+
+
+def import_function(spec: str) -> Any:
+    """`package.module:function` or `path/to/file.py:function`."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from workbench.errors import WorkbenchError
+
+    if ":" not in spec:
+        raise WorkbenchError(f"reward function '{spec}' must be written module:function (e.g. my_rewards:length_penalty)")
+    module_name, func_name = spec.rsplit(":", 1)
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, FileNotFoundError) as exc:
+        raise WorkbenchError(f"reward function '{spec}': cannot import {module_name} ({exc})") from None
+    if not callable(getattr(module, func_name, None)):
+        raise WorkbenchError(f"reward function '{spec}': {module_name} has no function {func_name}")
+    return getattr(module, func_name)
+
+
+def checked_scores(name: str, scores: Any, expected: int) -> list[float]:
+    """Rewards must be one finite number per completion: anything else is the user's bug, named."""
+    import math
+
+    from workbench.errors import WorkbenchError
+
+    values = list(scores) if not isinstance(scores, (str, bytes)) else None
+    if values is None or len(values) != expected:
+        raise WorkbenchError(
+            f"reward source {name} returned {type(scores).__name__} of length {len(values) if values is not None else '?'}, expected {expected} numbers"
+        )
+    out = [float(v) for v in values]
+    bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
+    if bad:
+        raise WorkbenchError(f"reward source {name} returned a non-finite score for completion {bad[0]} ({out[bad[0]]})")
+    return out
+
+
+class RewardModelScorer:
+    """A sequence-classification reward model with its own tokenizer and the data layer's formatting."""
+
+    def __init__(self, name_or_path: str, dtype: str, normalize: bool, batch_size: int, max_length: int):
+        from workbench.config import ModelConfig
+        from workbench.data.formatting import TokenizationSettings
+        from workbench.models import load_reward_model, load_tokenizer
+
+        cfg = ModelConfig(name_or_path=name_or_path, dtype=dtype)  # type: ignore[arg-type]
+        self.tokenizer = load_tokenizer(cfg)
+        self.model = load_reward_model(cfg, self.tokenizer).eval()
+        self.settings = TokenizationSettings(max_length=max_length, max_prompt_length=max_length // 2)
+        self.batch_size = batch_size
+        config = self.model.config
+        self.shift, self.scale = 0.0, 1.0
+        if normalize:
+            from workbench.errors import WorkbenchError
+
+            if getattr(config, "reward_std", None) is None:
+                raise WorkbenchError(
+                    f"reward_model.normalize: {name_or_path} stores no reward_mean/reward_std (train it with method: reward)"
+                )
+            self.shift, self.scale = config.reward_mean, config.reward_std or 1.0
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        from workbench.data.formatting import tokenize_sft
+
+        seqs = []
+        for prompt, completion in zip(prompts, completions):
+            t = tokenize_sft(self.tokenizer, {"prompt": prompt, "completion": completion}, self.settings)
+            seqs.append(t.prompt_ids + t.completion_ids)
+        raw = score_sequences(self.model, seqs, self.tokenizer.pad_token_id, self.batch_size)
+        return [(r - self.shift) / self.scale for r in raw]
+
+
+def reward_source(cfg: Any, max_length: int) -> Any:
+    """The recipe's `reward_model:` as one callable f(prompts, completions, **kwargs) -> list[float]."""
+    if cfg.function:
+        func = import_function(cfg.function)
+
+        def call(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+            return checked_scores(cfg.function, func(prompts, completions, **kwargs), len(completions))
+
+        return call
+    scorer = RewardModelScorer(cfg.name_or_path, cfg.dtype, cfg.normalize, cfg.batch_size, max_length)
+
+    def call_model(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        return checked_scores(cfg.name_or_path, scorer(prompts, completions), len(completions))
+
+    return call_model

@@ -10,6 +10,8 @@ from workbench.errors import WorkbenchError
 METHOD_MODULES = {
     "dpo": "workbench.methods.dpo",
     "reward": "workbench.methods.reward",
+    "sft": "workbench.methods.sft",
+    "rejection_sampling": "workbench.methods.rejection_sampling",
 }
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
+DATA_KIND = "preference"
 
 
 class PretokenizedDPOTrainer(DPOTrainer):

@@ -73,9 +73,10 @@ def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
 
 
 def export_probe(ctx: RunContext) -> list[int]:
-    """A fixed input for the export check: the first training pair's prompt and chosen response."""
-    pair = ctx.data.tokenized["train"][0]
-    return (pair.prompt_ids + pair.chosen_ids)[:64]
+    """A fixed input for the export check: the first training record's prompt and (chosen) response."""
+    record = ctx.data.tokenized["train"][0]
+    response = getattr(record, "chosen_ids", None) or getattr(record, "completion_ids", None) or []
+    return (record.prompt_ids + response)[:64]
 
 
 def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> None:

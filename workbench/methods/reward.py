@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
+DATA_KIND = "preference"
 
 STATS_PAIRS = 1024  # training pairs scored for the stored reward mean/std
 
