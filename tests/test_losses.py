@@ -48,3 +48,132 @@ def test_best_of_n_curve_averages_prompts():
     assert best_of_n_curve([[0.0, 1.0], [2.0, 2.0]], [1, 2]) == {1: pytest.approx(1.25), 2: pytest.approx(1.5)}
     assert powers_of_two_upto(8) == [1, 2, 4, 8]
     assert powers_of_two_upto(6) == [1, 2, 4, 6]
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO math
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from workbench.losses import (  # noqa: E402
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_per_token,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    shaped_rewards,
+)
+
+
+def approx_rows(rows, **kw):
+    """pytest.approx for a list of rows, compared flattened."""
+    return pytest.approx([v for row in rows for v in row], **kw)
+
+
+X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+M = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_masked_mean_and_var():
+    """Masked values 1, 2, 4: mean 7/3; squared deviations 16/9 + 1/9 + 25/9 = 14/3;
+    biased variance 14/9, unbiased (x 3/2) 7/3."""
+    assert masked_mean(X, M).item() == pytest.approx(7 / 3)
+    assert masked_var(X, M).item() == pytest.approx(7 / 3)
+    assert masked_var(X, M, unbiased=False).item() == pytest.approx(14 / 9)
+    assert masked_mean(X, M, dim=1).tolist() == pytest.approx([1.5, 4.0])
+
+
+def test_masked_whiten():
+    white = masked_whiten(X, M)
+    assert masked_mean(white, M).item() == pytest.approx(0.0, abs=1e-6)
+    assert masked_var(white, M).item() == pytest.approx(1.0, abs=1e-5)
+    assert white[0, 2].item() == 0.0 and white[1, 1].item() == 0.0  # outside the mask
+    assert masked_mean(masked_whiten(X, M, shift_mean=False), M).item() == pytest.approx(7 / 3, abs=1e-5)
+
+
+def test_kl_estimators():
+    """log pi = -1.0, log pi_ref = -1.5, so log ratio = 0.5. k1 = 0.5.
+    k3 = (e^-0.5 - 1) + 0.5 = 0.606531 - 1 + 0.5 = 0.106531; both 0 where the policies agree."""
+    lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.0]])
+    assert kl_per_token(lp, ref, "k1").flatten().tolist() == approx_rows([[0.5, 0.0]])
+    assert kl_per_token(lp, ref, "k3").flatten().tolist() == approx_rows([[0.106531, 0.0]], abs=1e-6)
+    with pytest.raises(ValueError):
+        kl_per_token(lp, ref, "k2")
+
+
+def test_shaped_rewards_put_the_score_on_the_last_response_token():
+    """kl_coef 0.5. Row 0: kl 0.1, 0.2 on two tokens, score 2 -> [-0.05, -0.1 + 2, 0] = [-0.05, 1.9, 0].
+    Row 1: one token, kl 0.5, score 1 -> [-0.25 + 1, 0, 0] = [0.75, 0, 0]."""
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    out = shaped_rewards(torch.tensor([2.0, 1.0]), kl, M, kl_coef=0.5)
+    assert out.flatten().tolist() == approx_rows([[-0.05, 1.9, 0.0], [0.75, 0.0, 0.0]])
+
+
+def test_gae_by_hand():
+    """rewards [0, 0, 1], values [0.5, 0.6, 0.7].
+    gamma = lam = 1: deltas 0.1, 0.1, 0.3 -> A = [0.5, 0.4, 0.3], returns = A + V = [1, 1, 1].
+    gamma 0.9, lam 0.5: delta2 = 1 - 0.7 = 0.3, A2 = 0.3; delta1 = 0.9*0.7 - 0.6 = 0.03, A1 = 0.03 + 0.45*0.3 = 0.165;
+    delta0 = 0.9*0.6 - 0.5 = 0.04, A0 = 0.04 + 0.45*0.165 = 0.11425."""
+    r, v, m = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3)
+    adv, ret = gae(r, v, m, gamma=1.0, lam=1.0)
+    assert adv.flatten().tolist() == approx_rows([[0.5, 0.4, 0.3]]) and ret.flatten().tolist() == approx_rows([[1.0, 1.0, 1.0]])
+    adv, _ = gae(r, v, m, gamma=0.9, lam=0.5)
+    assert adv.flatten().tolist() == approx_rows([[0.11425, 0.165, 0.3]])
+
+
+def test_gae_stops_at_the_end_of_the_response():
+    """mask [1, 1, 0], rewards [0, 1, 0], values [0.5, 0.6, 0.7 (padding)], gamma 0.9, lam 0.5:
+    A2 = 0 (masked); delta1 = 1 + 0 - 0.6 = 0.4, A1 = 0.4; delta0 = 0.9*0.6 - 0.5 = 0.04, A0 = 0.04 + 0.45*0.4 = 0.22.
+    returns = [0.72, 1.0, 0]."""
+    adv, ret = gae(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.9, 0.5)
+    assert adv.flatten().tolist() == approx_rows([[0.22, 0.4, 0.0]]) and ret.flatten().tolist() == approx_rows([[0.72, 1.0, 0.0]])
+
+
+def test_clipped_policy_loss_by_hand():
+    """ratios 1.5 and 0.5, advantages 1, cliprange 0.2: unclipped -1.5, -0.5; clipped -1.2, -0.8;
+    max -> -1.2, -0.5; loss -0.85. Clipped in 1 of 2 tokens. approx KL = 0.5 * mean(ln1.5^2, ln0.5^2)
+    = 0.5 * (0.164402 + 0.480453) / 2 = 0.161214."""
+    new = torch.tensor([[math.log(1.5), math.log(0.5)]])
+    loss, clipfrac, approxkl = clipped_policy_loss(new, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), 0.2)
+    assert loss.item() == pytest.approx(-0.85) and clipfrac.item() == pytest.approx(0.5)
+    assert approxkl.item() == pytest.approx(0.161214, abs=1e-6)
+
+
+def test_clipped_value_loss_by_hand():
+    """values 1.0, 0.0; old 0.5, 0.5; returns 1; clip 0.2 -> clipped values 0.7, 0.3.
+    Squared errors unclipped 0, 1; clipped 0.09, 0.49; max 0.09, 1; loss 0.5 * mean = 0.2725; clipped in 1 of 2."""
+    loss, clipfrac = clipped_value_loss(
+        torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2), torch.ones(1, 2), 0.2
+    )
+    assert loss.item() == pytest.approx(0.2725) and clipfrac.item() == pytest.approx(0.5)
+
+
+def test_entropy_from_logits():
+    """Uniform over 4: ln 4 = 1.386294. Probabilities 0.25, 0.75 (logits 0, ln 3):
+    -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.346574 + 0.215762 = 0.562335."""
+    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(1.386294, abs=1e-6)
+    assert entropy_from_logits(torch.tensor([0.0, math.log(3.0)])).item() == pytest.approx(0.562335, abs=1e-6)
+
+
+def test_explained_variance():
+    ret, m = torch.tensor([[1.0, 2.0, 4.0]]), torch.ones(1, 3)
+    assert explained_variance(ret, ret, m).item() == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(1, 3), ret, m).item() == pytest.approx(0.0)
+
+
+def test_adaptive_kl_controller():
+    """target 6, horizon 10000, 100 samples. KL 9: error 0.5 clipped to 0.2 -> x (1 + 0.2 * 100 / 10000) = x 1.002:
+    0.2 -> 0.2004. KL 3: error -0.5 clipped to -0.2 -> x 0.998: 0.2004 -> 0.1999992."""
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    assert ctl.update(9.0, 100) == pytest.approx(0.2004)
+    assert ctl.update(3.0, 100) == pytest.approx(0.1999992)
+    again = AdaptiveKLController(1.0, 1.0, 1)
+    again.load_state_dict(ctl.state_dict())
+    assert again.state_dict() == ctl.state_dict()
