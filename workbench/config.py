@@ -26,7 +26,7 @@ TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "reward": ("trl", "RewardConfig"),
     "dpo": ("trl", "DPOConfig"),
     "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
-    "ppo": ("trl", "SFTConfig"),
+    "ppo": ("workbench.train_configs", "PPOConfig"),
 }
 
 # `train:` keys the workbench owns, with where the user sets them instead.

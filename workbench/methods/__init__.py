@@ -12,6 +12,7 @@ METHOD_MODULES = {
     "reward": "workbench.methods.reward",
     "sft": "workbench.methods.sft",
     "rejection_sampling": "workbench.methods.rejection_sampling",
+    "ppo": "workbench.methods.ppo",
 }
 
 

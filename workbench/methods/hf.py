@@ -68,7 +68,7 @@ def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
             merged.save_pretrained(str(model_dir / "merged"), safe_serialization=True)
             ctx.tokenizer.save_pretrained(str(model_dir / "merged"))
     trainer.accelerator.wait_for_everyone()
-    check_export(trainer, ctx, model_dir, head)
+    check_export(trainer.model, trainer.accelerator, ctx, model_dir, head)
     return model_dir
 
 
@@ -79,7 +79,7 @@ def export_probe(ctx: RunContext) -> list[int]:
     return (record.prompt_ids + response)[:64]
 
 
-def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> None:
+def check_export(model: Any, accelerator: Any, ctx: RunContext, model_dir: Path, head: str = "causal-lm") -> None:
     """Reload model/ and compare its logits on a fixed input with the trained model's; fail loudly if they differ.
 
     The trained model's forward runs on every rank (ZeRO-3 gathers its shards collectively); the
@@ -87,8 +87,7 @@ def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> N
     """
     import torch
 
-    model = trainer.model
-    ids = torch.tensor([export_probe(ctx)], device=trainer.accelerator.device)
+    ids = torch.tensor([export_probe(ctx)], device=accelerator.device)
     dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
@@ -99,12 +98,12 @@ def check_export(trainer: Any, ctx: RunContext, model_dir: Path, head: str) -> N
         with plain_loading():
             reloaded = load_export(model_dir, head, is_peft=ctx.recipe.model.lora is not None, dtype=dtype)
         with torch.no_grad():
-            again = reloaded.to(trainer.accelerator.device)(input_ids=ids).logits.float().cpu()
+            again = reloaded.to(accelerator.device)(input_ids=ids).logits.float().cpu()
         diff = float((trained - again).abs().max())
         tolerance = 1e-4 if dtype == torch.float32 else 5e-2
         ctx.tracker.update_manifest(export_check={"max_abs_logit_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance})
         del reloaded
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     check = ctx.tracker.manifest.get("export_check") if ctx.is_main else None
     if check is not None and not check["ok"]:
         raise WorkbenchError(

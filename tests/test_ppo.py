@@ -1,0 +1,132 @@
+"""PPO end to end on CPU: the reward rises with finite KL (1 process, DDP, ZeRO-2), resume, export, guard rails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import REPO, run_workbench
+from test_train import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def ppo_recipe(tmp_path, model, name, **train):
+    recipe = yaml.safe_load((REPO / "recipes" / "ppo.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(model)
+    recipe["tracking"] = {"mode": "disabled"}
+    recipe["output_dir"] = str(tmp_path / name)
+    recipe["train"].update(train)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def scores(run) -> list[float]:
+    return [m["train/objective/scores"] for m in read_metrics(run)]
+
+
+def assert_learned(run):
+    s = scores(run)
+    assert len(s) == 30
+    first, last = sum(s[:5]) / 5, sum(s[-5:]) / 5
+    assert last > first + 0.04, (first, last)  # the vowel share of the responses clearly rises
+    kls = [m["train/objective/kl"] for m in read_metrics(run)]
+    assert all(k == k and abs(k) < 50 for k in kls)  # finite, bounded
+    assert json.loads((run / "manifest.json").read_text())["export_check"]["ok"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("ppo")
+    res = run_workbench(["train", str(ppo_recipe(tmp, tiny_model, "single"))])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp / "single"
+
+
+def test_ppo_raises_the_reward_single_process(single):
+    assert_learned(single)
+    keys = read_metrics(single)[0].keys()
+    for key in (
+        "train/objective/entropy",
+        "train/objective/rlhf_reward",
+        "train/policy/approxkl",
+        "train/policy/clipfrac",
+        "train/loss/policy",
+        "train/loss/value",
+        "train/val/clipfrac",
+        "train/val/explained_variance",
+        "train/response_length",
+        "train/generation_tokens_per_second",
+        "train/training_tokens_per_second",
+    ):
+        assert key in keys
+
+
+def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.config import load_recipe
+    from workbench.validate import validate
+
+    AutoModelForCausalLM.from_pretrained(single / "model")
+    recipe = yaml.safe_load((REPO / "recipes" / "quickstart_dpo.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(single / "model")
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(recipe))
+    assert load_recipe(tmp_path / "dpo.yaml").model.name_or_path == str(single / "model")
+    _, problems = validate(str(tmp_path / "dpo.yaml"), [], None)
+    assert problems == []
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
+def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
+    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16)
+    res = run_workbench(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
+    assert_learned(tmp_path / config)
+
+
+def test_killed_ppo_resumes_to_the_same_end(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    common = {"max_steps": 6, "save_steps": 2, "per_device_train_batch_size": 8}
+    straight = ppo_recipe(tmp_path, tiny_model, "straight", **common)
+    res = run_workbench(["train", str(straight)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    killed = ppo_recipe(tmp_path, tiny_model, "killed", **common)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "train", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-2" / ".complete").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = run_workbench(["train", str(killed), "--resume"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "manifest.json").read_text())["resumed_from_step"] >= 2
+    assert [m["step"] for m in read_metrics(run)] == list(range(1, 7))
+    assert scores(run) == pytest.approx(scores(tmp_path / "straight"), abs=1e-6)
+    a, b = load_file(tmp_path / "straight" / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_non_finite_updates_stop_the_run_and_no_nan_weights_are_saved(tmp_path, tiny_model):
+    # a learning rate this large makes the first update's loss non-finite
+    path = ppo_recipe(
+        tmp_path, tiny_model, "nan", max_steps=6, per_device_train_batch_size=8, learning_rate=1e30, max_nonfinite_updates=2
+    )
+    res = run_workbench(["train", str(path)])
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "PPO stopped: 2 updates in a row had a non-finite" in res.stderr
+    assert not (tmp_path / "nan" / "model").exists()
+    assert json.loads((tmp_path / "nan" / "manifest.json").read_text())["status"] == "failed"
