@@ -130,3 +130,37 @@ def test_non_finite_updates_stop_the_run_and_no_nan_weights_are_saved(tmp_path, 
     assert "PPO stopped: 2 updates in a row had a non-finite" in res.stderr
     assert not (tmp_path / "nan" / "model").exists()
     assert json.loads((tmp_path / "nan" / "manifest.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.distributed
+def test_ppo_under_zero3_gathers_for_generation_and_exports(tmp_path, tiny_model):
+    path = ppo_recipe(tmp_path, tiny_model, "zero3", max_steps=3, per_device_train_batch_size=8, save_steps=0)
+    res = run_workbench(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_zero3.yaml")])
+    assert res.returncode == 0, res.stderr[-4000:]
+    manifest = json.loads((tmp_path / "zero3" / "manifest.json").read_text())
+    assert (
+        manifest["world_size"] == 2 and manifest["export_check"]["ok"] and manifest["export_check"]["max_abs_logit_diff"] <= 1e-4
+    )
+    metrics = read_metrics(tmp_path / "zero3")
+    assert [m["step"] for m in metrics] == [1, 2, 3] and metrics[0]["train/objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    for m in metrics:  # the time split of every update is logged
+        assert (
+            m["train/time/generation_seconds"] > 0
+            and m["train/time/training_seconds"] > 0
+            and m["train/time/scoring_seconds"] >= 0
+        )
+
+
+def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path, tiny_model):
+    path = ppo_recipe(tmp_path, tiny_model, "lora", max_steps=3, per_device_train_batch_size=8, save_steps=0)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["model"]["lora"] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    path.write_text(yaml.safe_dump(recipe))
+    res = run_workbench(["train", str(path)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "lora"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["reference"] == "policy base with adapters disabled" and manifest["export_check"]["ok"]
+    kls = [m["train/objective/kl"] for m in read_metrics(run)]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0  # adapters start as a no-op, then move away
+    assert (run / "model" / "adapter_model.safetensors").is_file()

@@ -21,7 +21,7 @@ from workbench.config import ModelConfig, train_config_class, train_field_defaul
 from workbench.errors import WorkbenchError
 from workbench.generation import GenerationStats, generate
 from workbench.methods import hf
-from workbench.models import load_causal_lm
+from workbench.models import apply_lora, load_causal_lm
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
@@ -44,11 +44,16 @@ def build_models(ctx: RunContext, args: SimpleNamespace) -> tuple[Any, Any]:
 
     recipe = ctx.recipe
     policy = load_causal_lm(recipe.model, ctx.tokenizer)
-    reference = load_causal_lm(
-        ModelConfig(name_or_path=recipe.reference.name_or_path or recipe.model.name_or_path, dtype=recipe.model.dtype),
-        ctx.tokenizer,
-    )
-    reference.eval().requires_grad_(False)
+    reference = None  # under LoRA: the policy with its adapters disabled, no second copy
+    if recipe.model.lora is not None:
+        policy = apply_lora(policy, recipe.model, task_type="CAUSAL_LM")
+    else:
+        with hf.plain_loading():  # never partitioned: the frozen reference is not wrapped in a DeepSpeed engine
+            reference = load_causal_lm(
+                ModelConfig(name_or_path=recipe.reference.name_or_path or recipe.model.name_or_path, dtype=recipe.model.dtype),
+                ctx.tokenizer,
+            )
+        reference.eval().requires_grad_(False)
     rm = recipe.reward_model
     value_from = (
         rm.name_or_path if args.value_init == "reward" and rm is not None and rm.name_or_path else recipe.model.name_or_path
@@ -71,9 +76,10 @@ def build_models(ctx: RunContext, args: SimpleNamespace) -> tuple[Any, Any]:
             values = self.value(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.squeeze(-1)
             return logits, values  # (B, L, V), (B, L)
 
-    ctx.tracker.update_manifest(
-        reference=f"frozen copy of {reference.config._name_or_path}", value_model=f"initialized from {value_from}"
+    ref_kind = (
+        f"frozen copy of {reference.config._name_or_path}" if reference is not None else "policy base with adapters disabled"
     )
+    ctx.tracker.update_manifest(reference=ref_kind, value_model=f"initialized from {value_from}")
     return PolicyAndValue(), reference
 
 
@@ -115,6 +121,15 @@ def response_values(values: Any, batch: dict[str, Any]) -> Any:
     return values[:, p - 1 : p - 1 + batch["response_mask"].shape[1]].float()
 
 
+def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
+    """The frozen reference's logits: a separate model, or the LoRA policy with its adapters disabled."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    if reference is not None:
+        return reference(**kwargs).logits
+    with policy.disable_adapter():
+        return policy(**kwargs).logits
+
+
 def select_rows(batch: dict[str, Any], rows: Any) -> dict[str, Any]:
     return {k: (v[rows] if hasattr(v, "shape") else v) for k, v in batch.items()}
 
@@ -147,7 +162,8 @@ def run(ctx: RunContext) -> RunResult:
         ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
         ds_plugin.deepspeed_config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     model, reference = build_models(ctx, args)
-    reference.to(accelerator.device)
+    if reference is not None:
+        reference.to(accelerator.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     scheduler = get_scheduler(
         args.lr_scheduler_type,
@@ -178,6 +194,7 @@ def run(ctx: RunContext) -> RunResult:
         mine = picks[accelerator.process_index :: accelerator.num_processes]
         unwrapped = accelerator.unwrap_model(model)
         stats = GenerationStats()
+        t_gen = time.perf_counter()
         with gathered_for_generation(unwrapped.policy, accelerator):
             completions = generate(
                 unwrapped.policy,
@@ -191,20 +208,21 @@ def run(ctx: RunContext) -> RunResult:
         completions.sort(key=lambda c: c.prompt_index)
         responses = [c.token_ids + ([eos_id] if c.finished else []) for c in completions]
         texts = [ctx.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        t_score = time.perf_counter()
+        generation_seconds = t_score - t_gen
         raw_scores = score([prompts[i]["prompt"] for i in mine], texts)
         if args.missing_eos_penalty is not None:
             raw_scores = [s - (0.0 if c.finished else args.missing_eos_penalty) for s, c in zip(raw_scores, completions)]
         batch = rollout_tensors([tokenized[i] for i in mine], responses, ctx.tokenizer.pad_token_id, accelerator.device)
         mask = batch["response_mask"]
         t_train = time.perf_counter()
+        scoring_seconds = t_train - t_score
         with torch.no_grad():
             logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
             old_logprobs = response_logprobs(logits, batch) * mask
             old_values = response_values(values, batch) * mask
             entropy = losses.masked_mean(losses.entropy_from_logits(logits[:, batch["prompt_width"] - 1 : -1].float()), mask)
-            ref_logits = reference(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
-            ).logits
+            ref_logits = reference_logits(reference, accelerator.unwrap_model(model).policy, batch)
             ref_logprobs = response_logprobs(ref_logits, batch) * mask
             kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
             scores = torch.tensor(raw_scores, device=accelerator.device, dtype=torch.float32)
@@ -292,6 +310,9 @@ def run(ctx: RunContext) -> RunResult:
                 * args.ppo_epochs
                 / max(train_seconds, 1e-9),
                 "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/time/generation_seconds": generation_seconds,
+                "train/time/scoring_seconds": scoring_seconds,
+                "train/time/training_seconds": train_seconds,
             }
             ctx.tracker.log(metrics, step=step)
         if args.save_steps and step % args.save_steps == 0:
