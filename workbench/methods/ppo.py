@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -146,178 +147,212 @@ def save_checkpoint(accelerator: Any, ctx: RunContext, step: int, controller: An
     accelerator.wait_for_everyone()
 
 
-def run(ctx: RunContext) -> RunResult:
-    import torch
-    from accelerate import Accelerator
-    from transformers import get_scheduler
+@dataclass
+class Rollout:
+    """One update's experience: tensors (B, R) over response tokens, plus what was logged about it."""
 
-    from workbench.runner import RunResult
+    batch: dict[str, Any]
+    old_logprobs: Any
+    old_values: Any
+    advantages: Any
+    returns: Any
+    kl: Any
+    scores: Any
+    entropy: Any
+    seconds: dict[str, float]
+    generation_tokens_per_second: float
 
-    args = ppo_args(ctx)
-    recipe = ctx.recipe
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
-    ds_plugin = accelerator.state.deepspeed_plugin
-    micro = max(1, args.per_device_train_batch_size // (args.num_mini_batches * args.gradient_accumulation_steps))
-    if ds_plugin is not None:
-        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
-        ds_plugin.deepspeed_config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
-    model, reference = build_models(ctx, args)
-    if reference is not None:
-        reference.to(accelerator.device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer,
-        num_warmup_steps=args.warmup_steps,
-        num_training_steps=args.max_steps * args.ppo_epochs * args.num_mini_batches,
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    score = reward_source(recipe.reward_model, recipe.data.max_length)
-    controller = losses.AdaptiveKLController(args.kl_coef, args.target_kl or 1.0, args.kl_horizon)
-    prompts = ctx.data.train
-    tokenized = [t.prompt_ids for t in ctx.data.tokenized["train"]]
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(recipe.seed)).tolist()
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes
-    start, position = 0, 0
-    if ctx.resume_checkpoint:
-        accelerator.load_state(str(ctx.resume_checkpoint))
-        state = json.loads((Path(ctx.resume_checkpoint) / "ppo_state.json").read_text())
-        start, position = state["step"], state["position"]
-        controller.load_state_dict(state["kl"])
-    eos_id = ctx.tokenizer.eos_token_id
-    nonfinite = 0
-    gen_cfg = recipe.generation
-    seed = recipe.seed if gen_cfg.seed is None else gen_cfg.seed
-    for step in range(start + 1, args.max_steps + 1):
-        picks = [order[(position + i) % len(order)] for i in range(global_batch)]
-        position += global_batch
-        mine = picks[accelerator.process_index :: accelerator.num_processes]
-        unwrapped = accelerator.unwrap_model(model)
+
+class PPOLoop:
+    """State shared by the steps of one PPO run (models, optimizer, reward, data order, KL controller)."""
+
+    def __init__(self, ctx: RunContext):
+        import torch
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.ctx, self.args, recipe = ctx, ppo_args(ctx), ctx.recipe
+        args = self.args
+        self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:  # no Trainer to fill DeepSpeed's "auto" batch fields
+            micro = max(1, args.per_device_train_batch_size // (args.num_mini_batches * args.gradient_accumulation_steps))
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+            plugin.deepspeed_config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+        model, self.reference = build_models(ctx, args)
+        if self.reference is not None:
+            self.reference.to(self.accelerator.device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+        total = args.max_steps * args.ppo_epochs * args.num_mini_batches
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=total)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.score = reward_source(recipe.reward_model, recipe.data.max_length)
+        self.controller = losses.AdaptiveKLController(args.kl_coef, args.target_kl or 1.0, args.kl_horizon)
+        self.tokenized = [t.prompt_ids for t in ctx.data.tokenized["train"]]
+        self.order = torch.randperm(len(self.tokenized), generator=torch.Generator().manual_seed(recipe.seed)).tolist()
+        self.global_batch = args.per_device_train_batch_size * self.accelerator.num_processes
+        self.seed = recipe.seed if recipe.generation.seed is None else recipe.generation.seed
+        self.start, self.position = 0, 0
+
+    def resume(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "ppo_state.json").read_text())
+        self.start, self.position = state["step"], state["position"]
+        self.controller.load_state_dict(state["kl"])
+
+    def rollout(self, step: int) -> Rollout:
+        """Generate for this process's prompts, score, and compute KL, rewards, values and advantages."""
+        import torch
+
+        acc, args, tok = self.accelerator, self.args, self.ctx.tokenizer
+        picks = [self.order[(self.position + i) % len(self.order)] for i in range(self.global_batch)]
+        self.position += self.global_batch
+        mine = picks[acc.process_index :: acc.num_processes]
+        policy = acc.unwrap_model(self.model).policy
         stats = GenerationStats()
-        t_gen = time.perf_counter()
-        with gathered_for_generation(unwrapped.policy, accelerator):
+        t0 = time.perf_counter()
+        with gathered_for_generation(policy, acc):
+            seed = self.seed + step * 1000 + acc.process_index
             completions = generate(
-                unwrapped.policy,
-                ctx.tokenizer,
-                [tokenized[i] for i in mine],
-                gen_cfg,
-                seed + step * 1000 + accelerator.process_index,
-                num_samples=1,
-                stats=stats,
+                policy, tok, [self.tokenized[i] for i in mine], self.ctx.recipe.generation, seed, num_samples=1, stats=stats
             )
         completions.sort(key=lambda c: c.prompt_index)
-        responses = [c.token_ids + ([eos_id] if c.finished else []) for c in completions]
-        texts = [ctx.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-        t_score = time.perf_counter()
-        generation_seconds = t_score - t_gen
-        raw_scores = score([prompts[i]["prompt"] for i in mine], texts)
+        t1 = time.perf_counter()
+        texts = [tok.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        raw = self.score([self.ctx.data.train[i]["prompt"] for i in mine], texts)
         if args.missing_eos_penalty is not None:
-            raw_scores = [s - (0.0 if c.finished else args.missing_eos_penalty) for s, c in zip(raw_scores, completions)]
-        batch = rollout_tensors([tokenized[i] for i in mine], responses, ctx.tokenizer.pad_token_id, accelerator.device)
+            raw = [s - (0.0 if c.finished else args.missing_eos_penalty) for s, c in zip(raw, completions)]
+        t2 = time.perf_counter()
+        responses = [c.token_ids + ([tok.eos_token_id] if c.finished else []) for c in completions]
+        batch = rollout_tensors([self.tokenized[i] for i in mine], responses, tok.pad_token_id, acc.device)
         mask = batch["response_mask"]
-        t_train = time.perf_counter()
-        scoring_seconds = t_train - t_score
         with torch.no_grad():
-            logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
             old_logprobs = response_logprobs(logits, batch) * mask
             old_values = response_values(values, batch) * mask
             entropy = losses.masked_mean(losses.entropy_from_logits(logits[:, batch["prompt_width"] - 1 : -1].float()), mask)
-            ref_logits = reference_logits(reference, accelerator.unwrap_model(model).policy, batch)
-            ref_logprobs = response_logprobs(ref_logits, batch) * mask
+            ref_logprobs = response_logprobs(reference_logits(self.reference, policy, batch), batch) * mask
             kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
-            scores = torch.tensor(raw_scores, device=accelerator.device, dtype=torch.float32)
-            rewards = losses.shaped_rewards(scores, kl, mask, controller.value)
+            scores = torch.tensor(raw, device=acc.device, dtype=torch.float32)
+            rewards = losses.shaped_rewards(scores, kl, mask, self.controller.value)
             if args.whiten_rewards:
                 rewards = losses.masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = losses.gae(rewards, old_values, mask, args.gamma, args.lam)
             advantages = losses.masked_whiten(advantages, mask)
-        if not bool(accelerator.reduce(torch.isfinite(kl.sum()).float(), "min")):
-            nonfinite = guard_nonfinite(nonfinite, args, step, "KL")
-            continue
-        metrics_acc: dict[str, list[float]] = {k: [] for k in ("policy", "value", "clipfrac", "approxkl", "vclipfrac")}
-        rng = torch.Generator().manual_seed(recipe.seed + step)
-        size = len(mine)
-        bad_update = False
+        seconds = {"generation": t1 - t0, "scoring": t2 - t1, "training": 0.0}
+        return Rollout(
+            batch, old_logprobs, old_values, advantages, returns, kl, scores, entropy, seconds, stats.tokens_per_second
+        )
+
+    def optimize(self, step: int, ro: Rollout) -> dict[str, float] | None:
+        """`ppo_epochs` passes of clipped policy + value losses over mini-batches; None if a loss was not finite."""
+        import torch
+
+        acc, args = self.accelerator, self.args
+        t0 = time.perf_counter()
+        acc_metrics: dict[str, list[float]] = {k: [] for k in ("policy", "value", "clipfrac", "approxkl", "vclipfrac")}
+        rng = torch.Generator().manual_seed(self.ctx.recipe.seed + step)
+        size = ro.batch["input_ids"].shape[0]
+        mb_size = max(1, size // args.num_mini_batches)
+        micro_size = max(1, mb_size // args.gradient_accumulation_steps)
         for _ in range(args.ppo_epochs):
             perm = torch.randperm(size, generator=rng)
-            mb_size = max(1, size // args.num_mini_batches)
             for mb_start in range(0, mb_size * args.num_mini_batches, mb_size):
                 mb_rows = perm[mb_start : mb_start + mb_size]
-                micro_size = max(1, len(mb_rows) // args.gradient_accumulation_steps)
                 for mc_start in range(0, len(mb_rows), micro_size):
-                    rows = mb_rows[mc_start : mc_start + micro_size].to(accelerator.device)
-                    mb = select_rows(batch, rows)
-                    with accelerator.accumulate(model):
-                        logits, values = model(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
-                        m = mb["response_mask"]
-                        new_logprobs = response_logprobs(logits, mb) * m
-                        new_values = response_values(values, mb)
-                        pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
-                            new_logprobs, old_logprobs[rows], advantages[rows], m, args.cliprange
-                        )
-                        vf_loss, vclipfrac = losses.clipped_value_loss(
-                            new_values, old_values[rows], returns[rows], m, args.cliprange_value
-                        )
-                        loss = pg_loss + args.vf_coef * vf_loss
-                        if not bool(accelerator.reduce(torch.isfinite(loss).float(), "min")):
-                            bad_update = True
-                            optimizer.zero_grad()
-                            break
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and args.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                    for key, value in (
-                        ("policy", pg_loss),
-                        ("value", vf_loss),
-                        ("clipfrac", clipfrac),
-                        ("approxkl", approxkl),
-                        ("vclipfrac", vclipfrac),
-                    ):
-                        metrics_acc[key].append(float(value))
-                if bad_update:
-                    break
-            if bad_update:
-                break
-        if bad_update:
-            nonfinite = guard_nonfinite(nonfinite, args, step, "loss")
-            continue
-        nonfinite = 0
-        train_seconds = time.perf_counter() - t_train
-        seq_kl = (kl.sum(1)).mean()
-        mean_kl = float(accelerator.reduce(seq_kl, "mean"))
-        if args.target_kl is not None:
-            controller.update(mean_kl, global_batch)
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            gathered_scores = accelerator.gather(scores)
-            metrics = {
-                "train/objective/scores": float(gathered_scores.mean()),
-                "train/objective/kl": mean_kl,
-                "train/objective/entropy": float(accelerator.reduce(entropy, "mean")),
-                "train/objective/rlhf_reward": float(gathered_scores.mean()) - controller.value * mean_kl,
-                "train/policy/approxkl": sum(metrics_acc["approxkl"]) / len(metrics_acc["approxkl"]),
-                "train/policy/clipfrac": sum(metrics_acc["clipfrac"]) / len(metrics_acc["clipfrac"]),
-                "train/loss/policy": sum(metrics_acc["policy"]) / len(metrics_acc["policy"]),
-                "train/loss/value": sum(metrics_acc["value"]) / len(metrics_acc["value"]),
-                "train/val/clipfrac": sum(metrics_acc["vclipfrac"]) / len(metrics_acc["vclipfrac"]),
-                "train/val/explained_variance": float(losses.explained_variance(old_values, returns, mask)),
-                "train/response_length": float(accelerator.reduce(mask.sum(1).mean(), "mean")),
-                "train/kl_coef": controller.value,
-                "train/generation_tokens_per_second": stats.tokens_per_second,
-                "train/training_tokens_per_second": float(batch["attention_mask"].sum())
-                * args.ppo_epochs
-                / max(train_seconds, 1e-9),
-                "train/learning_rate": scheduler.get_last_lr()[0],
-                "train/time/generation_seconds": generation_seconds,
-                "train/time/scoring_seconds": scoring_seconds,
-                "train/time/training_seconds": train_seconds,
-            }
-            ctx.tracker.log(metrics, step=step)
-        if args.save_steps and step % args.save_steps == 0:
-            save_checkpoint(accelerator, ctx, step, controller, position)
-    return RunResult(ctx.run_dir, export_policy(model, accelerator, ctx), {})
+                    rows = mb_rows[mc_start : mc_start + micro_size].to(acc.device)
+                    values = self.micro_step(ro, rows)
+                    if values is None:
+                        self.optimizer.zero_grad()
+                        return None
+                    for key, value in zip(acc_metrics, values):
+                        acc_metrics[key].append(value)
+        ro.seconds["training"] = time.perf_counter() - t0
+        return {key: sum(v) / len(v) for key, v in acc_metrics.items()}
+
+    def micro_step(self, ro: Rollout, rows: Any) -> tuple[float, ...] | None:
+        """One forward/backward on a micro-batch (optimizer step when accumulation completes)."""
+        import torch
+
+        acc, args = self.accelerator, self.args
+        mb = select_rows(ro.batch, rows)
+        with acc.accumulate(self.model):
+            logits, values = self.model(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+            m = mb["response_mask"]
+            new_logprobs = response_logprobs(logits, mb) * m
+            pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
+                new_logprobs, ro.old_logprobs[rows], ro.advantages[rows], m, args.cliprange
+            )
+            vf_loss, vclipfrac = losses.clipped_value_loss(
+                response_values(values, mb), ro.old_values[rows], ro.returns[rows], m, args.cliprange_value
+            )
+            loss = pg_loss + args.vf_coef * vf_loss
+            if not bool(acc.reduce(torch.isfinite(loss).float(), "min")):
+                return None
+            acc.backward(loss)
+            if acc.sync_gradients and args.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return float(pg_loss), float(vf_loss), float(clipfrac), float(approxkl), float(vclipfrac)
+
+    def metrics(self, ro: Rollout, opt: dict[str, float], mean_kl: float) -> dict[str, float]:
+        acc = self.accelerator
+        mean_score = float(acc.gather(ro.scores).mean())
+        mask = ro.batch["response_mask"]
+        return {
+            "train/objective/scores": mean_score,
+            "train/objective/kl": mean_kl,
+            "train/objective/entropy": float(acc.reduce(ro.entropy, "mean")),
+            "train/objective/rlhf_reward": mean_score - self.controller.value * mean_kl,
+            "train/policy/approxkl": opt["approxkl"],
+            "train/policy/clipfrac": opt["clipfrac"],
+            "train/loss/policy": opt["policy"],
+            "train/loss/value": opt["value"],
+            "train/val/clipfrac": opt["vclipfrac"],
+            "train/val/explained_variance": float(losses.explained_variance(ro.old_values, ro.returns, mask)),
+            "train/response_length": float(acc.reduce(mask.sum(1).mean(), "mean")),
+            "train/kl_coef": self.controller.value,
+            "train/generation_tokens_per_second": ro.generation_tokens_per_second,
+            "train/training_tokens_per_second": float(ro.batch["attention_mask"].sum())
+            * self.args.ppo_epochs
+            / max(ro.seconds["training"], 1e-9),
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            **{f"train/time/{k}_seconds": v for k, v in ro.seconds.items()},
+        }
+
+    def train(self) -> None:
+        import torch
+
+        args, nonfinite = self.args, 0
+        for step in range(self.start + 1, args.max_steps + 1):
+            ro = self.rollout(step)
+            if not bool(self.accelerator.reduce(torch.isfinite(ro.kl.sum()).float(), "min")):
+                nonfinite = guard_nonfinite(nonfinite, args, step, "KL")
+                continue
+            opt = self.optimize(step, ro)
+            if opt is None:
+                nonfinite = guard_nonfinite(nonfinite, args, step, "loss")
+                continue
+            nonfinite = 0
+            mean_kl = float(self.accelerator.reduce(ro.kl.sum(1).mean(), "mean"))  # sequence KL
+            if args.target_kl is not None:
+                self.controller.update(mean_kl, self.global_batch)
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                self.ctx.tracker.log(self.metrics(ro, opt, mean_kl), step=step)
+            if args.save_steps and step % args.save_steps == 0:
+                save_checkpoint(self.accelerator, self.ctx, step, self.controller, self.position)
+
+
+def run(ctx: RunContext) -> RunResult:
+    from workbench.runner import RunResult
+
+    loop = PPOLoop(ctx)
+    if ctx.resume_checkpoint:
+        loop.resume(Path(ctx.resume_checkpoint))
+    loop.train()
+    return RunResult(ctx.run_dir, export_policy(loop.model, loop.accelerator, ctx), {})
 
 
 def guard_nonfinite(count: int, args: SimpleNamespace, step: int, what: str) -> int:
