@@ -164,3 +164,29 @@ def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path
     kls = [m["train/objective/kl"] for m in read_metrics(run)]
     assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0  # adapters start as a no-op, then move away
     assert (run / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_adaptive_kl_eos_penalty_accumulation_and_checkpointing_in_the_loop(tmp_path, tiny_model):
+    path = ppo_recipe(
+        tmp_path,
+        tiny_model,
+        "knobs",
+        max_steps=3,
+        per_device_train_batch_size=8,
+        save_steps=0,
+        target_kl=0.001,
+        kl_coef=0.05,
+        kl_horizon=100,
+        missing_eos_penalty=1.0,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+    )
+    res = run_workbench(["train", str(path)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "knobs")
+    coefs = [m["train/kl_coef"] for m in metrics]
+    # update 1: policy == reference, KL 0 < target, error clipped to -0.2: 0.05 x (1 - 0.2 x 8 / 100) = 0.0492;
+    # updates 2, 3: KL far above the 0.001 target, error clipped to +0.2: x 1.016 each
+    assert coefs == pytest.approx([0.0492, 0.0492 * 1.016, 0.0492 * 1.016**2], rel=1e-6)
+    # 12-token responses rarely end on their own: the penalty pulls scores below the plain vowel share
+    assert all(m["train/objective/scores"] < 0.5 for m in metrics) and min(m["train/objective/scores"] for m in metrics) < 0.0
