@@ -49,3 +49,20 @@ def run_workbench(args: list[str], cwd: Path | None = None, timeout: int = 600, 
     return subprocess.run(
         [sys.executable, "-m", "workbench", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def kill_when(args: list[str], ready, timeout: float = 300) -> None:  # noqa: ANN001 - a path or a predicate
+    """Start `workbench ARGS`, SIGKILL it as soon as `ready` (a path that must exist, or a predicate) holds."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    check = ready if callable(ready) else ready.exists
+    while time.time() < deadline and not check() and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
-from conftest import REPO, run_workbench
+from conftest import kill_when, run_workbench
 from test_train import read_metrics, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -73,14 +68,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, tiny_model):
 
     killed = dpo_recipe(tmp_path, tiny_model, "killed", **common)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "train", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-4" / ".complete").exists():
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(["train", str(killed)], run / "checkpoints" / "checkpoint-4" / ".complete")
     assert (run / "checkpoints" / "checkpoint-4" / ".complete").exists()
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # killed, never finished
 

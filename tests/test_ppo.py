@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
-from conftest import REPO, run_workbench
+from conftest import REPO, kill_when, run_workbench
 from test_train import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -103,14 +98,7 @@ def test_killed_ppo_resumes_to_the_same_end(tmp_path, tiny_model):
     assert res.returncode == 0, res.stderr[-3000:]
     killed = ppo_recipe(tmp_path, tiny_model, "killed", **common)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "train", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-2" / ".complete").exists():
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(["train", str(killed)], run / "checkpoints" / "checkpoint-2" / ".complete")
     res = run_workbench(["train", str(killed), "--resume"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run / "manifest.json").read_text())["resumed_from_step"] >= 2

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
-from conftest import REPO, run_workbench
+from conftest import REPO, kill_when, run_workbench
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
@@ -204,14 +199,7 @@ def test_killed_during_generation_a_rerun_continues_without_loss_or_duplicates(r
     path = rs_recipe(tmp, tiny_model, "killed")
     run = tmp / "killed"
     part = run / "samples" / "generations.part0-of1.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "train", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (part.is_file() and len(part.read_text().splitlines()) >= 40):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(["train", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)  # mid-generation
     assert not (run / "samples" / "generations.done").exists()
     res = run_workbench(["train", str(path)])
     assert res.returncode == 0, res.stderr[-3000:]
