@@ -66,3 +66,10 @@ def kill_when(args: list[str], ready, timeout: float = 300) -> None:  # noqa: AN
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def run_ok(args: list[str], **kwargs):
+    """Run the CLI and fail the test with the end of its stderr unless it exits 0."""
+    res = run_workbench(args, **kwargs)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from conftest import kill_when, run_workbench
+from conftest import kill_when, run_ok
 from test_train import read_metrics, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,7 @@ def dpo_recipe(tmp_path, tiny_model, name, **train):
 )
 def test_loss_type_is_selected_by_name(tmp_path, tiny_model, loss_type, expected):
     path = dpo_recipe(tmp_path, tiny_model, loss_type, loss_type=[loss_type], beta=0.1, max_steps=1)
-    res = run_workbench(["train", str(path)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(path)])
     assert train_losses(tmp_path / loss_type)[0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -46,10 +45,8 @@ def test_cached_reference_log_probs_are_reused_across_a_beta_sweep(tmp_path, tin
     second = dpo_recipe(tmp_path, tiny_model, "second", beta=0.3, max_steps=3)
     uncached = dpo_recipe(tmp_path, tiny_model, "uncached", beta=0.3, max_steps=3)
     for path in (first, second):
-        res = run_workbench(["train", str(path), "--set", "reference.precompute_log_probs=true"], env=env)
-        assert res.returncode == 0, res.stderr[-3000:]
-    res = run_workbench(["train", str(uncached)], env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+        run_ok(["train", str(path), "--set", "reference.precompute_log_probs=true"], env=env)
+    run_ok(["train", str(uncached)], env=env)
     manifest = {n: json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("first", "second", "uncached")}
     assert manifest["first"]["reference_forward_batches_before_training"] > 0
     assert manifest["second"]["reference_forward_batches_before_training"] == 0  # read from the cache
@@ -63,8 +60,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, tiny_model):
 
     common = {"max_steps": 8, "save_steps": 2, "logging_steps": 1}
     straight = dpo_recipe(tmp_path, tiny_model, "straight", **common)
-    res = run_workbench(["train", str(straight)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(straight)])
 
     killed = dpo_recipe(tmp_path, tiny_model, "killed", **common)
     run = tmp_path / "killed"
@@ -72,8 +68,7 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, tiny_model):
     assert (run / "checkpoints" / "checkpoint-4" / ".complete").exists()
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # killed, never finished
 
-    res = run_workbench(["train", str(killed), "--resume"])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(killed), "--resume"])
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["resumed_from_step"] >= 4
     assert [m["step"] for m in read_metrics(run) if "train/loss" in m] == list(range(1, 9))

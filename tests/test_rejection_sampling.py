@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO, kill_when, run_workbench
+from conftest import REPO, kill_when, run_ok
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
@@ -124,8 +124,7 @@ def rs_recipe(tmp_path, model, name, **extra):
 @pytest.fixture(scope="module")
 def rs_run(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("rs")
-    res = run_workbench(["train", str(rs_recipe(tmp, tiny_model, "one"))])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(rs_recipe(tmp, tiny_model, "one"))])
     return tmp, tmp / "one"
 
 
@@ -182,8 +181,7 @@ def test_pairs_load_in_a_dpo_recipe(rs_run):
 def test_two_processes_generate_every_prompt_exactly_once_and_the_same_samples(rs_run, tiny_model):
     tmp, single = rs_run
     path = rs_recipe(tmp, tiny_model, "two")
-    res = run_workbench(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_ddp.yaml")])
-    assert res.returncode == 0, res.stderr[-4000:]
+    run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_ddp.yaml")])
     one = read_jsonl(single / "samples" / "generations.jsonl")
     two = read_jsonl(tmp / "two" / "samples" / "generations.jsonl")
     keys = [(r["prompt_index"], r["sample"]) for r in two]
@@ -201,8 +199,7 @@ def test_killed_during_generation_a_rerun_continues_without_loss_or_duplicates(r
     part = run / "samples" / "generations.part0-of1.jsonl"
     kill_when(["train", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)  # mid-generation
     assert not (run / "samples" / "generations.done").exists()
-    res = run_workbench(["train", str(path)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(path)])
     again = read_jsonl(run / "samples" / "generations.jsonl")
     one = read_jsonl(single / "samples" / "generations.jsonl")
     assert [(r["prompt_index"], r["sample"], r["completion"], r["score"]) for r in again] == [
@@ -224,8 +221,7 @@ def test_sft_method_learns_completions_only(tmp_path, tiny_model):
     recipe["output_dir"] = str(tmp_path / "sft")
     recipe["train"]["logging_steps"] = 1
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_workbench(["train", str(tmp_path / "sft.yaml")])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(tmp_path / "sft.yaml")])
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "sft") if "train/loss" in m]
     assert losses[-1] < losses[0] - 1.0  # it learns the responses
     report = json.loads((tmp_path / "sft" / "data_report.json").read_text())

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from conftest import run_workbench
+from conftest import run_ok
 from test_train import read_metrics
 
 from workbench.batching import left_pad, length_sorted_batches
@@ -63,8 +63,7 @@ def reward_recipe(tmp_path, model, name, **train):
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("rm")
-    res = run_workbench(["train", str(reward_recipe(tmp, tiny_model, "rm"))])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(reward_recipe(tmp, tiny_model, "rm"))])
     return tmp / "rm"
 
 
@@ -115,8 +114,7 @@ def test_margin_column_flows_into_the_loss(tmp_path, tiny_model):
         recipe = yaml.safe_load(path.read_text())
         recipe["data"] = {"sources": [{"path": str(data)}], "eval_split": 0.0, "max_length": 32}
         path.write_text(yaml.safe_dump(recipe))
-        res = run_workbench(["train", str(path)])
-        assert res.returncode == 0, res.stderr[-3000:]
+        run_ok(["train", str(path)])
         losses[margin] = read_metrics(tmp_path / f"margin{int(margin)}")[0]["train/loss"]
     # same initial model and batch: -logsigmoid(d - 5) > -logsigmoid(d) for any reward difference d
     assert losses[5.0] > losses[0.0] + 1.0
@@ -207,8 +205,7 @@ def test_encoder_reward_model_trains_and_exports(tmp_path):
 
     bert = build_tiny_bert(tmp_path / "bert")
     path = reward_recipe(tmp_path, bert, "bert-rm", max_steps=3, logging_steps=1)
-    res = run_workbench(["train", str(path)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(path)])
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert-rm" / "model")
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.reward_std > 0
     assert [m["step"] for m in read_metrics(tmp_path / "bert-rm") if "train/loss" in m] == [1, 2, 3]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_workbench
+from conftest import run_ok
 
 from workbench.cli import main
 
@@ -60,8 +60,7 @@ def dpo_run(tmp_path_factory, tiny_model) -> Path:
     tmp = tmp_path_factory.mktemp("dpo")
     path = write_recipe(tmp, tiny_model, train__hub_token=HF_SECRET)
     path.write_text(path.read_text().replace("project: wb-tests", "project: wb-tests\n  tags: [" + SECRET + "]"))
-    res = run_workbench(["train", str(path)], env={"WANDB_API_KEY": SECRET, "HF_TOKEN": HF_SECRET})
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(path)], env={"WANDB_API_KEY": SECRET, "HF_TOKEN": HF_SECRET})
     return tmp / "run"
 
 
@@ -157,8 +156,7 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model):
     recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     recipe["model"]["merge_lora_on_export"] = True
     path.write_text(yaml.safe_dump(recipe))
-    res = run_workbench(["train", str(path)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_ok(["train", str(path)])
     run = tmp_path / "lora"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["reference"] == "policy base with adapters disabled"

@@ -121,16 +121,14 @@ class RewardModelScorer:
 
 def reward_source(cfg: Any, max_length: int) -> Any:
     """The recipe's `reward_model:` as one callable f(prompts, completions, **kwargs) -> list[float]."""
-    if cfg.function:
-        func = import_function(cfg.function)
+    name = cfg.function or cfg.name_or_path
+    scorer = (
+        import_function(cfg.function)
+        if cfg.function
+        else RewardModelScorer(cfg.name_or_path, cfg.dtype, cfg.normalize, cfg.batch_size, max_length)
+    )
 
-        def call(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-            return checked_scores(cfg.function, func(prompts, completions, **kwargs), len(completions))
+    def call(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        return checked_scores(name, scorer(prompts, completions, **kwargs), len(completions))
 
-        return call
-    scorer = RewardModelScorer(cfg.name_or_path, cfg.dtype, cfg.normalize, cfg.batch_size, max_length)
-
-    def call_model(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        return checked_scores(cfg.name_or_path, scorer(prompts, completions), len(completions))
-
-    return call_model
+    return call

@@ -143,8 +143,9 @@ def prepare(data: DataConfig, seed: int, tokenizer: Any = None, kind: str = "pre
     rows = to_rows(loaded, kind)
     warnings = Counter(w for w in (empty_response_warning(r) for r in rows) if w)
     rows, duplicates = remove_duplicates(rows, data)
-    eval_rows = [r for r in rows if quality.is_eval(r, data.eval_split, data.split_by)]
-    train_rows = [r for r in rows if not quality.is_eval(r, data.eval_split, data.split_by)]
+    in_eval = [quality.is_eval(r, data.eval_split, data.split_by) for r in rows]
+    eval_rows = [r for r, e in zip(rows, in_eval) if e]
+    train_rows = [r for r, e in zip(rows, in_eval) if not e]
     for entry, index in zip(per_source, range(len(data.sources))):
         entry["train"] = sum(r["_src"] == index for r in train_rows)
         entry["eval"] = sum(r["_src"] == index for r in eval_rows)
@@ -216,10 +217,11 @@ def add_token_report(prepared: Prepared, tokenizer: Any, settings: TokenizationS
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """All rows at once, atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
 
 
 def save(prepared: Prepared, output_dir: str | Path) -> Path:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench import losses
 from workbench.data.formatting import tokenize_sft
+from workbench.data.pipeline import write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.generation import Completion, GenerationStats, batches_of, generate
 from workbench.metrics import mean_std
@@ -44,12 +45,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
