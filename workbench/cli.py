@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write the report and plots")
     p.set_defaults(func=cmd_data_inspect)
 
+    p = verbs.add_parser("eval", help="run the shared evaluation on a trained policy; writes RUN_DIR/eval.json")
+    p.add_argument("run_dir", help="output_dir of a training run")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's recipe for evaluation, e.g. eval.num_prompts=128 or eval.gold_reward.function=mod:fn",
+    )
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("compare", help="run several methods from one base and data, evaluate them, write the report")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_compare)
+
     p = verbs.add_parser("tiny-model", help="write a tiny causal LM + tokenizer built offline")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
@@ -143,6 +159,35 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     write_json(out / "data_report.json", prepared.report)
     print("\n".join(summary_lines(prepared.report)))
     print(f"wrote {out / 'data_report.json'}" + (f" and {len(plots)} plot(s)" if plots else " (no tokenizer: no token plots)"))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from workbench.evaluate import describe, evaluate_run
+
+    results = evaluate_run(args.run_dir, args.overrides)
+    print(describe(results))
+    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from workbench.compare import compare, load_comparison
+
+    outcome = compare(load_comparison(args.recipe, args.overrides))
+    out = outcome.comparison.output_dir
+    for r in outcome.results:
+        gold, win = r.get("gold_reward_mean"), r.get("win_rate_vs_baseline")
+        print(
+            f"  {r['name']:<12} {r['method']:<20} {r['status']:<8}"
+            + (f" gold {gold:.3f}" if gold is not None else "")
+            + (f" win rate {win:.3f}" if win is not None else "")
+            + (f" KL {r['kl_to_reference']:.2f}" if r.get("kl_to_reference") is not None else "")
+        )
+    print(f"report: {out / 'report.md'} (results: {out / 'results.json'}, {out / 'results.csv'})")
+    if outcome.failed:
+        print(f"{len(outcome.failed)} stage run(s) failed or were skipped; see the report", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -180,14 +180,36 @@ class GenerationConfig:
     seed: int | None = _help("Sampling seed; unset: the recipe seed.", default=None)
 
 
+def _eval_generation() -> GenerationConfig:
+    return GenerationConfig(num_samples=1, max_new_tokens=32, temperature=1.0, batch_size=32)
+
+
 @dataclass
 class EvalConfig:
-    """The shared evaluation run on a trained policy."""
+    """The shared evaluation run on a trained policy: the same metrics, prompts and sampling for every method."""
 
-    num_prompts: int = _help("Held-out prompts to generate for.", default=64)
-    batch_size: int = _help("Pairs per forward pass for preference accuracy.", default=8)
-    baseline: str | None = _help("Baseline policy for win rate (directory); unset: the reference.", default=None)
-    gold_reward: RewardModelConfig | None = _help("Independent scorer for `gold_reward_mean`.", default=None)
+    num_prompts: int = _help("Held-out prompts (distinct, from the data's eval split) to generate for.", default=64)
+    samples_per_prompt: int = _help("Responses sampled per prompt (more: tighter estimates).", default=1)
+    num_pairs: int = _help("Held-out preference pairs for `preference_accuracy`.", default=256)
+    batch_size: int = _help("Sequences per forward pass for log-probabilities.", default=16)
+    generation: GenerationConfig = _help(
+        "Sampling for evaluation, fixed across methods (temperature 1: the KL is estimated on the policy's own samples).",
+        default_factory=_eval_generation,
+    )
+    seed: int = _help("Sampling seed of the evaluation (the same for every policy and the baseline).", default=1234)
+    baseline: str | None = _help("Baseline policy for the win rate (model directory); unset: the reference.", default=None)
+    reference: str | None = _help(
+        "Reference for `kl_to_reference` and the implicit reward; unset: the run's reference.", default=None
+    )
+    reward_model: RewardModelConfig | None = _help(
+        "The pipeline's reward model for `reward_mean`; unset: the recipe's `reward_model`.", default=None
+    )
+    gold_reward: RewardModelConfig | None = _help(
+        "Independent scorer for `gold_reward_mean` (a reward model or a function).", default=None
+    )
+    judge: Literal["gold", "reward"] = _help(
+        "Scorer of the win rate: `gold` (the independent scorer, falling back to the reward model) or `reward`.", default="gold"
+    )
 
 
 @dataclass

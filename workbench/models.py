@@ -159,3 +159,19 @@ def apply_lora(model: Any, cfg: ModelConfig, task_type: str) -> Any:
     if cfg.quantization:
         model = prepare_model_for_kbit_training(model)
     return get_peft_model(model, lora_config(cfg, task_type))
+
+
+def load_policy(name_or_path: str, tokenizer: Any, dtype: str = "auto") -> Any:
+    """A trained policy for inference: a full model, or a LoRA adapter directory merged into its base."""
+    if (Path(name_or_path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        try:
+            model = AutoPeftModelForCausalLM.from_pretrained(name_or_path).merge_and_unload()
+        except OSError as exc:
+            raise WorkbenchError(f"cannot load the LoRA policy '{name_or_path}': {str(exc).splitlines()[0]}") from None
+        return _sync_pad(model, tokenizer)
+    problem = model_location_problem(name_or_path)
+    if problem:
+        raise WorkbenchError(problem)
+    return load_causal_lm(ModelConfig(name_or_path=name_or_path, dtype=dtype), tokenizer)  # type: ignore[arg-type]

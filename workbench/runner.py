@@ -41,6 +41,8 @@ class RunResult:
     run_dir: Path
     model_dir: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
+    train_tokens: int | None = None  # tokens through forward + backward, all processes
+    generated_tokens: int | None = None  # tokens sampled during the run (rejection sampling, PPO)
 
 
 def train(recipe: Recipe, resume: bool = False) -> RunResult:
@@ -68,7 +70,9 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
     except BaseException as exc:
         tracker.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    tracker.summary(result.metrics)
+    cost = run_cost(result, state)
+    tracker.update_manifest(cost=cost)
+    tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
     tracker.finish("completed")
     return result
 
@@ -100,3 +104,32 @@ def state_broadcast(state: Any, value: Path | None) -> Path | None:
     box = [str(value) if value else None]
     broadcast_object_list(box, from_process=0)
     return Path(box[0]) if box[0] else None
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    """This process's peak memory: CUDA allocator peak on a GPU, else the process's peak resident set."""
+    import resource
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_max_rss"
+
+
+def run_cost(result: RunResult, state: Any) -> dict[str, Any]:
+    """What the run cost: tokens trained on and sampled, and the peak memory of the busiest process."""
+    peak, kind = peak_memory_mb()
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        peak = max(gather_object([peak]))
+    return {
+        "train_tokens": result.train_tokens,
+        "generated_tokens": result.generated_tokens,
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_kind": kind,
+        "processes": state.num_processes,
+    }

@@ -109,4 +109,4 @@ def run(ctx: RunContext) -> RunResult:
     if eval_pairs:
         trainer.evaluate()
     model_dir = hf.export(trainer, ctx)
-    return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer))
+    return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer), train_tokens=hf.tokens_seen(trainer))

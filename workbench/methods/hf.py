@@ -35,6 +35,7 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         **({} if {"bf16", "fp16"} & set(recipe.train) else default_precision()),
         "logging_steps": 10,
         "save_strategy": "steps",
+        "include_num_input_tokens_seen": "non_padding",  # the run's cost in tokens, read by the evaluation
         **method_fields,
         **recipe.train,
         "output_dir": str(ctx.run_dir / "checkpoints"),
@@ -134,6 +135,11 @@ def load_export(model_dir: Path, head: str, is_peft: bool, dtype: Any) -> Any:
 
         cls = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
     return cls.from_pretrained(str(model_dir), dtype=dtype).eval()
+
+
+def tokens_seen(trainer: Any) -> int | None:
+    """Non-padding input tokens the trainer consumed (all processes), when it counted them."""
+    return int(trainer.state.num_input_tokens_seen) or None
 
 
 def final_metrics(trainer: Any) -> dict[str, float]:

@@ -21,6 +21,7 @@ from workbench.checkpoint import mark_complete
 from workbench.config import ModelConfig, train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
 from workbench.generation import GenerationStats, generate
+from workbench.logprobs import response_logprobs, rollout_tensors
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 from workbench.scoring import reward_source
@@ -84,38 +85,6 @@ def build_models(ctx: RunContext, args: SimpleNamespace) -> tuple[Any, Any]:
     return PolicyAndValue(), reference
 
 
-def rollout_tensors(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device: Any) -> dict[str, Any]:
-    """[left-padded prompt | right-padded response] with masks and the position ids generation used."""
-    import torch
-
-    from workbench.batching import left_pad
-
-    p_ids, p_mask = left_pad(prompts, pad_id)
-    width = max(1, max(len(r) for r in responses))
-    r_ids = [r + [pad_id] * (width - len(r)) for r in responses]
-    r_mask = [[1] * len(r) + [0] * (width - len(r)) for r in responses]
-    ids = torch.tensor([a + b for a, b in zip(p_ids, r_ids)], device=device)
-    attention = torch.tensor([a + b for a, b in zip(p_mask, r_mask)], device=device)
-    return {
-        "input_ids": ids,
-        "attention_mask": attention,
-        "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
-        "response_mask": torch.tensor(r_mask, device=device, dtype=torch.float32),  # (B, R)
-        "prompt_width": len(p_ids[0]),
-    }
-
-
-def response_logprobs(logits: Any, batch: dict[str, Any]) -> Any:
-    """log pi(response token | everything before it), (B, R)."""
-    import torch
-
-    p = batch["prompt_width"]
-    r = batch["response_mask"].shape[1]
-    step_logits = logits[:, p - 1 : p - 1 + r].float()  # position t predicts token t + 1
-    targets = batch["input_ids"][:, p : p + r]
-    return torch.log_softmax(step_logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
 def response_values(values: Any, batch: dict[str, Any]) -> Any:
     """V(state before each response token), (B, R)."""
     p = batch["prompt_width"]
@@ -135,12 +104,13 @@ def select_rows(batch: dict[str, Any], rows: Any) -> dict[str, Any]:
     return {k: (v[rows] if hasattr(v, "shape") else v) for k, v in batch.items()}
 
 
-def save_checkpoint(accelerator: Any, ctx: RunContext, step: int, controller: Any, position: int) -> None:
+def save_checkpoint(accelerator: Any, ctx: RunContext, step: int, controller: Any, position: int, tokens: dict[str, int]) -> None:
     path = ctx.run_dir / "checkpoints" / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if ctx.is_main:
         ctx.tracker.flush()
-        (path / "ppo_state.json").write_text(json.dumps({"step": step, "kl": controller.state_dict(), "position": position}))
+        state = {"step": step, "kl": controller.state_dict(), "position": position, "tokens": tokens}
+        (path / "ppo_state.json").write_text(json.dumps(state))
     accelerator.wait_for_everyone()
     if ctx.is_main:
         mark_complete(path)
@@ -193,12 +163,14 @@ class PPOLoop:
         self.global_batch = args.per_device_train_batch_size * self.accelerator.num_processes
         self.seed = recipe.seed if recipe.generation.seed is None else recipe.generation.seed
         self.start, self.position = 0, 0
+        self.tokens = {"train": 0, "generated": 0}  # all processes, for the run's cost
 
     def resume(self, checkpoint: Path) -> None:
         self.accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "ppo_state.json").read_text())
         self.start, self.position = state["step"], state["position"]
         self.controller.load_state_dict(state["kl"])
+        self.tokens = state.get("tokens", self.tokens)
 
     def rollout(self, step: int) -> Rollout:
         """Generate for this process's prompts, score, and compute KL, rewards, values and advantages."""
@@ -322,6 +294,11 @@ class PPOLoop:
             **{f"train/time/{k}_seconds": v for k, v in ro.seconds.items()},
         }
 
+    def count_tokens(self, ro: Rollout) -> None:
+        mask = ro.batch["attention_mask"]
+        self.tokens["train"] += int(self.accelerator.reduce(mask.sum(), "sum")) * self.args.ppo_epochs
+        self.tokens["generated"] += int(self.accelerator.reduce(ro.batch["response_mask"].sum(), "sum"))
+
     def train(self) -> None:
         import torch
 
@@ -336,13 +313,14 @@ class PPOLoop:
                 nonfinite = guard_nonfinite(nonfinite, args, step, "loss")
                 continue
             nonfinite = 0
+            self.count_tokens(ro)
             mean_kl = float(self.accelerator.reduce(ro.kl.sum(1).mean(), "mean"))  # sequence KL
             if args.target_kl is not None:
                 self.controller.update(mean_kl, self.global_batch)
             if step % args.logging_steps == 0 or step == args.max_steps:
                 self.ctx.tracker.log(self.metrics(ro, opt, mean_kl), step=step)
             if args.save_steps and step % args.save_steps == 0:
-                save_checkpoint(self.accelerator, self.ctx, step, self.controller, self.position)
+                save_checkpoint(self.accelerator, self.ctx, step, self.controller, self.position, self.tokens)
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -352,7 +330,8 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    return RunResult(ctx.run_dir, export_policy(loop.model, loop.accelerator, ctx), {})
+    model_dir = export_policy(loop.model, loop.accelerator, ctx)
+    return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
 
 
 def guard_nonfinite(count: int, args: SimpleNamespace, step: int, what: str) -> int:

@@ -258,6 +258,11 @@ def stage_select(ctx: RunContext, samples: Path, args: Any) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
+def generated_tokens(samples: Path) -> int:
+    """Tokens sampled for generations.jsonl (each finished completion also sampled its EOS)."""
+    return sum(r["num_tokens"] + bool(r["finished"]) for r in read_jsonl(samples / "generations.jsonl"))
+
+
 def examples_fingerprint(rows: list[dict[str, Any]]) -> str:
     """Identifies the exact (prompt, completion) set the fine-tuning stage trained on."""
     return stable_hash(sorted(stable_hash([r["prompt"], r["completion"]]) for r in rows))[:16]
@@ -284,4 +289,5 @@ def run(ctx: RunContext) -> RunResult:
     ctx.tracker.update_manifest(sft_stage={"examples": len(examples), "fingerprint": examples_fingerprint(selected)})
     result = sft.train_on(ctx, examples, [])
     result.metrics.update(metrics)
+    result.generated_tokens = generated_tokens(samples)
     return result

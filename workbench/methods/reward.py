@@ -101,4 +101,4 @@ def run(ctx: RunContext) -> RunResult:
     config.pad_token_id = pad_id
     model_dir = hf.export(trainer, ctx, head="reward")
     metrics = {**hf.final_metrics(trainer), **extra, "train/reward_mean": reward_mean, "train/reward_std": reward_std}
-    return RunResult(ctx.run_dir, model_dir, metrics)
+    return RunResult(ctx.run_dir, model_dir, metrics, train_tokens=hf.tokens_seen(trainer))

@@ -50,7 +50,7 @@ def train_on(ctx: RunContext, train: list[TokenizedSFT], evals: list[TokenizedSF
     if evals:
         trainer.evaluate()
     model_dir = hf.export(trainer, ctx)
-    return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer))
+    return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer), train_tokens=hf.tokens_seen(trainer))
 
 
 def run(ctx: RunContext) -> RunResult:

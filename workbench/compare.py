@@ -1,0 +1,448 @@
+"""`workbench compare RECIPE`: run several alignment methods from one base and one dataset, evaluate
+them the same way, and write the comparison report.
+
+A comparison recipe:
+
+```yaml
+name: quickstart
+output_dir: runs/quickstart
+seeds: [42]
+base:                      # recipe sections every stage shares (model, data, generation, tracking, ...)
+  model: {name_or_path: runs/tiny-model}
+  data: {sources: [{synthetic: {task: vowels}}], eval_split: 0.2, split_by: prompt}
+baseline_stage: sft        # the win-rate baseline and the reference of every KL
+reward_stage: reward       # the pipeline's reward model (eval `reward_mean`; RS / PPO reward by default)
+eval: {gold_reward: {function: workbench.data.synthetic:vowel_reward}}
+stages:                    # run in this order; each is a normal recipe (inline, or `recipe: FILE` + overrides)
+  sft: {method: sft, train: {...}}
+  reward: {method: reward}
+  dpo: {method: dpo, model_from: sft}
+  rs: {method: rejection_sampling, model_from: sft}
+  ppo: {method: ppo, model_from: sft, accelerate_config: accelerate_configs/zero3.yaml}
+```
+
+Each stage runs as its own `workbench train` (or `workbench launch` with its accelerate config)
+process in OUTPUT_DIR/seed-S/STAGE. A stage is skipped when its fingerprint (resolved recipe,
+upstream fingerprints, input files, accelerate config) matches a completed run; a changed stage
+reruns with everything downstream of it. A failed stage is recorded; stages that do not depend on
+it still run, and the report says what failed and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.config import (
+    EvalConfig,
+    apply_override,
+    build_dataclass,
+    dump_yaml,
+    parse_override,
+    read_yaml,
+    recipe_from_dict,
+    unknown_key_message,
+)
+from workbench.data.pipeline import write_json
+from workbench.data.schema import stable_hash
+from workbench.errors import RecipeError, WorkbenchError
+
+log = logging.getLogger("workbench")
+
+# Keys of a stage that steer the comparison; every other key is a recipe section.
+STAGE_KEYS = ("recipe", "model_from", "reward_from", "accelerate_config", "evaluate")
+TOP_KEYS = ("name", "output_dir", "seeds", "base", "baseline_stage", "reward_stage", "eval", "stages")
+
+
+@dataclass
+class Stage:
+    name: str
+    sections: dict[str, Any]  # recipe sections given inline (merged over the recipe file and `base`)
+    recipe: str | None = None
+    model_from: str | None = None
+    reward_from: str | None = None
+    accelerate_config: str | None = None
+    evaluate: bool = True
+
+    @property
+    def upstream(self) -> list[str]:
+        return [s for s in (self.model_from, self.reward_from) if s]
+
+
+@dataclass
+class Comparison:
+    name: str
+    output_dir: Path
+    seeds: list[int]
+    base: dict[str, Any]
+    stages: dict[str, Stage]
+    eval: EvalConfig
+    baseline_stage: str | None = None
+    reward_stage: str | None = None
+    source: str = "comparison"
+
+
+@dataclass
+class StageRun:
+    """One stage for one seed: its composed recipe and where it stands."""
+
+    stage: Stage
+    seed: int
+    recipe: dict[str, Any]
+    run_dir: Path
+    fingerprint: str = ""
+    status: str = "pending"  # pending | cached | completed | failed | skipped
+    error: str | None = None
+    seconds: float = 0.0
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        return self.recipe["method"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("cached", "completed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a comparison recipe
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparison:
+    """Read and check a comparison recipe; every stage's recipe is composed and validated before anything runs."""
+    data = read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    source = str(path)
+    problems = [unknown_key_message("", k, TOP_KEYS) for k in data if k not in TOP_KEYS]
+    stages_raw = data.get("stages")
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        problems.append("`stages` must be a mapping of stage name -> stage (e.g. sft: {method: sft})")
+        stages_raw = {}
+    stages: dict[str, Stage] = {}
+    for name, raw in stages_raw.items():
+        if not isinstance(raw, dict):
+            problems.append(f"`stages.{name}` must be a mapping (method, recipe, model_from, train, ...)")
+            continue
+        stage = Stage(
+            str(name), {k: v for k, v in raw.items() if k not in STAGE_KEYS}, **{k: raw[k] for k in STAGE_KEYS if k in raw}
+        )
+        for ref in stage.upstream:
+            if ref not in stages:
+                problems.append(f"`stages.{name}`: `{ref}` is not an earlier stage (stages run in the order written)")
+        stages[stage.name] = stage
+    seeds = data.get("seeds", [42])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        problems.append(f"`seeds` must be a non-empty list of integers, got {seeds!r}")
+        seeds = [42]
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        problems.append("`base` must be a mapping of recipe sections (model, data, generation, tracking, ...)")
+        base = {}
+    eval_cfg = build_dataclass(EvalConfig, data.get("eval") or {}, "eval.", problems)
+    for key in ("baseline_stage", "reward_stage"):
+        if data.get(key) is not None and data[key] not in stages:
+            problems.append(f"`{key}: {data[key]}` is not a stage; stages: {', '.join(stages)}")
+    if problems:
+        raise RecipeError(source, problems)
+    comparison = Comparison(
+        name=str(data.get("name") or Path(path).stem),
+        output_dir=Path(data.get("output_dir") or f"runs/{Path(path).stem}"),
+        seeds=seeds,
+        base=base,
+        stages=stages,
+        eval=eval_cfg,
+        baseline_stage=data.get("baseline_stage"),
+        reward_stage=data.get("reward_stage"),
+        source=source,
+    )
+    check_stage_recipes(comparison)
+    return comparison
+
+
+def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
+    """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
+    recipe = read_yaml(stage.recipe) if stage.recipe else {}
+    recipe = deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+    seed_dir = comparison.output_dir / f"seed-{seed}"
+    recipe["output_dir"] = str(seed_dir / stage.name)
+    recipe["seed"] = seed
+    tracking = recipe.setdefault("tracking", {}) or {}
+    tracking.update(group=comparison.name, job_type=recipe.get("method", "dpo"), name=f"{comparison.name}-{stage.name}-s{seed}")
+    recipe["tracking"] = tracking
+    if stage.model_from:
+        recipe.setdefault("model", {})["name_or_path"] = str(seed_dir / stage.model_from / "model")
+    reward_from = stage.reward_from
+    if reward_from is None and recipe.get("method") in ("rejection_sampling", "ppo") and not recipe.get("reward_model"):
+        reward_from = comparison.reward_stage
+    if reward_from:
+        rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
+        recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
+    return recipe
+
+
+def check_stage_recipes(comparison: Comparison) -> None:
+    """Every stage recipe of the first seed is validated; all problems are reported together."""
+    problems: list[str] = []
+    for stage in comparison.stages.values():
+        try:
+            recipe_from_dict(stage_recipe(comparison, stage, comparison.seeds[0]), source=f"stage {stage.name}")
+        except RecipeError as exc:
+            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+        except WorkbenchError as exc:
+            problems.append(f"stages.{stage.name}: {exc}")
+        if stage.accelerate_config and not Path(stage.accelerate_config).is_file():
+            problems.append(f"stages.{stage.name}.accelerate_config: {stage.accelerate_config} not found")
+    if problems:
+        raise RecipeError(comparison.source, problems)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def path_fingerprint(path: str | Path) -> str | None:
+    """Content of a local file (or a directory's files, by name, size and mtime); None for hub ids and missing paths."""
+    p = Path(path)
+    if p.is_file():
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return stable_hash([[str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns] for f in files])[:16]
+    return None
+
+
+def stage_fingerprint(run: StageRun, upstream: dict[str, str]) -> str:
+    """What the stage's result depends on; upstream stages enter by their fingerprints, not their paths' contents."""
+    recipe = run.recipe
+    inputs = {}
+    for src in (recipe.get("data") or {}).get("sources") or []:
+        if isinstance(src, dict) and src.get("path"):
+            inputs[src["path"]] = path_fingerprint(src["path"])
+    model = (recipe.get("model") or {}).get("name_or_path")
+    if model and not run.stage.model_from:
+        inputs[model] = path_fingerprint(model)
+    from importlib import metadata
+
+    return stable_hash(
+        {
+            "recipe": recipe,
+            "upstream": upstream,
+            "inputs": inputs,
+            "accelerate_config": path_fingerprint(run.stage.accelerate_config) if run.stage.accelerate_config else None,
+            "workbench": metadata.version("workbench"),
+        }
+    )[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running stages
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def is_cached(run: StageRun) -> bool:
+    state = read_json(run.run_dir / "stage.json")
+    manifest = read_json(run.run_dir / "manifest.json")
+    return (
+        state.get("fingerprint") == run.fingerprint
+        and state.get("status") == "completed"
+        and manifest.get("status") == "completed"
+        and run.model_dir.is_dir()
+    )
+
+
+def stage_command(run: StageRun, recipe_path: Path, resume: bool) -> list[str]:
+    if run.stage.accelerate_config:
+        cmd = [sys.executable, "-m", "workbench", "launch", str(recipe_path), "--accelerate-config", run.stage.accelerate_config]
+    else:
+        cmd = [sys.executable, "-m", "workbench", "train", str(recipe_path)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def error_line(log_path: Path) -> str:
+    """The most telling line of a failed stage's log: its `error:` message, else the last line."""
+    lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:") or "Error:" in line:
+            return line.strip()[:500]
+    return (lines[-1] if lines else "no output").strip()[:500]
+
+
+def run_stage(run: StageRun) -> None:
+    """Train one stage in its own process (or processes); a run of the same fingerprint killed midway resumes."""
+    state_path = run.run_dir / "stage.json"
+    previous = read_json(state_path)
+    resume = previous.get("fingerprint") == run.fingerprint and previous.get("status") == "running"
+    if not resume and run.run_dir.exists():
+        shutil.rmtree(run.run_dir)  # a changed stage starts clean: no stale eval.json, samples or checkpoints
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = run.run_dir / "stage_recipe.yaml"
+    recipe_path.write_text(dump_yaml(run.recipe), encoding="utf-8")
+    write_json(state_path, {"fingerprint": run.fingerprint, "status": "running"})
+    log_path = run.run_dir / "stage.log"
+    t0 = time.time()
+    with open(log_path, "a", encoding="utf-8") as out:
+        code = subprocess.call(stage_command(run, recipe_path, resume), stdout=out, stderr=subprocess.STDOUT)
+    run.seconds = time.time() - t0
+    if code == 0:
+        run.status = "completed"
+    else:
+        run.status, run.error = "failed", f"exit code {code}: {error_line(log_path)} (log: {log_path})"
+    write_json(state_path, {"fingerprint": run.fingerprint, "status": run.status, "error": run.error, "seconds": run.seconds})
+
+
+def train_seed(comparison: Comparison, seed: int) -> dict[str, StageRun]:
+    """Every stage of one seed, in order; a stage whose upstream failed is skipped, the others still run."""
+    runs: dict[str, StageRun] = {}
+    for stage in comparison.stages.values():
+        recipe = stage_recipe(comparison, stage, seed)
+        run = StageRun(stage, seed, recipe, Path(recipe["output_dir"]))
+        runs[stage.name] = run
+        broken = [u for u in stage.upstream if not runs[u].ok]
+        if broken:
+            run.status, run.error = "skipped", f"needs stage {broken[0]}, which {runs[broken[0]].status}"
+            print(f"[seed {seed}] {stage.name}: skipped ({run.error})", flush=True)
+            continue
+        run.fingerprint = stage_fingerprint(run, {u: runs[u].fingerprint for u in stage.upstream})
+        if is_cached(run):
+            run.status = "cached"
+            print(f"[seed {seed}] {stage.name} ({run.method}): cached, fingerprint {run.fingerprint}", flush=True)
+            continue
+        print(f"[seed {seed}] {stage.name} ({run.method}): training in {run.run_dir} ...", flush=True)
+        run_stage(run)
+        print(
+            f"[seed {seed}] {stage.name}: {run.status} in {run.seconds:.0f}s" + (f" - {run.error}" if run.error else ""),
+            flush=True,
+        )
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluating
+
+
+def eval_config(comparison: Comparison, runs: dict[str, StageRun]) -> EvalConfig:
+    """The comparison's evaluation: the baseline stage's policy as win-rate baseline and KL reference, the reward stage's model as reward."""
+    cfg = comparison.eval
+    changes: dict[str, Any] = {}
+    base = runs.get(comparison.baseline_stage or "")
+    if base is not None and base.ok:
+        changes["baseline"] = cfg.baseline or str(base.model_dir)
+        changes["reference"] = cfg.reference or str(base.model_dir)
+    rm = runs.get(comparison.reward_stage or "")
+    if cfg.reward_model is None and rm is not None and rm.ok:
+        from workbench.config import RewardModelConfig
+
+        changes["reward_model"] = RewardModelConfig(name_or_path=str(rm.model_dir), normalize=True)
+    return dataclasses.replace(cfg, **changes)
+
+
+def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inputs_fp: str, runs: dict[str, StageRun]) -> str:
+    """The policy, the evaluation settings and inputs, and the baseline and reward model it is judged with."""
+    related = {n: runs[n].fingerprint for n in (comparison.baseline_stage, comparison.reward_stage) if n in runs}
+    return stable_hash([run.fingerprint, dataclasses.asdict(cfg), inputs_fp, related])[:16]
+
+
+def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) -> None:
+    """The shared evaluation of every trained policy of one seed, on one set of prompts and baseline samples."""
+    from workbench import evaluate as ev
+    from workbench.models import load_tokenizer
+
+    policies = [r for r in runs.values() if r.ok and r.method in ev.POLICY_METHODS and r.stage.evaluate]
+    if not policies:
+        return
+    cfg = eval_config(comparison, runs)
+    first = recipe_from_dict({**policies[0].recipe, "train": {}}, source=f"stage {policies[0].stage.name}")
+    tokenizer = load_tokenizer(dataclasses.replace(first.model, name_or_path=str(policies[0].model_dir)))
+    inputs = ev.eval_inputs(dataclasses.replace(first, eval=cfg), tokenizer)
+    baseline = None
+    for run in policies:
+        fp = eval_fingerprint(comparison, run, cfg, inputs.fingerprint, runs)
+        saved = read_json(run.run_dir / "eval.json")
+        if saved.get("details", {}).get("eval_fingerprint") == fp:
+            run.evaluation = saved["metrics"]
+            print(f"[seed {seed}] {run.stage.name}: evaluation cached", flush=True)
+            continue
+        recipe = recipe_from_dict({**run.recipe, "train": {}}, source=f"stage {run.stage.name}")
+        scorers = ev.scorers_for(cfg, recipe, inputs.max_length)
+        judge = ev.judge_of(cfg, scorers)
+        if baseline is None and judge is not None and cfg.baseline:
+            baseline = ev.baseline_samples(cfg.baseline, tokenizer, inputs, cfg, scorers)
+        t0 = time.time()
+        try:
+            run.evaluation = ev.evaluate_run(run.run_dir, inputs=inputs, baseline=baseline, cfg=cfg, fingerprint=fp)
+        except WorkbenchError as exc:
+            run.status, run.error = "failed", f"evaluation: {exc}"
+            print(f"[seed {seed}] {run.stage.name}: evaluation failed - {exc}", flush=True)
+            continue
+        print(f"[seed {seed}] {run.stage.name}: evaluated in {time.time() - t0:.0f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole comparison
+
+
+@dataclass
+class Outcome:
+    comparison: Comparison
+    runs: dict[int, dict[str, StageRun]] = field(default_factory=dict)  # seed -> stage -> run
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[StageRun]:
+        return [r for runs in self.runs.values() for r in runs.values() if r.status in ("failed", "skipped")]
+
+
+def compare(comparison: Comparison) -> Outcome:
+    import os
+
+    from workbench.report import aggregate, write_outputs
+
+    os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs and the report say what W&B would
+    comparison.output_dir.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome(comparison)
+    for seed in comparison.seeds:
+        outcome.runs[seed] = train_seed(comparison, seed)
+        evaluate_seed(comparison, seed, outcome.runs[seed])
+    outcome.results = aggregate(comparison, outcome.runs)
+    write_outputs(comparison, outcome)
+    return outcome

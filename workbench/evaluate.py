@@ -1,0 +1,374 @@
+"""The shared evaluation: the same prompts, sampling, scorers and metric names for every trained policy.
+
+For a policy (a run's `model/`): sample responses to held-out prompts of the shared data's eval
+split with the shared generation module and a fixed seed, then measure
+
+- `reward_mean`: the pipeline's reward model on those responses;
+- `gold_reward_mean`: an independent scorer (another reward model or a function), when configured;
+- `win_rate_vs_baseline`: share of samples where the policy's response outscores the baseline policy's
+  response to the same prompt (same seed), ties half, judged by the gold scorer when there is one;
+- `kl_to_reference`: sequence-level KL(policy || reference) estimated on the policy's own samples
+  (k3 per token, summed; `kl_to_reference_k1` is the plain log-ratio estimate);
+- `preference_accuracy`: on held-out pairs, share where log pi/pi_ref ranks chosen above rejected (ties half);
+- `response_length_mean` (tokens), `distinct_2` (diversity);
+- the cost of its training run from the run's manifest: `wall_seconds`, `train_tokens`, `peak_memory_mb`.
+
+Models are loaded one at a time (policy, reference, baseline, scorers), so evaluation needs the
+memory of one model. It runs in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench import metrics as M
+from workbench.config import EvalConfig, Recipe, dump_yaml, recipe_from_dict
+from workbench.data.pipeline import prepare, write_json, write_jsonl
+from workbench.data.schema import stable_hash
+from workbench.errors import DataError, WorkbenchError
+from workbench.generation import generate
+from workbench.logprobs import token_logprobs
+from workbench.models import load_policy, load_tokenizer
+from workbench.scoring import reward_source
+
+log = logging.getLogger("workbench")
+
+# The metric names, identical for every method (compare's tables and plots read these).
+QUALITY_METRICS = (
+    "reward_mean",
+    "gold_reward_mean",
+    "win_rate_vs_baseline",
+    "kl_to_reference",
+    "preference_accuracy",
+    "response_length_mean",
+    "distinct_2",
+)
+COST_METRICS = ("wall_seconds", "train_tokens", "generated_tokens", "peak_memory_mb")
+POLICY_METHODS = ("sft", "dpo", "rejection_sampling", "ppo")
+
+
+@dataclass
+class EvalInputs:
+    """What every policy is evaluated on: distinct held-out prompts and held-out pairs, tokenized once."""
+
+    prompts: list[Any]  # prompt contents (text or messages), for the scorers
+    prompt_ids: list[list[int]]
+    pairs: list[Any]  # TokenizedPair; empty when the data has no pairs
+    fingerprint: str
+    max_length: int
+
+
+@dataclass
+class Samples:
+    """One policy's responses to the evaluation prompts, in (prompt, sample) order."""
+
+    prompt_index: list[int]
+    token_ids: list[list[int]]  # without the EOS
+    finished: list[bool]
+    texts: list[str]
+    scores: dict[str, list[float]] = field(default_factory=dict)  # scorer name -> one score per response
+
+    def sampled_ids(self, eos_id: int) -> list[list[int]]:
+        """The tokens the policy actually sampled: a finished response also sampled its EOS."""
+        return [ids + ([eos_id] if done else []) for ids, done in zip(self.token_ids, self.finished)]
+
+    def to_rows(self, prompts: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "prompt_index": p,
+                "prompt": prompts[p],
+                "response": text,
+                "num_tokens": len(ids),
+                "finished": done,
+                **{name: values[i] for name, values in self.scores.items()},
+            }
+            for i, (p, ids, done, text) in enumerate(zip(self.prompt_index, self.token_ids, self.finished, self.texts))
+        ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def eval_inputs(recipe: Recipe, tokenizer: Any) -> EvalInputs:
+    """Held-out prompts and pairs from the recipe's data (its eval split), deterministic for the recipe."""
+    data, cfg = recipe.data, recipe.eval
+    if data.eval_split <= 0:
+        raise WorkbenchError(
+            "evaluation needs held-out prompts but `data.eval_split` is 0; set it (e.g. --set data.eval_split=0.1); "
+            "`data.split_by: prompt` keeps every evaluation prompt unseen in training"
+        )
+    try:
+        prepared = prepare(data, recipe.data_seed, tokenizer, kind="preference")
+    except DataError:  # prompt-only or SFT data: prompts, but no pairs
+        prepared = prepare(data, recipe.data_seed, tokenizer, kind="prompt")
+    records = prepared.tokenized["eval"]
+    prompts, prompt_ids, seen = [], [], set()
+    for row, tok in zip(prepared.eval, records):
+        key = tuple(tok.prompt_ids)
+        if key not in seen and len(prompts) < cfg.num_prompts:
+            seen.add(key)
+            prompts.append(row["prompt"])
+            prompt_ids.append(list(tok.prompt_ids))
+    if not prompts:
+        raise WorkbenchError(f"the eval split of `data` is empty (eval_split {data.eval_split}); raise `data.eval_split`")
+    pairs = list(records[: cfg.num_pairs]) if prepared.kind == "preference" else []
+    fingerprint = stable_hash([prompt_ids, [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs]])[:16]
+    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps, each loading what it needs
+
+
+def sample_responses(model: Any, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig) -> Samples:
+    """`samples_per_prompt` responses per prompt with the evaluation's fixed sampling and seed."""
+    gen = dataclasses.replace(cfg.generation, num_samples=cfg.samples_per_prompt, backend="transformers")
+    made = sorted(generate(model, tokenizer, inputs.prompt_ids, gen, cfg.seed), key=lambda c: (c.prompt_index, c.sample))
+    return Samples(
+        [c.prompt_index for c in made],
+        [c.token_ids for c in made],
+        [c.finished for c in made],
+        [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in made],
+    )
+
+
+@dataclass
+class LogProbs:
+    """Per-token log-probabilities of the policy's samples and of the held-out pairs under one model."""
+
+    samples: list[list[float]]
+    chosen: list[list[float]]
+    rejected: list[list[float]]
+
+
+def log_probs(model: Any, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig) -> LogProbs:
+    pad, bs = tokenizer.pad_token_id, cfg.batch_size
+    sample_prompts = [inputs.prompt_ids[p] for p in samples.prompt_index]
+    pair_prompts = [p.prompt_ids for p in inputs.pairs]
+    return LogProbs(
+        token_logprobs(model, sample_prompts, samples.sampled_ids(tokenizer.eos_token_id), pad, bs, cfg.generation.temperature),
+        token_logprobs(model, pair_prompts, [p.chosen_ids for p in inputs.pairs], pad, bs) if inputs.pairs else [],
+        token_logprobs(model, pair_prompts, [p.rejected_ids for p in inputs.pairs], pad, bs) if inputs.pairs else [],
+    )
+
+
+def score(samples: Samples, inputs: EvalInputs, scorers: dict[str, Callable[..., list[float]]]) -> None:
+    """Adds each scorer's score of every response to `samples.scores`."""
+    prompts = [inputs.prompts[p] for p in samples.prompt_index]
+    for name, scorer in scorers.items():
+        samples.scores[name] = scorer(prompts, samples.texts)
+
+
+def scorers_for(cfg: EvalConfig, recipe: Recipe, max_length: int) -> dict[str, Callable[..., list[float]]]:
+    """`reward` (the pipeline's reward model) and `gold` (the independent scorer), where configured."""
+    out = {}
+    rm = cfg.reward_model or recipe.reward_model
+    if rm is not None and (rm.name_or_path or rm.function):
+        out["reward"] = reward_source(rm, max_length)
+    if cfg.gold_reward is not None:
+        out["gold"] = reward_source(cfg.gold_reward, max_length)
+    return out
+
+
+def judge_of(cfg: EvalConfig, scorers: dict[str, Any]) -> str | None:
+    if cfg.judge == "gold" and "gold" in scorers:
+        return "gold"
+    return "reward" if "reward" in scorers else ("gold" if "gold" in scorers else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics from the pieces (pure)
+
+
+def quality_metrics(
+    samples: Samples, policy: LogProbs, reference: LogProbs, baseline: Samples | None, judge: str | None
+) -> dict[str, Any]:
+    """Every quality metric from the samples, their log-probs under policy and reference, and the baseline's samples."""
+    kls = [M.sequence_kl(a, b) for a, b in zip(policy.samples, reference.samples)]
+    out: dict[str, Any] = {
+        "reward_mean": _mean(samples.scores.get("reward")),
+        "gold_reward_mean": _mean(samples.scores.get("gold")),
+        "win_rate_vs_baseline": None,
+        "kl_to_reference": _mean([k3 for _, k3 in kls]),
+        "kl_to_reference_k1": _mean([k1 for k1, _ in kls]),
+        "preference_accuracy": None,
+        "response_length_mean": _mean([float(len(t)) for t in samples.token_ids]),
+        "distinct_2": M.distinct_n(samples.token_ids, 2),
+        "finished_share": _mean([float(f) for f in samples.finished]),
+    }
+    if policy.chosen:
+        chosen = M.implicit_rewards(policy.chosen, reference.chosen)
+        rejected = M.implicit_rewards(policy.rejected, reference.rejected)
+        out["preference_accuracy"] = M.pairwise_accuracy(chosen, rejected)
+    if baseline is not None and judge is not None:
+        out["win_rate_vs_baseline"] = M.win_rate(samples.scores[judge], baseline.scores[judge])
+        out["win_rate_stderr"] = M.binomial_stderr(out["win_rate_vs_baseline"], len(samples.texts))
+    return out
+
+
+def _mean(values: Sequence[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def cost_metrics(run_dir: Path) -> dict[str, Any]:
+    """The training run's cost from its manifest (None for what it did not record)."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    cost = manifest.get("cost") or {}
+    return {
+        "wall_seconds": manifest.get("wall_seconds"),
+        "train_tokens": cost.get("train_tokens"),
+        "generated_tokens": cost.get("generated_tokens"),
+        "peak_memory_mb": cost.get("peak_memory_mb"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# One policy
+
+
+def device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_policy(path: str, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig) -> tuple[Samples, LogProbs]:
+    """Load a policy, sample its responses and their log-probs (and the pairs'), free it."""
+    model = load_policy(path, tokenizer).to(device())
+    samples = sample_responses(model, tokenizer, inputs, cfg)
+    lp = log_probs(model, tokenizer, inputs, samples, cfg)
+    del model
+    return samples, lp
+
+
+def reference_log_probs(path: str, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig) -> LogProbs:
+    model = load_policy(path, tokenizer).to(device())
+    lp = log_probs(model, tokenizer, inputs, samples, cfg)
+    del model
+    return lp
+
+
+def baseline_samples(path: str, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig, scorers: dict[str, Any]) -> Samples:
+    """The baseline policy's scored responses (same prompts, sampling and seed as every policy)."""
+    model = load_policy(path, tokenizer).to(device())
+    samples = sample_responses(model, tokenizer, inputs, cfg)
+    del model
+    score(samples, inputs, scorers)
+    return samples
+
+
+def run_recipe(run_dir: Path, overrides: Sequence[str] = ()) -> Recipe:
+    """The recipe a run trained with (its resolved recipe.yaml), with `--set` overrides applied."""
+    from workbench.config import apply_override, parse_override
+
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise WorkbenchError(f"{run_dir} is not a run directory (no recipe.yaml); pass the output_dir of a `workbench train` run")
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["train"] = {}  # training arguments play no part in evaluation
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return recipe_from_dict(data, source=str(path))
+
+
+def policy_reference(recipe: Recipe, cfg: EvalConfig) -> str:
+    """What the policy is compared with for KL and the implicit reward: the model it started from, unless set."""
+    return cfg.reference or recipe.reference.name_or_path or recipe.model.name_or_path
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    inputs: EvalInputs | None = None,
+    baseline: Samples | None = None,
+    cfg: EvalConfig | None = None,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate the policy in `run_dir/model`; write eval.json and eval_samples.jsonl; log to the run's W&B summary.
+
+    `inputs`, `baseline` and `cfg` let a comparison share one set of prompts, baseline samples and settings.
+    """
+    run_dir = Path(run_dir)
+    recipe = run_recipe(run_dir, overrides)
+    cfg = cfg or recipe.eval
+    if recipe.method not in POLICY_METHODS:
+        raise WorkbenchError(
+            f"{run_dir} is a `{recipe.method}` run; `workbench eval` evaluates policies ({', '.join(POLICY_METHODS)}). "
+            "A reward model's held-out accuracy is in its metrics.jsonl (eval/accuracy)"
+        )
+    model_dir = run_dir / "model"
+    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
+        raise WorkbenchError(f"{run_dir} has no trained model (model/ is missing); did the run complete? see its manifest.json")
+    tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(model_dir)))
+    inputs = inputs or eval_inputs(recipe, tokenizer)
+    scorers = scorers_for(cfg, recipe, inputs.max_length)
+    judge = judge_of(cfg, scorers)
+    reference = policy_reference(recipe, cfg)
+    samples, policy_lp = run_policy(str(model_dir), tokenizer, inputs, cfg)
+    reference_lp = reference_log_probs(reference, tokenizer, inputs, samples, cfg)
+    score(samples, inputs, scorers)
+    if baseline is None and judge is not None:
+        baseline = baseline_samples(cfg.baseline or reference, tokenizer, inputs, cfg, scorers)
+    results = {
+        "name": recipe.tracking.name or run_dir.name,
+        "method": recipe.method,
+        **quality_metrics(samples, policy_lp, reference_lp, baseline, judge),
+        **cost_metrics(run_dir),
+    }
+    details = {
+        "policy": str(model_dir),
+        "reference": reference,
+        "baseline": cfg.baseline or reference,
+        "win_rate_judge": judge,
+        "scorers": sorted(scorers),
+        "num_prompts": len(inputs.prompts),
+        "num_samples": len(samples.texts),
+        "num_pairs": len(inputs.pairs),
+        "inputs_fingerprint": inputs.fingerprint,
+        "settings": dataclasses.asdict(cfg),
+        "eval_fingerprint": fingerprint,
+    }
+    write_json(run_dir / "eval.json", {"metrics": results, "details": details})
+    write_jsonl(run_dir / "eval_samples.jsonl", samples.to_rows(inputs.prompts))
+    log_summary(run_dir, results)
+    return results
+
+
+def log_summary(run_dir: Path, results: dict[str, Any]) -> None:
+    """Add `eval/<metric>` to the W&B summary of the run that trained the policy (same run id, offline or online)."""
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    info = manifest.get("wandb") or {}
+    if not info.get("id") or info.get("mode") == "disabled":
+        return
+    import wandb
+    import yaml
+
+    tracking = (yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}).get("tracking") or {}
+    run = wandb.init(
+        id=info["id"],
+        resume="allow",
+        project=tracking.get("project"),
+        entity=tracking.get("entity"),
+        dir=str(run_dir),
+        mode=info.get("mode", "offline"),
+        reinit="finish_previous",
+    )
+    run.summary.update({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    run.finish()
+
+
+def describe(results: dict[str, Any]) -> str:
+    """A short human-readable view of eval.json's metrics."""
+    return dump_yaml({k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()})
