@@ -299,6 +299,9 @@ def evaluate_run(
 
     `inputs`, `baseline` and `cfg` let a comparison share one set of prompts, baseline samples and settings.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     run_dir = Path(run_dir)
     recipe = run_recipe(run_dir, overrides)
     cfg = cfg or recipe.eval

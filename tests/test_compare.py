@@ -1,0 +1,218 @@
+"""`workbench compare`: the quickstart pipeline end to end, stage caching, failure isolation, recipe checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_ok, run_workbench
+
+POLICIES = ["sft", "dpo", "dpo_rpo", "rejection_sampling", "ppo"]
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads((out / "results.json").read_text())}
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    """The run record (group, job type, ...) of the first offline W&B run in `run_dir`."""
+    log = sorted(run_dir.glob("wandb/offline-run-*/*.wandb"))[0]
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(log)], capture_output=True, text=True, timeout=120, check=True
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return next(r["run"] for r in records if r.get("type") == "run")
+
+
+@pytest.mark.slow
+def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
+    """The README's main job: every aligned policy beats SFT on the gold rule; report, plots, CSV and W&B are written;
+    a rerun skips every stage; changing DPO reruns DPO alone."""
+    out = tmp_path / "quickstart"
+    args = ["compare", "recipes/quickstart.yaml", "--set", f"base.model.name_or_path={tiny_model}", "--set", f"output_dir={out}"]
+    first = run_ok(args, timeout=1200)
+    res = results(out)
+    assert list(res) == POLICIES and all(r["status"] == "ok" for r in res.values())
+    sft = res["sft"]
+    # the baseline against itself: identical samples and log-probs
+    assert sft["win_rate_vs_baseline"] == 0.5 and sft["kl_to_reference"] == 0.0 and sft["preference_accuracy"] == 0.5
+    for name in POLICIES[1:]:
+        assert res[name]["gold_reward_mean"] > sft["gold_reward_mean"], (
+            name,
+            res[name]["gold_reward_mean"],
+            sft["gold_reward_mean"],
+        )
+        assert res[name]["kl_to_reference"] > 0 and res[name]["train_tokens"] > 0 and res[name]["peak_memory_mb"] > 0
+    assert res["ppo"]["generated_tokens"] > 0 and res["rejection_sampling"]["generated_tokens"] > 0
+
+    report = (out / "report.md").read_text()
+    pngs = ["reward_vs_kl.png", "win_rate.png", "response_lengths.png", "best_of_n.png"]
+    for png in pngs:
+        assert f"]({png})" in report
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| reward | reward | completed |" in report  # the reward model's cost is in the stage table
+    best_gold = max(res.values(), key=lambda r: r["gold_reward_mean"])["name"]
+    gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} |"))
+    assert f"**{res[best_gold]['gold_reward_mean']:.3f}**" in gold_row
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(POLICIES) and "win_rate_vs_baseline" in rows[0]
+
+    # W&B: one run per stage, grouped by the comparison, job type = method; a summary run with the table
+    record = wandb_run_record(out / "seed-42" / "dpo")
+    assert record["run_group"] == "quickstart" and record["job_type"] == "dpo"
+    assert wandb_run_record(out / "seed-42" / "reward")["job_type"] == "reward"
+    assert list(out.glob("wandb/offline-run-*/files/media/table/results_*.table.json"))
+
+    again = run_ok(args, timeout=600)
+    assert again.stdout.count(": cached, fingerprint") == 6 and again.stdout.count("evaluation cached") == 5
+    same = {n: {k: v for k, v in r.items() if k != "per_seed"} for n, r in results(out).items()}
+    assert same == {n: {k: v for k, v in r.items() if k != "per_seed"} for n, r in res.items()}
+    assert all(s["status"] == "cached" for r in results(out).values() for s in r["per_seed"])
+
+    changed = run_ok([*args, "--set", "stages.dpo.train.beta=1.0"], timeout=600)
+    assert "dpo (dpo): training" in changed.stdout and changed.stdout.count(": cached, fingerprint") == 5
+    assert changed.stdout.count("evaluation cached") == 4
+    assert results(out)["dpo"]["gold_reward_mean"] != res["dpo"]["gold_reward_mean"]
+    assert first.stdout.count("training in") == 6
+
+
+BOOM = """
+def boom(prompts, completions, **kwargs):
+    raise RuntimeError("the reward server is down")
+"""
+
+
+def small_comparison(tmp_path: Path, model: Path) -> Path:
+    (tmp_path / "bad_reward.py").write_text(BOOM)
+    train = {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_steps": 3, "logging_steps": 1, "save_steps": 100}
+    comparison = {
+        "name": "small",
+        "output_dir": str(tmp_path / "out"),
+        "baseline_stage": "sft",
+        "base": {
+            "model": {"name_or_path": str(model), "dtype": "float32"},
+            "data": {"sources": [{"synthetic": {"num_pairs": 96, "seed": 0}}], "eval_split": 0.25, "max_length": 48},
+            "generation": {"max_new_tokens": 8, "batch_size": 16},
+            "tracking": {"mode": "disabled"},
+        },
+        "eval": {
+            "num_prompts": 8,
+            "generation": {"max_new_tokens": 8},
+            "gold_reward": {"function": "workbench.data.synthetic:vowel_reward"},
+        },
+        "stages": {
+            "sft": {"method": "sft", "train": train},
+            "dpo": {"method": "dpo", "model_from": "sft", "train": {**train, "max_steps": 2}},
+            "bad": {
+                "method": "ppo",
+                "model_from": "sft",
+                "reward_model": {"function": f"{tmp_path / 'bad_reward.py'}:boom"},
+                "train": {"max_steps": 1, "per_device_train_batch_size": 4},
+            },
+            "after_bad": {"method": "dpo", "model_from": "bad", "train": {**train, "max_steps": 1}},
+        },
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(comparison, sort_keys=False))
+    return path
+
+
+def started(out: Path, stage: str) -> str:
+    return (
+        json.loads((out / "seed-42" / stage / "manifest.json").read_text())["started_at"]
+        + (out / "seed-42" / stage / "stage.json").read_text()
+    )
+
+
+def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path, tiny_model):
+    path = small_comparison(tmp_path, tiny_model)
+    out = tmp_path / "out"
+    first = run_workbench(["compare", str(path)], timeout=900)
+    assert first.returncode == 1, first.stderr[-3000:]
+    res = results(out)
+    assert res["sft"]["status"] == "ok" and res["dpo"]["status"] == "ok"
+    assert res["bad"]["status"] == "failed" and "the reward server is down" in res["bad"]["errors"][0]
+    assert res["after_bad"]["status"] == "skipped" and "needs stage bad" in res["after_bad"]["errors"][0]
+    report = (out / "report.md").read_text()
+    assert "## Failed or skipped stages" in report and "the reward server is down" in report
+    before = {s: started(out, s) for s in ("sft", "dpo")}
+
+    # a change to `sft` reruns it and `dpo`, which starts from it
+    second = run_workbench(["compare", str(path), "--set", "stages.sft.train.max_steps=4"], timeout=900)
+    assert second.returncode == 1
+    assert "sft (sft): training" in second.stdout and "dpo (dpo): training" in second.stdout
+    assert all(started(out, s) != before[s] for s in ("sft", "dpo"))
+    assert results(out)["sft"]["train_tokens"] > res["sft"]["train_tokens"]  # 4 steps instead of 3
+
+    # a change to `dpo` alone leaves `sft` (and its evaluation) as they were
+    after = {s: started(out, s) for s in ("sft", "dpo")}
+    third = run_workbench(
+        ["compare", str(path), "--set", "stages.sft.train.max_steps=4", "--set", "stages.dpo.train.beta=0.5"], timeout=900
+    )
+    assert "sft (sft): cached" in third.stdout and "dpo (dpo): training" in third.stdout
+    assert started(out, "sft") == after["sft"] and started(out, "dpo") != after["dpo"]
+
+
+def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, tiny_model):
+    path = small_comparison(tmp_path, tiny_model)
+    data = yaml.safe_load(path.read_text())
+    data["stages"]["dpo"]["train"]["betta"] = 0.1
+    data["stages"]["dpo"]["model_from"] = "sfft"
+    data["seeds"] = "42"
+    data["baseline"] = "sft"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = run_workbench(["compare", str(path)])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    for text in ("`sfft` is not an earlier stage", "`seeds` must be a non-empty list", "did you mean `baseline_stage`?"):
+        assert text in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+    del data["seeds"], data["baseline"]
+    data["stages"]["dpo"]["model_from"] = "sft"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = run_workbench(["compare", str(path)])
+    assert res.returncode == 2 and "stages.dpo" in res.stderr and "did you mean `beta`?" in res.stderr
+
+
+def test_shipped_comparison_recipes_validate():
+    from workbench.compare import load_comparison
+
+    for name in ("quickstart.yaml", "compare_hh_rlhf.yaml"):
+        comparison = load_comparison(REPO / "recipes" / name)
+        assert comparison.baseline_stage in comparison.stages
+
+
+def test_results_aggregate_over_seeds(tmp_path):
+    """Two seeds: each metric is the mean, `_std` the population std, per-seed values kept; a failed seed is reported."""
+    from workbench.compare import Comparison, Stage, StageRun
+    from workbench.config import EvalConfig
+    from workbench.report import aggregate, best_rows
+
+    stages = {"sft": Stage("sft", {}), "dpo": Stage("dpo", {}, model_from="sft"), "rm": Stage("rm", {})}
+    comparison = Comparison("c", tmp_path, [1, 2], {}, stages, EvalConfig(), baseline_stage="sft")
+
+    def run(name, method, seed, gold, status="completed"):
+        r = StageRun(stages[name], seed, {"method": method}, tmp_path / f"seed-{seed}" / name, status=status)
+        r.evaluation = None if gold is None else {"gold_reward_mean": gold, "kl_to_reference": 2.0 * seed}
+        r.error = "boom" if status == "failed" else None
+        return r
+
+    runs = {
+        1: {"sft": run("sft", "sft", 1, 0.4), "dpo": run("dpo", "dpo", 1, 0.5), "rm": run("rm", "reward", 1, None)},
+        2: {
+            "sft": run("sft", "sft", 2, 0.6),
+            "dpo": run("dpo", "dpo", 2, None, status="failed"),
+            "rm": run("rm", "reward", 2, None),
+        },
+    }
+    res = {r["name"]: r for r in aggregate(comparison, runs)}
+    assert list(res) == ["sft", "dpo"]  # the reward model is not a policy
+    assert res["sft"]["gold_reward_mean"] == pytest.approx(0.5) and res["sft"]["gold_reward_mean_std"] == pytest.approx(0.1)
+    assert res["sft"]["kl_to_reference"] == pytest.approx(3.0) and res["sft"]["status"] == "ok"
+    assert res["dpo"]["status"] == "failed" and res["dpo"]["errors"] == ["seed 2: boom"]
+    assert res["dpo"]["gold_reward_mean"] == 0.5 and res["dpo"]["gold_reward_mean_std"] == 0.0
+    assert [s["seed"] for s in res["dpo"]["per_seed"]] == [1, 2]
+    assert best_rows(list(res.values()), "kl_to_reference") == {"dpo"}  # lower is better for KL
+    assert best_rows(list(res.values()), "gold_reward_mean") == {"sft", "dpo"}  # ties are all marked
