@@ -192,12 +192,16 @@ def test_qlora_is_refused_clearly_without_cuda():
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid_and_documents_its_launch(recipe):
+    from workbench.compare import load_comparison
     from workbench.config import load_recipe
 
-    loaded = load_recipe(recipe)  # keys and types checked against the real TRL / peft classes
+    if "stages" in yaml.safe_load(recipe.read_text()):  # a comparison: every stage recipe is checked too
+        output_dir = str(load_comparison(recipe).output_dir)
+    else:
+        output_dir = load_recipe(recipe).output_dir  # keys and types checked against the real TRL / peft classes
     header = recipe.read_text().splitlines()[:12]
     assert any("workbench " in line for line in header if line.startswith("#")), "header comment gives the launch command"
-    assert loaded.output_dir.startswith("runs/")
+    assert output_dir.startswith("runs/")
 
 
 def test_missing_relative_model_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch, capsys):

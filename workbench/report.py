@@ -236,13 +236,15 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> str:
 
     key = "gold_reward_mean" if any(r.get("gold_reward_mean") is not None for r in results) else "reward_mean"
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in results:
+    for i, r in enumerate(results):
         points = [(s.get("kl_to_reference"), s.get(key)) for s in r["per_seed"] if s.get(key) is not None]
-        if not points:
+        if not points or r.get(key) is None:
             continue
-        xs, ys = zip(*points)
-        ax.scatter(xs, ys, alpha=0.35)
-        ax.scatter([r["kl_to_reference"]], [r[key]], marker="D", s=60, label=f"{r['name']} ({r['method']})")
+        color = f"C{i % 10}"
+        if len(points) > 1:  # one faint dot per seed around the mean
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, alpha=0.35, color=color)
+        ax.scatter([r["kl_to_reference"]], [r[key]], marker="D", s=60, color=color, label=f"{r['name']} ({r['method']})")
         ax.annotate(r["name"], (r["kl_to_reference"], r[key]), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("KL(policy || reference), nats per response")
     ax.set_ylabel(key.replace("_", " "))
