@@ -13,16 +13,20 @@ from workbench.errors import WorkbenchError
 log = logging.getLogger("workbench")
 
 
-def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe YAML file")
+def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.learning_rate=1e-5") -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe value, e.g. train.learning_rate=1e-5 (repeatable)",
+        help=f"override a recipe value, e.g. {example} (repeatable)",
     )
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file")
+    _add_set_arg(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("eval", help="run the shared evaluation on a trained policy; writes RUN_DIR/eval.json")
     p.add_argument("run_dir", help="output_dir of a training run")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the run's recipe for evaluation, e.g. eval.num_prompts=128 or eval.gold_reward.function=mod:fn",
-    )
+    _add_set_arg(p, "eval.num_prompts=128 or eval.gold_reward.function=mod:fn")
     p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("compare", help="run several methods from one base and data, evaluate them, write the report")
