@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import shutil
 import subprocess
@@ -53,7 +52,7 @@ from workbench.config import (
     recipe_from_dict,
     unknown_key_message,
 )
-from workbench.data.pipeline import write_json
+from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
 
@@ -272,13 +271,6 @@ def stage_fingerprint(run: StageRun, upstream: dict[str, str]) -> str:
 # Running stages
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def is_cached(run: StageRun) -> bool:
     state = read_json(run.run_dir / "stage.json")
     manifest = read_json(run.run_dir / "manifest.json")
@@ -409,7 +401,9 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
             baseline = ev.baseline_samples(cfg.baseline, tokenizer, inputs, cfg, scorers)
         t0 = time.time()
         try:
-            run.evaluation = ev.evaluate_run(run.run_dir, inputs=inputs, baseline=baseline, cfg=cfg, fingerprint=fp)
+            run.evaluation = ev.evaluate_run(
+                run.run_dir, inputs=inputs, baseline=baseline, cfg=cfg, fingerprint=fp, scorers=scorers
+            )
         except WorkbenchError as exc:
             run.status, run.error = "failed", f"evaluation: {exc}"
             print(f"[seed {seed}] {run.stage.name}: evaluation failed - {exc}", flush=True)

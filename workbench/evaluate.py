@@ -20,7 +20,6 @@ memory of one model. It runs in one process.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from workbench import metrics as M
 from workbench.config import EvalConfig, Recipe, dump_yaml, recipe_from_dict
-from workbench.data.pipeline import prepare, write_json, write_jsonl
+from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import DataError, WorkbenchError
 from workbench.generation import generate
@@ -219,8 +218,7 @@ def _mean(values: Sequence[float] | None) -> float | None:
 
 def cost_metrics(run_dir: Path) -> dict[str, Any]:
     """The training run's cost from its manifest (None for what it did not record)."""
-    path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    manifest = read_json(run_dir / "manifest.json")
     cost = manifest.get("cost") or {}
     return {
         "wall_seconds": manifest.get("wall_seconds"),
@@ -294,10 +292,12 @@ def evaluate_run(
     baseline: Samples | None = None,
     cfg: EvalConfig | None = None,
     fingerprint: str | None = None,
+    scorers: dict[str, Callable[..., list[float]]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the policy in `run_dir/model`; write eval.json and eval_samples.jsonl; log to the run's W&B summary.
 
-    `inputs`, `baseline` and `cfg` let a comparison share one set of prompts, baseline samples and settings.
+    `inputs`, `baseline`, `cfg` and `scorers` let a comparison share one set of prompts, baseline samples,
+    settings and loaded scorers.
     """
     from transformers.utils import logging as hf_logging
 
@@ -315,7 +315,7 @@ def evaluate_run(
         raise WorkbenchError(f"{run_dir} has no trained model (model/ is missing); did the run complete? see its manifest.json")
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(model_dir)))
     inputs = inputs or eval_inputs(recipe, tokenizer)
-    scorers = scorers_for(cfg, recipe, inputs.max_length)
+    scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
     judge = judge_of(cfg, scorers)
     reference = policy_reference(recipe, cfg)
     samples, policy_lp = run_policy(str(model_dir), tokenizer, inputs, cfg)
@@ -350,9 +350,7 @@ def evaluate_run(
 
 def log_summary(run_dir: Path, results: dict[str, Any]) -> None:
     """Add `eval/<metric>` to the W&B summary of the run that trained the policy (same run id, offline or online)."""
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    info = manifest.get("wandb") or {}
+    info = read_json(run_dir / "manifest.json").get("wandb") or {}
     if not info.get("id") or info.get("mode") == "disabled":
         return
     import wandb

@@ -7,12 +7,11 @@ so a report can be rebuilt from a finished comparison directory.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.data.pipeline import write_json
+from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 from workbench.metrics import mean_std
 
@@ -140,8 +139,6 @@ def table(results: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
 
 def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
     """Cost of every stage (reward model included), averaged over seeds, from the runs' manifests."""
-    from workbench.compare import read_json
-
     lines = [
         "| stage | method | status | wall seconds | train tokens | generated tokens | peak memory (MB) |",
         "|---|---|---|---|---|---|---|",
@@ -204,12 +201,6 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
 
 # ----------------------------------------------------------------------------------------------
 # Plots
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def make_plots(comparison: Comparison, outcome: Outcome) -> dict[str, str]:

@@ -216,6 +216,27 @@ def add_token_report(prepared: Prepared, tokenizer: Any, settings: TokenizationS
 # Writing
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete lines of a JSONL file (a line cut by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when it is missing or unreadable (a run that never got that far)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """All rows at once, atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench import losses
 from workbench.data.formatting import tokenize_sft
-from workbench.data.pipeline import write_jsonl
+from workbench.data.pipeline import read_jsonl, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.generation import Completion, GenerationStats, batches_of, generate
 from workbench.metrics import mean_std
@@ -32,19 +32,6 @@ DATA_KIND = "prompt"
 
 # ----------------------------------------------------------------------------------------------
 # Files
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of a JSONL file (a line cut by a kill is ignored)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
