@@ -172,6 +172,31 @@ def test_launch_read_from_the_shipped_accelerate_configs():
     assert (multi.processes, multi.processes_per_machine) == (16, 8)
 
 
+def test_launch_read_from_a_deepspeed_json(tmp_path):
+    ds = {
+        "bf16": {"enabled": True},
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu"},
+            "reduce_bucket_size": "auto",
+            "overlap_comm": False,
+            "sub_group_size": 1e8,
+        },
+    }
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    (tmp_path / "acc.yaml").write_text(
+        "distributed_type: DEEPSPEED\nnum_processes: 4\nmixed_precision: 'no'\ndeepspeed_config: {deepspeed_config_file: ds.json}\n"
+    )
+    launch = P.launch_from_config(tmp_path / "acc.yaml", "ppo", {})
+    assert (launch.zero_stage, launch.offload_optimizer, launch.offload_params, launch.mixed_precision) == (
+        3,
+        True,
+        False,
+        "bf16",
+    )
+    assert (launch.reduce_bucket_size, launch.overlap_comm, launch.sub_group_size, launch.processes) == (None, False, 10**8, 4)
+
+
 # ----------------------------------------------------------------------------------------------
 # Which models each method holds
 

@@ -773,18 +773,24 @@ def resolve_precision(method: str, recipe_train: dict[str, Any], accelerate_mixe
 def launch_from_config(path: str | Path | None, method: str, train: dict[str, Any]) -> Launch:
     # `train`: the recipe's own `train:` values (explicit precision), not the class defaults
     """The memory-relevant settings of an accelerate config (and its DeepSpeed JSON, when it names one)."""
-    from workbench.launch import deepspeed_settings, read_accelerate_config
+    from workbench.launch import read_accelerate_config
 
     if path is None:
         return Launch(mixed_precision=resolve_precision(method, train, None))
-    acc = read_accelerate_config(path)
+    return launch_from_mapping(read_accelerate_config(path), Path(path).parent, method, train, str(path))
+
+
+def launch_from_mapping(acc: dict[str, Any], base: Path, method: str, train: dict[str, Any], source: str) -> Launch:
+    """`launch_from_config` on an accelerate config already read (`base`: where a named DeepSpeed JSON is relative to)."""
+    from workbench.launch import deepspeed_settings
+
     processes = int(acc.get("num_processes") or 1)
     machines = int(acc.get("num_machines") or 1)
     use_cpu = bool(acc.get("use_cpu"))
     mixed = str(acc.get("mixed_precision") or "no")
     if acc.get("distributed_type") != "DEEPSPEED":
-        return Launch(processes, machines, mixed_precision=resolve_precision(method, train, mixed, use_cpu), source=str(path))
-    ds = deepspeed_settings(acc, Path(path).parent)
+        return Launch(processes, machines, mixed_precision=resolve_precision(method, train, mixed, use_cpu), source=source)
+    ds = deepspeed_settings(acc, base)
     zero = ds.get("zero_optimization") or {}
     stage = int(zero.get("stage", ds.get("zero_stage", 0)) or 0)
     off_opt = (zero.get("offload_optimizer") or {}).get("device", ds.get("offload_optimizer_device", "none"))
@@ -804,7 +810,8 @@ def launch_from_config(path: str | Path | None, method: str, train: dict[str, An
         reduce_bucket_size=None if bucket == "auto" else int(float(bucket)),
         overlap_comm=zero.get("overlap_comm") if isinstance(zero.get("overlap_comm"), bool) else (True if stage == 3 else None),
         contiguous_gradients=zero.get("contiguous_gradients", True) is not False,
-        source=str(path),
+        sub_group_size=int(float(zero.get("sub_group_size", 1e9))),
+        source=source,
     )
 
 
@@ -1031,6 +1038,15 @@ def running_launch(method: str, train: dict[str, Any]) -> Launch:
         return Launch(processes, mixed_precision="no", source="environment")
     stage = None
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if file:  # the DeepSpeed JSON decides; read it as an accelerate config naming it
+            acc = {
+                "distributed_type": "DEEPSPEED",
+                "num_processes": processes,
+                "deepspeed_config": {"deepspeed_config_file": file},
+            }
+            acc["mixed_precision"] = os.environ.get("ACCELERATE_MIXED_PRECISION")
+            return launch_from_mapping(acc, Path.cwd(), method, train, "environment")
         stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
     return Launch(
         processes,
