@@ -432,6 +432,10 @@ def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     assert plan.generation_gather_bytes == shape.params * 2 / 2
     assert plan.micro_batch_rows == train["per_device_train_batch_size"] // train["num_mini_batches"]
     assert [m.role for m in plan.models] == ["policy", "reference", "value", "reward"]
+    # one engine for policy + value: one reduce bucket and one gathered-layer allowance
+    assert plan.models[2].states.buffers == 0
+    assert plan.models[0].states.buffers == P.reduce_bucket_bytes(launch) + 4 * shape.largest_layer
+    assert plan.models[1].states.params == shape.params * 4  # the fp32 reference, whole on every process
     rm = P.model_shape(str(tiny_model), "seq-cls")
     assert plan.models[3].states.device == 0 and plan.models[3].states.cpu == rm.params * 4  # fp32 tiny RM on CPU
     assert plan.phases["generation"] == plan.states_bytes + plan.kv_cache_bytes_per_device + plan.generation_gather_bytes

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,9 +161,17 @@ def meta_model(name_or_path: str, head: str, trust_remote_code: bool = False) ->
     if head != "causal-lm":
         config.num_labels = 1
     # torch's meta device, not accelerate's init_empty_weights: under transformers 5 the latter unties tied embeddings
-    with torch.device("meta"), outside_zero3_init():
+    with torch.device("meta"), outside_zero3_init(), quiet():
         model = getattr(transformers, HEAD_CLASSES[head]).from_config(config, trust_remote_code=trust_remote_code)
     return model, config
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """transformers' and peft's deprecation notes while building meta models are not the user's business."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 @contextlib.contextmanager
@@ -194,7 +203,8 @@ def lora_trainable_params(name_or_path: str, head: str, lora_json: str, trust_re
 
     model, _ = meta_model(name_or_path, head, trust_remote_code)
     task = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "token-cls": "TOKEN_CLS"}[head]
-    peft_model = get_peft_model(model, lora_config(ModelConfig(lora=json.loads(lora_json)), task))
+    with quiet():
+        peft_model = get_peft_model(model, lora_config(ModelConfig(lora=json.loads(lora_json)), task))
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
@@ -706,6 +716,11 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
     train = train_settings(recipe)
     roles, notes = model_roles(recipe, train)
     models = [plan_model(r, launch) for r in roles]
+    if recipe.method == "ppo" and launch.deepspeed:  # ppo.py wraps policy and value in one engine: one set of buffers
+        value, policy = next(m for m in models if m.role == "value"), models[0]
+        policy.states.buffers = max(policy.states.buffers, value.states.buffers)
+        value.states.buffers = 0
+        value.note += " (in the policy's DeepSpeed engine)"
     rows, seq, gen_rows, gen_seq = rows_and_seq(recipe, train)
     elem = 2 if launch.half else 4
     eager = recipe.model.attn_implementation == "eager"
