@@ -471,3 +471,15 @@ def test_launch_refuses_when_the_plan_exceeds_the_gpu(tmp_path, tiny_model, monk
     assert "--force" in err and "GiB" in err and not launched
     assert main(["launch", str(path), "--accelerate-config", cfg, "--force"]) == 0
     assert len(launched) == 1
+
+
+def test_a_model_without_a_readable_config_is_one_clear_error(tmp_path, capsys):
+    from workbench.cli import main
+
+    path = tmp_path / "sft.yaml"
+    path.write_text("method: sft\nmodel: {name_or_path: nobody/no-such-model}\ndata: {sources: [{synthetic: {task: vowels}}]}\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "nobody/no-such-model" in err and "config.json" in err and "Traceback" not in err
+    assert main(["plan", str(path), "--device-memory", "lots"]) == 2
+    assert "--device-memory" in capsys.readouterr().err

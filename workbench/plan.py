@@ -483,7 +483,12 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
                     training="frozen",
                     dtype=rm.dtype,
                     placement="cpu" if on_cpu else "engine",
-                    note="scored on the CPU (scoring.py keeps it where it was loaded)" if on_cpu else "frozen",
+                    note=(
+                        "scored on the CPU (scoring.py keeps it where it was loaded)"
+                        + ("; main process only" if method == "rejection_sampling" else "")
+                        if on_cpu
+                        else "frozen"
+                    ),
                 )
             )
         else:
@@ -916,7 +921,7 @@ def candidate_changes(recipe: Any, train: dict[str, Any], launch: Launch) -> lis
                 dataclasses.replace(launch, zero_stage=3, offload_optimizer=True, offload_params=True, overlap_comm=True),
             )
         )
-    if recipe.model.lora is None and recipe.method != "reward":
+    if recipe.model.lora is None:
         lora = dataclasses.replace(recipe.model, lora={"r": 16})
         out.append(("model.lora={r: 16} (LoRA)", dataclasses.replace(recipe, model=lora), launch))
     return out
