@@ -1021,7 +1021,12 @@ def plan_total_line(recipe: Any, accelerate_config: str | Path | None) -> str:
         plan = make_plan(recipe, accelerate_config)
     except Exception as exc:  # validate reports, never crashes, on a model it cannot shape
         return f"memory plan: not available ({type(exc).__name__}: {exc})"
-    return f"memory plan: {gib(plan.total_bytes_per_device)} GiB per device ({plan.launch.describe()}); details: workbench plan"
+    verdict = (
+        ""
+        if plan.fits is None
+        else f", {'fits' if plan.fits else 'does NOT fit'} in this GPU's {gib(plan.device_memory or 0)} GiB"
+    )
+    return f"memory plan: {gib(plan.total_bytes_per_device)} GiB per device ({plan.launch.describe()}{verdict}); details: workbench plan"
 
 
 def launch_check(recipe: Any, accelerate_config: str | Path, force: bool) -> str | None:
