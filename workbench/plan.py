@@ -455,7 +455,7 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
         elif lora:
             notes.append("reference: the policy with its adapters disabled (no second copy)")
         elif ref_cfg.precompute_log_probs:
-            notes.append("reference: log-probs precomputed before training (the model is freed before training starts)")
+            notes.append("reference: log-probs precomputed with the initial policy before training (no reference model held)")
         else:
             roles.append(reference("engine", "frozen copy of the policy"))
     elif method == "ppo":
