@@ -441,6 +441,18 @@ def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     assert plan.phases["generation"] == plan.states_bytes + plan.kv_cache_bytes_per_device + plan.generation_gather_bytes
 
 
+def test_rejection_sampling_generates_with_a_plain_copy_in_its_own_phase(tiny_model):
+    r = recipe(str(tiny_model), "rejection_sampling", model={"dtype": "float32"}, reward_model={"function": "m:f"})
+    r = dataclasses.replace(r, data=dataclasses.replace(r.data, max_length=32))
+    plan = P.build_plan(r, P.Launch(processes=2, zero_stage=2))
+    shape = P.model_shape(str(tiny_model))
+    gen = r.generation  # batch_size prompts x num_samples rows, prompt 16 + max_new_tokens, fp32 as loaded
+    assert plan.kv_cache_bytes_per_device == P.kv_cache_bytes(shape, gen.batch_size * gen.num_samples, 16 + gen.max_new_tokens, 4)
+    assert plan.generation_gather_bytes == shape.params * 4
+    assert plan.phases["generation"] == plan.kv_cache_bytes_per_device + plan.generation_gather_bytes  # SFT states not yet held
+    assert plan.models[0].states.params == shape.params * 2  # the SFT stage: bf16 in the ZeRO-2 engine
+
+
 def test_validate_prints_the_plan_total(tmp_path, tiny_model, capsys):
     from workbench.cli import main
 

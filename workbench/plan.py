@@ -744,9 +744,9 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
     if gen_rows:
         policy = roles[0]
         shape = model_shape(policy.name_or_path, policy.head, policy.trust_remote_code)
-        gen_elem = (
-            elem if (launch.deepspeed or recipe.method != "rejection_sampling") else DTYPE_BYTES[weight_dtype(policy, shape)]
-        )
+        # the cache takes the generating weights' dtype: 16-bit inside a mixed-precision DeepSpeed engine, else as loaded
+        in_engine = launch.deepspeed and launch.half and recipe.method != "rejection_sampling"
+        gen_elem = 2 if in_engine else DTYPE_BYTES[weight_dtype(policy, shape)]
         kv = kv_cache_bytes(shape, gen_rows, gen_seq, gen_elem)
         if recipe.method == "rejection_sampling":
             gather = models[0].params * DTYPE_BYTES[weight_dtype(policy, shape)]  # a plain inference copy, its own stage
