@@ -74,6 +74,7 @@ def test_deepspeed_states_by_hand():
     assert s3.device == 5420
     small_groups = states(3, sub_group_size=50)  # fp32 grads one 50-param sub-group at a time: 500 + 200
     assert small_groups.grads == 700
+    assert states(3, sub_group_size=50, offload_optimizer=True).cpu == 4000  # offloaded: the whole fp32 partition
     assert states(1, overlap_comm=True).buffers == 40  # double bucket with overlap_comm below ZeRO-3
     off = states(2, offload_optimizer=True)  # fp32 grads 1000 + master/moments 3000 go to CPU, 16-bit grads stream out
     assert (off.params, off.grads, off.optimizer, off.cpu) == (2000, 0, 0, 4000)

@@ -260,8 +260,8 @@ def deepspeed_states(
     s.params = part(frozen * frozen_b + trainable * weight, 3)
     s.grads = part(trainable * weight, 2)
     fp32_grads = part(trainable * 4, 1) if launch.half else 0
-    if stage == 3:  # stage3.py converts gradients to fp32 one sub-group at a time, at the step
-        fp32_grads = min(fp32_grads, 4 * launch.sub_group_size)
+    if stage == 3 and not launch.offload_optimizer:  # stage3.py makes fp32 grads one sub-group at a time, at the step
+        fp32_grads = min(fp32_grads, 4 * launch.sub_group_size)  # (offloaded: a full pinned CPU buffer)
     s.optimizer = part(trainable * ADAM_STATE_BYTES, 1)
     if launch.offload_optimizer and trainable:
         s.cpu += fp32_grads + s.optimizer
