@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--accelerate-config", required=True, help="an accelerate config, e.g. accelerate_configs/cpu_ddp.yaml")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true", help="launch even when the memory plan exceeds the visible GPU")
     p.set_defaults(func=cmd_launch)
 
     p = verbs.add_parser("validate", help="check a recipe without loading weights")
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.set_defaults(func=cmd_compare)
 
+    p = verbs.add_parser("plan", help="per-device memory plan (models, activations, KV cache, total) without loading weights")
+    _add_recipe_args(p)
+    p.add_argument("--accelerate-config", default=None, help="the accelerate config of the launch (default: one process)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--device-memory", default=None, help="memory per device, e.g. 80GiB (default: the visible GPU's)")
+    p.set_defaults(func=cmd_plan)
+
     p = verbs.add_parser("tiny-model", help="write a tiny causal LM + tokenizer built offline")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +105,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from workbench.config import load_recipe
     from workbench.launch import launch
 
-    load_recipe(args.recipe, args.overrides)  # fail fast, before spawning processes
+    recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before spawning processes
+    from workbench.plan import launch_check
+
+    refusal = launch_check(recipe, args.accelerate_config, args.force)
+    if refusal:
+        raise WorkbenchError(refusal)
     return launch(args.recipe, args.accelerate_config, args.overrides, args.resume)
 
 
@@ -112,6 +125,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  - {p}", file=sys.stderr)
         return 2
     print("\nrecipe OK")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from workbench.config import load_recipe
+    from workbench.plan import format_plan, make_plan, parse_bytes
+
+    device = parse_bytes(args.device_memory) if args.device_memory else None
+    plan = make_plan(load_recipe(args.recipe, args.overrides), args.accelerate_config, device)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
     return 0
 
 

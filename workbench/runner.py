@@ -71,6 +71,9 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
         tracker.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     cost = run_cost(result, state)
+    from workbench.plan import planned_peak_mb
+
+    cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
     tracker.update_manifest(cost=cost)
     tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
     tracker.finish("completed")

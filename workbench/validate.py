@@ -65,6 +65,9 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
         problems.extend(gb.warnings)
     except WorkbenchError as exc:
         problems.append(str(exc))
+    from workbench.plan import plan_total_line
+
+    sections.append(plan_total_line(recipe, accelerate_config))
     if not any(p.startswith(("`model.", "`data.sources")) for p in problems):
         try:
             sections.append(example_pair(recipe))
