@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from workbench.config import load_recipe
     from workbench.runner import train
+    from workbench.validate import preflight
 
     recipe = load_recipe(args.recipe, args.overrides)
+    preflight(recipe, args.recipe)  # the checks of `validate`, before the W&B run or any weights
     result = train(recipe, resume=args.resume)
     if result.run_dir and _is_main():
         print(f"run complete: {result.run_dir} (model: {result.model_dir})")

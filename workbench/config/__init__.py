@@ -32,6 +32,7 @@ from workbench.config.load import (
     resolved_dict,
 )
 from workbench.config.schema import (
+    METHOD_DATA_KINDS,
     TRAIN_CONFIG_CLASSES,
     WORKBENCH_OWNED_TRAIN_KEYS,
     DataConfig,
@@ -49,6 +50,7 @@ from workbench.config.schema import (
 )
 
 __all__ = [
+    "METHOD_DATA_KINDS",
     "ALIASES",
     "INVALID",
     "TRAIN_CONFIG_CLASSES",

@@ -17,6 +17,19 @@ TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "ppo": ("workbench.train_configs", "PPOConfig"),
 }
 
+# Method -> the records its data must hold: pairs, (prompt, completion) examples, or prompts only.
+# A declaration (the method modules' DATA_KIND agree, tested) so validation imports no method.
+METHOD_DATA_KINDS: dict[str, str] = {
+    "sft": "sft",
+    "reward": "preference",
+    "dpo": "preference",
+    "kto": "preference",
+    "rejection_sampling": "prompt",
+    "ppo": "prompt",
+    "grpo": "prompt",
+    "rloo": "prompt",
+}
+
 # `train:` keys the workbench owns, with where the user sets them instead.
 WORKBENCH_OWNED_TRAIN_KEYS = {
     "output_dir": "set the top-level `output_dir:`; checkpoints go to OUTPUT_DIR/checkpoints",

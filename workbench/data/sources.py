@@ -6,10 +6,12 @@ number otherwise) so that every rejected row can be reported as `file:line`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +43,48 @@ def _base_suffix(path: Path) -> str:
     return Path(name).suffix
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _readable(label: str) -> Iterator[None]:
+    """Turn a compressed file that ends early or is not gzip into one sentence naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{label}: the gzip file is truncated or corrupt ({exc}); download or compress it again") from None
+
+
+def _decode(raw: bytes, label: str, number: int) -> str | Reject:
+    """One line as text (a leading UTF-8 BOM dropped), or a Reject naming the line of undecodable bytes."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Reject(
+            label,
+            number,
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
+            raw[:500].decode("utf-8", errors="replace"),
+        )
+
+
+def _decode_all(raw: bytes, label: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{label}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
 
 
 def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        for number, line in enumerate(fh, start=1):
+    """Rows of a JSON Lines file, each line decoded on its own so a bad byte is reported by line."""
+    with _readable(label), _open_binary(path) as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = _decode(raw, label, number)
+            if isinstance(line, Reject):
+                yield line
+                continue
             if not line.strip():
                 continue  # blank lines are not rows
             try:
@@ -64,8 +99,8 @@ def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
 
 
 def read_json(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        text = fh.read()
+    with _readable(label), _open_binary(path) as fh:
+        text = _decode_all(fh.read(), label)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -100,12 +135,15 @@ def _maybe_json_cell(value: Any) -> Any:
 
 
 def read_csv(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
+    with _readable(label), _open_binary(path) as raw:
+        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+        try:
+            for row in reader:
+                if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                    continue
+                yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
+        except UnicodeDecodeError:
+            raise DataError(f"{label}:{reader.line_num + 1}: not valid UTF-8; save the file as UTF-8") from None
 
 
 def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
@@ -113,9 +151,13 @@ def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
 
     source: Any = path
     if path.name.lower().endswith(".gz"):
-        with gzip.open(path, "rb") as fh:
+        with _readable(label), gzip.open(path, "rb") as fh:
             source = io.BytesIO(fh.read())
-    for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
+    try:
+        table = pq.read_table(source)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for files that are not parquet
+        raise DataError(f"{label}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
         yield RawRow(label, number, row)
 
 
@@ -157,6 +199,16 @@ def read_hub(src: SourceConfig) -> Iterator[RawRow | Reject]:
     yield from read_dataset_rows(ds, f"{src.path}[{src.split}]")
 
 
+def _not_empty(rows: Iterator[RawRow | Reject], label: str) -> Iterator[RawRow | Reject]:
+    """A file that yields no row at all is an error naming it, not an empty dataset found much later."""
+    empty = True
+    for item in rows:
+        empty = False
+        yield item
+    if empty:
+        raise DataError(f"{label}: the file holds no rows; check the path, or remove the source")
+
+
 def looks_like_local_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or _base_suffix(Path(text)) in FILE_SUFFIXES
 
@@ -176,7 +228,7 @@ def iter_raw(src: SourceConfig) -> Iterator[RawRow | Reject]:
         reader = READERS.get(_base_suffix(path))
         if reader is None:
             raise DataError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
-        yield from reader(path, str(src.path))
+        yield from _not_empty(reader(path, str(src.path)), str(src.path))
     elif looks_like_local_path(src.path):
         raise DataError(f"data source '{src.path}' not found (relative paths are resolved from {Path.cwd()})")
     else:
