@@ -187,7 +187,8 @@ def scan_data(recipe: Recipe, kind: str) -> tuple[DataScan, list[str]]:
         if bad is not None and recipe.data.on_invalid == "error":
             more = f" ({entry.invalid - 1} more invalid rows in this source)" if entry.invalid > 1 else ""
             problems.append(
-                f"{bad.location()}: {bad.reason}{more}; fix the data, or set `data.on_invalid: drop` to write bad rows to rejects.jsonl"
+                f"{bad.location()}: {bad.reason}{more}. Fix the data, or set `data.on_invalid: drop` "
+                "to keep the good rows and write the bad ones to OUTPUT_DIR/data/rejects.jsonl."
             )
         elif entry.valid == 0:
             problems.append(f"`data.sources.{index}` ({entry.label}) has no valid {kind} row")
