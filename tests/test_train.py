@@ -140,7 +140,7 @@ def test_bad_data_fails_the_run_with_one_message_before_the_run_starts(tmp_path,
     path.write_text(yaml.safe_dump(recipe))
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:2: missing field 'chosen'." in err and "Traceback" not in err
+    assert f"{bad}:2: missing field 'chosen' (columns found: prompt)." in err and "Traceback" not in err
     assert not (tmp_path / "failing").exists()  # checked before the tracker: no empty W&B run, no manifest
 
 

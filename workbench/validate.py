@@ -149,6 +149,7 @@ class SourceScan:
     valid: int = 0
     first_invalid: Reject | None = None
     invalid: int = 0
+    ties: int = 0
     example: Any = None
 
 
@@ -159,8 +160,10 @@ class DataScan:
 
     def describe(self) -> str:
         rows, valid = sum(s.rows for s in self.sources), sum(s.valid for s in self.sources)
+        ties = sum(s.ties for s in self.sources)
         per = "; ".join(f"{s.label}: {s.valid}/{s.rows}" for s in self.sources)
-        return f"data: {rows} rows read, {valid} valid, {rows - valid} invalid ({self.kind} records) [{per}]"
+        tied = f", {ties} annotator ties dropped" if ties else ""
+        return f"data: {rows} rows read, {valid} valid, {rows - valid - ties} invalid{tied} ({self.kind} records) [{per}]"
 
 
 def scan_data(recipe: Recipe, kind: str) -> tuple[DataScan, list[str]]:
@@ -174,7 +177,9 @@ def scan_data(recipe: Recipe, kind: str) -> tuple[DataScan, list[str]]:
         try:
             for item in load_source(src, index, kind):
                 entry.rows += 1
-                if isinstance(item, Reject):
+                if isinstance(item, Reject) and item.kind == "tie":
+                    entry.ties += 1  # annotators tied and the recipe drops ties: counted, not an error
+                elif isinstance(item, Reject):
                     entry.invalid += 1
                     entry.first_invalid = entry.first_invalid or item
                 else:

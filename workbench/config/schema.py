@@ -105,9 +105,18 @@ class LabelSpec:
     prompt: str = _help("Column holding the prompt.", default="input")
     first: str = _help("Column holding the first output.", default="output_1")
     second: str = _help("Column holding the second output.", default="output_2")
-    label: str = _help("Column naming the better output.", default="label")
-    first_value: Any = _help("Label value meaning the first output is better.", default=1)
-    second_value: Any = _help("Label value meaning the second output is better.", default=2)
+    label: str | list[str] = _help(
+        "Column naming the better output, or a list of columns (one per annotator) aggregated by majority.",
+        default="label",
+    )
+    first_value: Any = _help("Label value meaning the first output is better (may be a JSON boolean).", default=1)
+    second_value: Any = _help("Label value meaning the second output is better (may be a JSON boolean).", default=2)
+    tie_value: Any = _help("Label value meaning a tie (PandaLM uses 0); unset: no label means a tie.", default=None)
+    on_tie: Literal["drop", "error"] = _help(
+        "A row whose annotators tie (no strict majority, or a majority for `tie_value`): `drop` leaves it out, "
+        "counted in the data report and kept in rejects.jsonl; `error` makes it an invalid row (see `data.on_invalid`).",
+        default="drop",
+    )
 
 
 @dataclass
@@ -136,6 +145,11 @@ class SourceConfig:
         "Renames applied first, canonical name -> source column, e.g. {prompt: question}.", default_factory=dict
     )
     label: LabelSpec | None = _help("Column mapping for `format: labeled-pair`.", default=None)
+    prompt_template: str | None = _help(
+        'Build the prompt from several columns, e.g. "{instruction}\\n\\n{input}" (Python format fields); '
+        "the result replaces the prompt column of the layout.",
+        default=None,
+    )
     weight: float = _help(
         "Mixture weight: the share of this source's training rows used (e.g. 0.5 = half, 2.0 = each row twice).",
         default=1.0,
