@@ -225,3 +225,13 @@ def test_method_data_kinds_match_the_methods():
 
     for name in METHOD_MODULES:
         assert METHOD_DATA_KINDS[name] == get_method(name).DATA_KIND, name
+
+
+def test_launch_runs_the_checks_before_spawning(tmp_path, tiny_model, capsys, monkeypatch):
+    import workbench.launch
+
+    monkeypatch.setattr(workbench.launch, "launch", lambda *a, **k: pytest.fail("processes were spawned"))
+    repo = Path(__file__).resolve().parents[1]
+    path = recipe_file(tmp_path, tiny_model, model={"quantization": "4bit", "lora": {"r": 4}})
+    assert main(["launch", str(path), "--accelerate-config", str(repo / "accelerate_configs" / "cpu_zero3.yaml")]) == 2
+    assert "cannot be used with DeepSpeed ZeRO stage 3" in capsys.readouterr().err

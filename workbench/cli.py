@@ -98,8 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from workbench.config import load_recipe
     from workbench.launch import launch
+    from workbench.validate import preflight
 
-    load_recipe(args.recipe, args.overrides)  # fail fast, before spawning processes
+    preflight(load_recipe(args.recipe, args.overrides), args.recipe, args.accelerate_config)  # before spawning processes
     return launch(args.recipe, args.accelerate_config, args.overrides, args.resume)
 
 

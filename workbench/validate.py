@@ -259,9 +259,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     return sections, problems
 
 
-def preflight(recipe: Recipe, source: str = "recipe") -> None:
-    """`train`'s first step: the checks of `validate` (no example shown); one RecipeError listing every problem."""
-    _, problems = check_recipe(recipe, example=False)
+def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:
+    """`train`'s (and `launch`'s) first step: the checks of `validate` (no example shown); one RecipeError listing every problem."""
+    _, problems = check_recipe(recipe, accelerate_config, example=False)
     if problems:
         raise RecipeError(source, problems)
 
