@@ -235,3 +235,14 @@ def test_launch_runs_the_checks_before_spawning(tmp_path, tiny_model, capsys, mo
     path = recipe_file(tmp_path, tiny_model, model={"quantization": "4bit", "lora": {"r": 4}})
     assert main(["launch", str(path), "--accelerate-config", str(repo / "accelerate_configs" / "cpu_zero3.yaml")]) == 2
     assert "cannot be used with DeepSpeed ZeRO stage 3" in capsys.readouterr().err
+
+
+def test_cut_parquet_file_is_named(tmp_path, tiny_model, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(PAIRS), data)
+    data.write_bytes(data.read_bytes()[:-40])
+    err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
+    assert f"{data}: not a readable parquet file" in err

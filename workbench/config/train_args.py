@@ -95,6 +95,8 @@ def build_train_args(method: str, train: dict[str, Any], output_dir: str) -> tup
     train = {k: v for k, v in train.items() if k not in flagged}  # the library checks the rest
     precision = {} if {"bf16", "fp16"} & set(train) else {"bf16": hardware["bf16"], "fp16": False}
     base = {**precision, **RUN_FIELDS, "output_dir": output_dir} if _is_training_arguments(cls) else {}
+    if base and _launched_without_gpu(hardware):  # keep the gloo state the launch path built, as the run does
+        base["accelerator_config"] = {**(train.get("accelerator_config") or {}), "use_configured_state": True}
 
     def attempt(fields: dict[str, Any]) -> Exception | None:
         try:
@@ -114,6 +116,12 @@ def build_train_args(method: str, train: dict[str, Any], output_dir: str) -> tup
         keys = ", ".join(f"`train.{k}`" for k in train)
         problems.append(f"the `train:` values {keys} do not work together: {_library_message(whole)}")
     return None, problems
+
+
+def _launched_without_gpu(hardware: dict[str, bool]) -> bool:
+    import os
+
+    return "LOCAL_RANK" in os.environ and not hardware["cuda"]
 
 
 def _is_training_arguments(cls: type) -> bool:

@@ -154,11 +154,14 @@ def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
         with _readable(label), gzip.open(path, "rb") as fh:
             source = io.BytesIO(fh.read())
     try:
-        table = pq.read_table(source)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for files that are not parquet
+        batches = pq.ParquetFile(source).iter_batches(batch_size=1024)  # row groups in turn: bounded memory
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield RawRow(label, number, row)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError; a cut file an OSError
         raise DataError(f"{label}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield RawRow(label, number, row)
 
 
 READERS: dict[str, Callable[[Path, str], Iterator[RawRow | Reject]]] = {
