@@ -131,3 +131,28 @@ def test_validate_counts_dropped_ties_without_failing(tmp_path, tiny_model, caps
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2
     assert f"{data}:3: annotators tie (labels [1, 2, 0]) (1 more invalid rows in this source)." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("votes", "expected"),
+    [
+        ([1, 1, 1], ("first", "unanimous")),
+        ([2, 1, 2], ("second", "majority")),
+        ([1, 2], ("tie", "annotators tie (labels [1, 2])")),  # no strict majority
+        ([0, 0, 2], ("tie", "annotators tie (labels [0, 0, 2])")),  # a majority for the tie label
+        ([1, None, 1], ("first", "unanimous")),  # a missing vote does not count
+        ([None, ""], ("invalid", "no annotator label")),
+        ([1, 7], ("invalid", "label 7 is none of 1, 2, 0 (tie)")),
+    ],
+)
+def test_majority_label_by_hand(votes, expected):
+    from workbench.data.sources import majority_label
+
+    assert majority_label(votes, LabelSpec(label=["a", "b", "c"], tie_value=0)) == expected
+
+
+def test_csv_text_booleans_match_boolean_label_values():
+    from workbench.data.sources import _label_matches
+
+    assert _label_matches("TRUE", True) and _label_matches(" false", False) and _label_matches(True, True)
+    assert not _label_matches(True, 1) and not _label_matches(1, True) and not _label_matches("yes", True)

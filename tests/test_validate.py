@@ -246,3 +246,13 @@ def test_cut_parquet_file_is_named(tmp_path, tiny_model, capsys):
     data.write_bytes(data.read_bytes()[:-40])
     err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
     assert f"{data}: not a readable parquet file" in err
+
+
+def test_documented_choices_are_read_from_the_trl_field_help():
+    from trl import DPOConfig
+
+    from workbench.config.train_args import allowed_values
+
+    choices = allowed_values(DPOConfig, "loss_type")
+    assert choices[:3] == ["sigmoid", "hinge", "ipo"] and "sigmoid_norm" in choices and len(choices) == 15
+    assert allowed_values(DPOConfig, "beta") is None

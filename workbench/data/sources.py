@@ -144,6 +144,8 @@ def read_csv(path: Path, label: str) -> Iterator[RawRow | Reject]:
                 yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
         except UnicodeDecodeError:
             raise DataError(f"{label}:{reader.line_num + 1}: not valid UTF-8; save the file as UTF-8") from None
+        except csv.Error as exc:
+            raise DataError(f"{label}:{reader.line_num}: not valid CSV ({exc})") from None
 
 
 def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
