@@ -47,6 +47,9 @@ def test_majority_of_annotators_with_ties_counted_and_dropped(tmp_path):
         "annotators tie (labels [0, 0, 1])": 1,
     }
     assert [r.line for r in prepared.rejects] == [3, 4]  # kept in rejects.jsonl, not lost
+    from workbench.data.report import summary_lines
+
+    assert "annotators: 6 rows: 2 unanimous, 2 by majority, 2 ties (2 dropped)" in summary_lines(prepared.report)
 
 
 def test_ties_can_be_errors(tmp_path):
