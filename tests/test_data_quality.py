@@ -47,7 +47,7 @@ def test_drop_mode_keeps_good_rows_and_records_every_bad_one(tmp_path):
         (7, "chosen identical to rejected"),
         (8, "field 'chosen' is not a string or message list (got int)"),
         (9, "field 'prompt' message 0 lacks 'content'"),
-        (11, "missing field 'chosen'"),
+        (11, "missing field 'chosen' (columns found: prompt, rejected)"),
     ]
     assert [r["line"] for r in prepared.train] == [1, 10]  # line 3 is blank: not a row
     assert prepared.report["rows_read"] == 10

@@ -131,7 +131,7 @@ def test_exported_model_loads_and_differs_from_the_start(dpo_run, tiny_model):
     assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters()))
 
 
-def test_bad_data_fails_the_run_with_one_message_and_a_failed_manifest(tmp_path, tiny_model, capsys):
+def test_bad_data_fails_the_run_with_one_message_before_the_run_starts(tmp_path, tiny_model, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p"}\n')
     path = write_recipe(tmp_path, tiny_model, name="failing")
@@ -141,9 +141,8 @@ def test_bad_data_fails_the_run_with_one_message_and_a_failed_manifest(tmp_path,
     path.write_text(yaml.safe_dump(recipe))
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {bad}:2: missing field 'chosen'." in err and "Traceback" not in err
-    manifest = json.loads((tmp_path / "failing" / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and "missing field 'chosen'" in manifest["error"]
+    assert f"{bad}:2: missing field 'chosen' (columns found: prompt)." in err and "Traceback" not in err
+    assert not (tmp_path / "failing").exists()  # checked before the tracker: no empty W&B run, no manifest
 
 
 @pytest.mark.slow

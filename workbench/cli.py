@@ -92,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from workbench.config import load_recipe
+    from workbench.launch import init_distributed_state
     from workbench.runner import train
+    from workbench.validate import preflight
 
     recipe = load_recipe(args.recipe, args.overrides)
+    init_distributed_state()  # first: the checks build TrainingArguments, which would create a wrong process state
+    preflight(recipe, args.recipe)  # the checks of `validate`, before the W&B run or any weights
     result = train(recipe, resume=args.resume)
     if result.run_dir and _is_main():
         print(f"run complete: {result.run_dir} (model: {result.model_dir})")
@@ -104,8 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from workbench.config import load_recipe
     from workbench.launch import launch
+    from workbench.validate import preflight
 
-    recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before spawning processes
+    recipe = load_recipe(args.recipe, args.overrides)
+    preflight(recipe, args.recipe, args.accelerate_config)  # before spawning processes
     from workbench.plan import launch_check
 
     refusal = launch_check(recipe, args.accelerate_config, args.force)

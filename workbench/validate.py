@@ -1,31 +1,39 @@
 """`workbench validate`: resolve and check everything a run needs, without loading weights.
 
-Reports every problem it finds (recipe keys, missing files and models, batch-size mismatches
-with the accelerate / DeepSpeed config, unreadable data) and shows one tokenized pair.
+Reports every problem it finds: recipe keys, the `train:` values as the real TRL /
+`TrainingArguments` class checks them, precision against this machine, the accelerate /
+DeepSpeed config against the recipe, reward functions and reward models, and every row of every
+data source (read fully, streaming). `train` runs the same checks before anything starts.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workbench.config import (
+    METHOD_DATA_KINDS,
     Recipe,
+    RewardModelConfig,
     dump_yaml,
     load_recipe,
     resolved_dict,
     train_config_class,
     train_field_defaults,
 )
-from workbench.data.formatting import describe_pair, tokenize_pair
-from workbench.data.pipeline import tokenization_settings
-from workbench.data.sources import Loaded, load_source, looks_like_local_path
+from workbench.data.schema import Reject
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.launch import global_batch
-from workbench.models import load_tokenizer, model_location_problem
 
 
 def path_problems(recipe: Recipe) -> list[str]:
+    from workbench.data.sources import looks_like_local_path
+    from workbench.models import model_location_problem
+
     problems = []
     for i, src in enumerate(recipe.data.sources):
         if src.path and looks_like_local_path(src.path) and not Path(src.path).expanduser().exists():
@@ -40,14 +48,222 @@ def path_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def example_pair(recipe: Recipe) -> str:
-    """The first valid pair of the first source, tokenized and truncated as training will see it."""
+# ----------------------------------------------------------------------------------------------
+# Reward sources
+
+
+def reward_function_problem(spec: str) -> str | None:
+    """Why `module:function` cannot serve as a reward function f(prompts, completions, **kwargs), or None."""
+    from workbench.scoring import import_function
+
+    try:
+        func = import_function(spec)
+    except WorkbenchError as exc:
+        return str(exc)
+    except Exception as exc:  # the user's module raised while importing
+        return f"reward function '{spec}': importing it raised {type(exc).__name__}: {exc}"
+    try:
+        inspect.signature(func).bind(["prompt"], ["completion"], completion_ids=[[0]], trainer_state=None)
+    except TypeError:
+        return f"{spec} cannot be called as f(prompts, completions, **kwargs); give it that signature"
+    except ValueError:  # builtins without a signature: trust them
+        return None
+    return None
+
+
+def reward_model_problem(name_or_path: str) -> str | None:
+    """Why a local reward-model directory holds no sequence-classification head, or None (hub ids: at load)."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return None  # a hub id, or a missing directory reported by path_problems
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"'{config}' is not readable JSON ({exc})"
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        listed = ", ".join(architectures) or "none"
+        return (
+            f"'{name_or_path}' is not a sequence-classification model (config.json architectures: {listed}); "
+            "train one with `method: reward` or use `reward_model.function`"
+        )
+    return None
+
+
+def reward_sources(recipe: Recipe) -> list[tuple[str, RewardModelConfig]]:
+    found = [("reward_model", recipe.reward_model), ("eval.reward_model", recipe.eval.reward_model)]
+    found.append(("eval.gold_reward", recipe.eval.gold_reward))
+    return [(key, cfg) for key, cfg in found if cfg is not None]
+
+
+def reward_problems(recipe: Recipe) -> list[str]:
+    problems = []
+    for key, cfg in reward_sources(recipe):
+        if cfg.function:
+            problem = reward_function_problem(cfg.function)
+            if problem:
+                problems.append(f"`{key}.function`: {problem}")
+        if cfg.name_or_path:
+            problem = reward_model_problem(cfg.name_or_path)
+            if problem:
+                problems.append(f"`{key}.name_or_path`: {problem}")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardware and the accelerate config
+
+
+def accelerate_problems(recipe: Recipe, accelerate_config: str | None) -> list[str]:
+    """Recipe settings the accelerate / DeepSpeed config (or this machine) cannot run."""
+    from workbench.launch import deepspeed_settings, read_accelerate_config
+
+    problems = []
+    quant = recipe.model.quantization
+    if quant is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(f"`model.quantization: {quant}` needs a CUDA GPU (bitsandbytes), and this machine has none")
+    if accelerate_config is None:
+        return problems
+    acc = read_accelerate_config(accelerate_config)
+    if acc.get("distributed_type") == "DEEPSPEED":
+        ds = deepspeed_settings(acc, Path(accelerate_config).parent)
+        stage = ds.get("zero_stage", (ds.get("zero_optimization") or {}).get("stage"))
+        if quant is not None and str(stage) == "3":
+            problems.append(
+                f"`model.quantization: {quant}` cannot be used with DeepSpeed ZeRO stage 3 ({accelerate_config}): "
+                "quantized weights cannot be partitioned; use a ZeRO-2 or DDP config"
+            )
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: every row, streaming
+
+
+@dataclass
+class SourceScan:
+    label: str
+    rows: int = 0
+    valid: int = 0
+    first_invalid: Reject | None = None
+    invalid: int = 0
+    ties: int = 0
+    example: Any = None
+
+
+@dataclass
+class DataScan:
+    kind: str
+    sources: list[SourceScan] = field(default_factory=list)
+
+    def describe(self) -> str:
+        rows, valid = sum(s.rows for s in self.sources), sum(s.valid for s in self.sources)
+        ties = sum(s.ties for s in self.sources)
+        per = "; ".join(f"{s.label}: {s.valid}/{s.rows}" for s in self.sources)
+        tied = f", {ties} annotator ties dropped" if ties else ""
+        return f"data: {rows} rows read, {valid} valid, {rows - valid - ties} invalid{tied} ({self.kind} records) [{per}]"
+
+
+def scan_data(recipe: Recipe, kind: str) -> tuple[DataScan, list[str]]:
+    """Read every row of every source once, keeping counts and the first invalid row (bounded memory)."""
+    from workbench.data.sources import load_source
+
+    scan, problems = DataScan(kind), []
+    for index, src in enumerate(recipe.data.sources):
+        entry = SourceScan(src.path if src.path is not None else f"synthetic:{src.synthetic.task}")  # type: ignore[union-attr]
+        scan.sources.append(entry)
+        try:
+            for item in load_source(src, index, kind):
+                entry.rows += 1
+                if isinstance(item, Reject) and item.kind == "tie":
+                    entry.ties += 1  # annotators tied and the recipe drops ties: counted, not an error
+                elif isinstance(item, Reject):
+                    entry.invalid += 1
+                    entry.first_invalid = entry.first_invalid or item
+                else:
+                    entry.valid += 1
+                    entry.example = entry.example or item
+        except WorkbenchError as exc:
+            problems.append(str(exc))
+            continue
+        bad = entry.first_invalid
+        if bad is not None and recipe.data.on_invalid == "error":
+            more = f" ({entry.invalid - 1} more invalid rows in this source)" if entry.invalid > 1 else ""
+            problems.append(
+                f"{bad.location()}: {bad.reason}{more}. Fix the data, or set `data.on_invalid: drop` "
+                "to keep the good rows and write the bad ones to OUTPUT_DIR/data/rejects.jsonl."
+            )
+        elif entry.valid == 0:
+            problems.append(f"`data.sources.{index}` ({entry.label}) has no valid {kind} row")
+    return scan, problems
+
+
+def example_text(recipe: Recipe, scan: DataScan) -> str:
+    """The first valid record, tokenized and truncated as training will see it."""
+    from workbench.data.formatting import describe_pair, tokenize_pair, tokenize_prompt, tokenize_sft
+    from workbench.data.pipeline import tokenization_settings
+    from workbench.models import load_tokenizer
+
+    item = next((s.example for s in scan.sources if s.example is not None), None)
+    if item is None:
+        return "no valid record to show"
     tokenizer = load_tokenizer(recipe.model)
-    for item in load_source(recipe.data.sources[0], 0):
-        if isinstance(item, Loaded):
-            pair = tokenize_pair(tokenizer, item.row, tokenization_settings(recipe.data))
-            return f"example pair ({item.source}:{item.line}):\n" + describe_pair(tokenizer, pair)
-    raise WorkbenchError(f"`data.sources.0` ({recipe.data.sources[0].path}) has no valid pair")
+    settings = tokenization_settings(recipe.data)
+    where = f"({item.source}:{item.line})"
+    if scan.kind == "preference":
+        return f"example pair {where}:\n" + describe_pair(tokenizer, tokenize_pair(tokenizer, item.row, settings))
+    if scan.kind == "sft":
+        sft = tokenize_sft(tokenizer, item.row, settings)
+        return (
+            f"example {where}: prompt {len(sft.prompt_ids)} tokens, completion {len(sft.completion_ids)} tokens (in loss): "
+            f"{tokenizer.decode(sft.completion_ids)!r}"
+        )
+    prompt = tokenize_prompt(tokenizer, item.row["prompt"], settings.max_prompt_length)
+    return f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# All checks
+
+
+def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: bool = True) -> tuple[list[str], list[str]]:
+    """(report sections, problems): every check that needs no model weights."""
+    from workbench.config.train_args import build_train_args
+    from workbench.launch import global_batch
+
+    problems = path_problems(recipe)
+    sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
+    with tempfile.TemporaryDirectory() as scratch:  # TrainingArguments needs an output_dir; it writes nothing there
+        _, train_problems = build_train_args(recipe.method, recipe.train, scratch)
+    problems.extend(train_problems)
+    try:
+        gb = global_batch(recipe.train, train_field_defaults(train_config_class(recipe.method)), accelerate_config)
+        source = f" (from {accelerate_config})" if accelerate_config else ""
+        sections.append(f"global batch{source}: {gb.describe()}")
+        problems.extend(gb.warnings)
+        problems.extend(accelerate_problems(recipe, accelerate_config))
+    except WorkbenchError as exc:
+        problems.append(str(exc))
+    problems.extend(reward_problems(recipe))
+    if not any(p.startswith("`data.sources") for p in problems):
+        scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
+        sections.append(scan.describe())
+        problems.extend(data_problems)
+        if example and not data_problems and not any(p.startswith("`model.") for p in problems):
+            try:
+                sections.append(example_text(recipe, scan))
+            except WorkbenchError as exc:
+                problems.append(str(exc))
+    return sections, problems
+
+
+def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:
+    """`train`'s (and `launch`'s) first step: the checks of `validate` (no example shown); one RecipeError listing every problem."""
+    _, problems = check_recipe(recipe, accelerate_config, example=False)
+    if problems:
+        raise RecipeError(source, problems)
 
 
 def validate(path: str, overrides: Sequence[str], accelerate_config: str | None) -> tuple[str, list[str]]:
@@ -56,21 +272,8 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
         recipe = load_recipe(path, overrides)
     except RecipeError as exc:
         return f"{path}: recipe not valid", exc.problems
-    problems = path_problems(recipe)
-    sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
-    try:
-        gb = global_batch(recipe.train, train_field_defaults(train_config_class(recipe.method)), accelerate_config)
-        source = f" (from {accelerate_config})" if accelerate_config else ""
-        sections.append(f"global batch{source}: {gb.describe()}")
-        problems.extend(gb.warnings)
-    except WorkbenchError as exc:
-        problems.append(str(exc))
+    sections, problems = check_recipe(recipe, accelerate_config)
     from workbench.plan import plan_total_line
 
     sections.append(plan_total_line(recipe, accelerate_config))
-    if not any(p.startswith(("`model.", "`data.sources")) for p in problems):
-        try:
-            sections.append(example_pair(recipe))
-        except WorkbenchError as exc:
-            problems.append(str(exc))
     return "\n".join(sections), problems

@@ -65,6 +65,21 @@ def read_sources(data: DataConfig, kind: str = "preference") -> tuple[list[Loade
     return loaded, rejects, per_source
 
 
+def label_report(loaded: list[Loaded], rejects: list[Reject]) -> dict[str, int]:
+    """Agreement of several annotators' labels: rows unanimous, decided by majority, tied (and dropped)."""
+    agreement = Counter(item.row.get("_agreement") for item in loaded if "_agreement" in item.row)
+    ties = [r for r in rejects if r.reason.startswith("annotators tie")]
+    if not agreement and not ties:
+        return {}
+    return {
+        "annotated": sum(agreement.values()) + len(ties),
+        "unanimous": agreement["unanimous"],
+        "majority": agreement["majority"],
+        "ties": len(ties),
+        "ties_dropped": sum(r.kind == "tie" for r in ties),
+    }
+
+
 def raise_for_rejects(rejects: list[Reject]) -> None:
     if not rejects:
         return
@@ -139,7 +154,8 @@ def prepare(data: DataConfig, seed: int, tokenizer: Any = None, kind: str = "pre
     """
     loaded, rejects, per_source = read_sources(data, kind)
     if data.on_invalid == "error":
-        raise_for_rejects(rejects)
+        raise_for_rejects([r for r in rejects if r.kind != "tie"])  # ties the recipe drops are not errors
+    labels = label_report(loaded, rejects)
     rows = to_rows(loaded, kind)
     warnings = Counter(w for w in (empty_response_warning(r) for r in rows) if w)
     rows, duplicates = remove_duplicates(rows, data)
@@ -154,10 +170,14 @@ def prepare(data: DataConfig, seed: int, tokenizer: Any = None, kind: str = "pre
         entry["train_after_mixture"] = sum(r["_src"] == index for r in train_rows)
     if not train_rows:
         raise DataError("no training rows left after validation, dedup and split; check `data.sources` and `data.eval_split`")
+    if data.eval_split > 0 and not eval_rows:
+        warnings[f"eval split is empty: {len(rows)} rows x eval_split {data.eval_split} left none for evaluation"] += 1
     columns = KIND_FIELDS[kind] + PROVENANCE + (("margin",) if margin_column(rows) else ())
     train = [{k: r[k] for k in columns} for r in train_rows]
     evals = [{k: r[k] for k in columns} for r in eval_rows]
     report = build_report(data, per_source, rejects, duplicates, warnings, train, evals, kind)
+    if labels:
+        report["labels"] = labels
     prepared = Prepared(kind, train, evals, rejects, duplicates, report)
     if tokenizer is not None:
         add_token_report(prepared, tokenizer, tokenization_settings(data))
@@ -175,7 +195,7 @@ def build_report(
     kind: str = "preference",
 ) -> dict[str, Any]:
     rows_read = sum(s["rows_read"] for s in per_source)
-    dropped = len(rejects) if data.on_invalid == "drop" else 0
+    dropped = len(rejects) if data.on_invalid == "drop" else sum(r.kind == "tie" for r in rejects)
     train_fp = stable_hash([r["pair_id"] for r in train])
     eval_fp = stable_hash([r["pair_id"] for r in evals])
     report = {
@@ -252,9 +272,11 @@ def save(prepared: Prepared, output_dir: str | Path) -> Path:
     out = Path(output_dir)
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", prepared.train), ("eval", prepared.eval)):
-        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in KIND_FIELDS[prepared.kind] + PROVENANCE})
-        dataset.save_to_disk(str(data_dir / name))
+    train = Dataset.from_list(prepared.train)
+    # An empty split keeps the train columns and one (empty) shard: with none, load_from_disk fails.
+    evals = Dataset.from_list(prepared.eval) if prepared.eval else train.select([])
+    for name, dataset in (("train", train), ("eval", evals)):
+        dataset.save_to_disk(str(data_dir / name), num_shards=1 if len(dataset) == 0 else None)
     for name, records in (("rejects.jsonl", [r.to_json() for r in prepared.rejects]), ("duplicates.jsonl", prepared.duplicates)):
         if records:
             write_jsonl(data_dir / name, records)

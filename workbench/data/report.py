@@ -11,6 +11,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"rows read {report['rows_read']}, kept {report['kept']}, dropped {report['dropped']['total']}, duplicates removed {report['duplicates']['removed']} ({report['duplicates']['mode']})"
     ]
+    if "labels" in report:  # several annotators per row
+        lb = report["labels"]
+        lines.append(
+            f"annotators: {lb['annotated']} rows: {lb['unanimous']} unanimous, {lb['majority']} by majority, "
+            f"{lb['ties']} ties ({lb['ties_dropped']} dropped)"
+        )
     for reason, count in report["dropped"]["by_reason"].items():
         lines.append(f"  invalid: {count} x {reason}")
     for warning, count in report["warnings"].items():

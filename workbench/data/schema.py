@@ -31,12 +31,14 @@ class Reject:
     line: int
     reason: str
     row: Any = None
+    kind: str = "invalid"  # or "tie": annotators tied and the recipe drops ties (not an error)
 
     def location(self) -> str:
         return f"{self.source}:{self.line}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "line": self.line, "reason": self.reason, "row": self.row}
+        out = {"source": self.source, "line": self.line, "reason": self.reason, "row": self.row}
+        return out if self.kind == "invalid" else {**out, "kind": self.kind}
 
 
 def is_conversational(value: Any) -> bool:

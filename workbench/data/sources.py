@@ -6,10 +6,12 @@ number otherwise) so that every rejected row can be reported as `file:line`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +43,48 @@ def _base_suffix(path: Path) -> str:
     return Path(name).suffix
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _readable(label: str) -> Iterator[None]:
+    """Turn a compressed file that ends early or is not gzip into one sentence naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{label}: the gzip file is truncated or corrupt ({exc}); download or compress it again") from None
+
+
+def _decode(raw: bytes, label: str, number: int) -> str | Reject:
+    """One line as text (a leading UTF-8 BOM dropped), or a Reject naming the line of undecodable bytes."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Reject(
+            label,
+            number,
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
+            raw[:500].decode("utf-8", errors="replace"),
+        )
+
+
+def _decode_all(raw: bytes, label: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{label}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
 
 
 def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        for number, line in enumerate(fh, start=1):
+    """Rows of a JSON Lines file, each line decoded on its own so a bad byte is reported by line."""
+    with _readable(label), _open_binary(path) as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = _decode(raw, label, number)
+            if isinstance(line, Reject):
+                yield line
+                continue
             if not line.strip():
                 continue  # blank lines are not rows
             try:
@@ -64,8 +99,8 @@ def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
 
 
 def read_json(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        text = fh.read()
+    with _readable(label), _open_binary(path) as fh:
+        text = _decode_all(fh.read(), label)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -100,12 +135,17 @@ def _maybe_json_cell(value: Any) -> Any:
 
 
 def read_csv(path: Path, label: str) -> Iterator[RawRow | Reject]:
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
+    with _readable(label), _open_binary(path) as raw:
+        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+        try:
+            for row in reader:
+                if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                    continue
+                yield RawRow(label, reader.line_num, {k: _maybe_json_cell(v) for k, v in row.items()})
+        except UnicodeDecodeError:
+            raise DataError(f"{label}:{reader.line_num + 1}: not valid UTF-8; save the file as UTF-8") from None
+        except csv.Error as exc:
+            raise DataError(f"{label}:{reader.line_num}: not valid CSV ({exc})") from None
 
 
 def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
@@ -113,10 +153,17 @@ def read_parquet(path: Path, label: str) -> Iterator[RawRow | Reject]:
 
     source: Any = path
     if path.name.lower().endswith(".gz"):
-        with gzip.open(path, "rb") as fh:
+        with _readable(label), gzip.open(path, "rb") as fh:
             source = io.BytesIO(fh.read())
-    for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
-        yield RawRow(label, number, row)
+    try:
+        batches = pq.ParquetFile(source).iter_batches(batch_size=1024)  # row groups in turn: bounded memory
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield RawRow(label, number, row)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError; a cut file an OSError
+        raise DataError(f"{label}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
 
 
 READERS: dict[str, Callable[[Path, str], Iterator[RawRow | Reject]]] = {
@@ -157,6 +204,16 @@ def read_hub(src: SourceConfig) -> Iterator[RawRow | Reject]:
     yield from read_dataset_rows(ds, f"{src.path}[{src.split}]")
 
 
+def _not_empty(rows: Iterator[RawRow | Reject], label: str) -> Iterator[RawRow | Reject]:
+    """A file that yields no row at all is an error naming it, not an empty dataset found much later."""
+    empty = True
+    for item in rows:
+        empty = False
+        yield item
+    if empty:
+        raise DataError(f"{label}: the file holds no rows; check the path, or remove the source")
+
+
 def looks_like_local_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or _base_suffix(Path(text)) in FILE_SUFFIXES
 
@@ -176,7 +233,7 @@ def iter_raw(src: SourceConfig) -> Iterator[RawRow | Reject]:
         reader = READERS.get(_base_suffix(path))
         if reader is None:
             raise DataError(f"{path}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)")
-        yield from reader(path, str(src.path))
+        yield from _not_empty(reader(path, str(src.path)), str(src.path))
     elif looks_like_local_path(src.path):
         raise DataError(f"data source '{src.path}' not found (relative paths are resolved from {Path.cwd()})")
     else:
@@ -277,21 +334,74 @@ def implicit_messages_to_preference(row: dict[str, Any]) -> dict[str, Any] | str
 
 
 def _label_matches(value: Any, expected: Any) -> bool:
+    """Label equality that never reads a JSON boolean as 1 / 0, and accepts CSV's text forms."""
+    if isinstance(expected, bool) or isinstance(value, bool):
+        if isinstance(value, str):
+            value = {"true": True, "false": False}.get(value.strip().lower(), value)
+        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
     return value == expected or str(value).strip() == str(expected).strip()
 
 
-def labeled_to_preference(row: dict[str, Any], spec: LabelSpec) -> dict[str, Any] | str:
-    for column in (spec.prompt, spec.first, spec.second, spec.label):
-        if column not in row:
-            return f"missing field '{column}' (labeled-pair spec)"
-    label = row[spec.label]
-    if _label_matches(label, spec.first_value):
-        chosen, rejected = row[spec.first], row[spec.second]
-    elif _label_matches(label, spec.second_value):
-        chosen, rejected = row[spec.second], row[spec.first]
-    else:
+def majority_label(votes: list[Any], spec: LabelSpec) -> tuple[str, str]:
+    """Several annotators' labels -> ("first" | "second" | "tie" | "invalid", agreement or reason).
+
+    The side with a strict majority wins; no strict majority, or a majority for `tie_value`, is a tie.
+    Missing (null) votes do not count.
+    """
+    counts = {"first": 0, "second": 0, "tie": 0}
+    for vote in votes:
+        if vote is None or vote == "":
+            continue
+        if _label_matches(vote, spec.first_value):
+            counts["first"] += 1
+        elif _label_matches(vote, spec.second_value):
+            counts["second"] += 1
+        elif spec.tie_value is not None and _label_matches(vote, spec.tie_value):
+            counts["tie"] += 1
+        else:
+            return "invalid", _bad_label(vote, spec)
+    cast = sum(counts.values())
+    if cast == 0:
+        return "invalid", "no annotator label"
+    best = max(counts.values())
+    winners = [side for side, n in counts.items() if n == best]
+    if len(winners) > 1 or winners[0] == "tie":
+        return "tie", f"annotators tie (labels {votes})"
+    return winners[0], "unanimous" if best == cast else "majority"
+
+
+def _bad_label(label: Any, spec: LabelSpec) -> str:
+    if isinstance(label, bool) and not isinstance(spec.first_value, bool):
+        return f"label {label!r} is a boolean; set `label.first_value` and `label.second_value` to true/false"
+    if spec.tie_value is None:
         return f"label {label!r} is neither {spec.first_value!r} nor {spec.second_value!r}"
-    return {"prompt": row[spec.prompt], "chosen": chosen, "rejected": rejected}
+    return f"label {label!r} is none of {spec.first_value!r}, {spec.second_value!r}, {spec.tie_value!r} (tie)"
+
+
+def missing_column(name: str, row: dict[str, Any], why: str = "") -> str:
+    """A missing column named with the columns the row has, and the closest one as a `columns:` mapping."""
+    from workbench.config import closest
+
+    found = sorted(str(k) for k in row)
+    others = [c for c in found if c != name]
+    guess = closest(name, others) or next((c for c in others if name.lower() in c.lower()), None)
+    hint = f"; did you mean '{guess}'? Map it with `columns: {{{name}: {guess}}}`" if guess else ""
+    return f"missing field '{name}'{why} (columns found: {', '.join(found)}){hint}"
+
+
+def labeled_to_preference(row: dict[str, Any], spec: LabelSpec) -> dict[str, Any] | str | Reject:
+    labels = spec.label if isinstance(spec.label, list) else [spec.label]
+    for column in (spec.prompt, spec.first, spec.second, *labels):
+        if column not in row:
+            return missing_column(column, row, " (labeled-pair spec)")
+    side, detail = majority_label([row[c] for c in labels], spec)
+    if side == "invalid":
+        return detail
+    if side == "tie":
+        return Reject("", 0, detail, None, "tie" if spec.on_tie == "drop" else "invalid")
+    chosen, rejected = (row[spec.first], row[spec.second]) if side == "first" else (row[spec.second], row[spec.first])
+    out = {"prompt": row[spec.prompt], "chosen": chosen, "rejected": rejected}
+    return {**out, "_agreement": detail} if len(labels) > 1 else out
 
 
 def detect_format(row: dict[str, Any], src: SourceConfig) -> str:
@@ -300,7 +410,8 @@ def detect_format(row: dict[str, Any], src: SourceConfig) -> str:
     keys = set(row)
     if {"prompt", "chosen", "rejected"} <= keys:
         return "preference"
-    if {spec.prompt, spec.first, spec.second, spec.label} <= keys:
+    labels = spec.label if isinstance(spec.label, list) else [spec.label]
+    if {spec.prompt, spec.first, spec.second, *labels} <= keys:
         return "labeled-pair"
     if {"chosen", "rejected"} <= keys:
         if isinstance(row["chosen"], list):
@@ -321,13 +432,13 @@ def rename_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, An
     out = dict(row)
     for canonical, column in columns.items():
         if column not in row:
-            return f"missing field '{column}' (mapped to '{canonical}' by `columns`)"
+            return missing_column(column, row, f" (mapped to '{canonical}' by `columns`)")
         out[canonical] = out.pop(column)
     return out
 
 
-def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str, Any] | str:
-    """One raw row -> a canonical preference row, or the reason it is invalid."""
+def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str, Any] | str | Reject:
+    """One raw row -> a canonical preference row, or the reason it is invalid (a tie Reject for tied annotators)."""
     if fmt == "hh-rlhf":
         result = hh_to_preference(row)
     elif fmt == "labeled-pair":
@@ -335,8 +446,11 @@ def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str,
     elif "prompt" not in row and fmt == "conversational":
         result = implicit_messages_to_preference(row)
     else:
-        result = {k: row.get(k) for k in ("prompt", "chosen", "rejected") if k in row}
-    if isinstance(result, str):
+        missing = next((k for k in ("prompt", "chosen", "rejected") if k not in row), None)
+        if missing is not None:
+            return missing_column(missing, row)
+        result = {k: row.get(k) for k in ("prompt", "chosen", "rejected")}
+    if isinstance(result, (str, Reject)):
         return result
     problem = preference_problem(result)
     if problem:
@@ -344,6 +458,8 @@ def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str,
     if fmt == "conversational" and not all(isinstance(result[k], list) for k in ("prompt", "chosen", "rejected")):
         return "format is conversational but a field is text, not a message list"
     out = {k: result[k] for k in ("prompt", "chosen", "rejected")}
+    if "_agreement" in result:  # several annotators: unanimous or majority, counted in the data report
+        out["_agreement"] = result["_agreement"]
     if row.get("margin") is not None:  # optional per-pair preference strength (reward models)
         margin = row["margin"]
         if isinstance(margin, bool) or not isinstance(margin, (int, float, str)):
@@ -365,7 +481,7 @@ class Loaded:
     source_index: int
 
 
-def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> dict[str, Any] | str:
+def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> dict[str, Any] | str | Reject:
     """One raw row -> a canonical record of `kind` (preference, sft or prompt), or why it is invalid.
 
     Preference layouts also serve the other kinds: SFT takes (prompt, chosen), generation takes prompts.
@@ -378,10 +494,26 @@ def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> di
         record = {name: row.get(name) for name in KIND_FIELDS[kind]}
     else:
         pair = to_preference(row, fmt, src)
-        if isinstance(pair, str) or kind == "preference":
+        if isinstance(pair, (str, Reject)) or kind == "preference":
             return pair
         record = {"prompt": pair["prompt"], "completion": pair["chosen"]} if kind == "sft" else {"prompt": pair["prompt"]}
     return record_problem(record, kind) or record
+
+
+def prompt_column(fmt: str, src: SourceConfig) -> str:
+    return (src.label or LabelSpec()).prompt if fmt == "labeled-pair" else "prompt"
+
+
+def apply_prompt_template(row: dict[str, Any], template: str, column: str) -> dict[str, Any] | str:
+    """The row with `column` set to the template filled from the row's fields, or why it cannot be."""
+    try:
+        text = template.format_map(row)
+    except KeyError as exc:
+        found = ", ".join(sorted(str(k) for k in row))
+        return f"`prompt_template` needs column '{exc.args[0]}', which the row lacks (columns: {found})"
+    except (IndexError, ValueError) as exc:
+        return f"`prompt_template` is not a valid format string ({exc}); use {{column}} fields"
+    return {**row, column: text.strip()}
 
 
 def load_source(src: SourceConfig, source_index: int, kind: str = "preference") -> Iterator[Loaded | Reject]:
@@ -396,9 +528,16 @@ def load_source(src: SourceConfig, source_index: int, kind: str = "preference") 
             yield Reject(item.source, item.line, row, item.row)
             continue
         if fmt is None:
-            fmt = detect_format(row, src)
+            fmt = detect_format(row, src) if not src.prompt_template else detect_format({**row, "prompt": ""}, src)
+        if src.prompt_template:
+            row = apply_prompt_template(row, src.prompt_template, prompt_column(fmt, src))
+            if isinstance(row, str):
+                yield Reject(item.source, item.line, row, item.row)
+                continue
         result = to_record(row, fmt, src, kind)
-        if isinstance(result, str):
+        if isinstance(result, Reject):
+            yield Reject(item.source, item.line, result.reason, item.row, result.kind)
+        elif isinstance(result, str):
             yield Reject(item.source, item.line, result, item.row)
         else:
             yield Loaded(item.source, item.line, result, source_index)

@@ -1,0 +1,258 @@
+"""`workbench validate` catches what a run would fail on, without loading weights: the real TRL
+config's own checks, hardware precision, reward sources, every data row, the data a method needs.
+And `train` runs the same checks before the W&B run starts. Exit 2, one sentence, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench.cli import main
+
+PAIRS = [{"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(12)]
+
+
+def write_jsonl(path: Path, rows: list[dict], opener=open) -> Path:
+    with opener(path, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def recipe_file(tmp_path: Path, tiny_model: Path, data: Path | None = None, **sections) -> Path:
+    data = data or write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = {
+        "method": "dpo",
+        "model": {"name_or_path": str(tiny_model)},
+        "data": {"sources": [{"path": str(data)}], "max_length": 32, "eval_split": 0.0},
+        "train": {"per_device_train_batch_size": 2, "max_steps": 1},
+        "tracking": {"mode": "offline"},
+        "output_dir": str(tmp_path / "run"),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def validate_err(path: Path, capsys, *args: str) -> str:
+    code = main(["validate", str(path), *args])
+    captured = capsys.readouterr()
+    assert code == 2, captured.out[-2000:]
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+# ----------------------------------------------------------------------------------------------
+# train: checked by the real TRL config class
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"loss_type": ["sigmoidd"]}, "`train.loss_type: ['sigmoidd']`: 'sigmoidd' is not one of sigmoid, hinge"),
+        ({"lr_scheduler_type": "cosinee"}, "`train.lr_scheduler_type: cosinee`: cosinee is not a valid SchedulerType"),
+        ({"per_device_train_batch_size": 0}, "`train.per_device_train_batch_size: 0` must be at least 1"),
+        ({"learning_rate": -1}, "`train.learning_rate: -1.0` must not be negative"),
+        ({"optim": "adamww"}, "`train.optim: adamww`: adamww is not a valid OptimizerNames"),
+    ],
+    ids=["loss_type", "scheduler", "batch0", "negative_lr", "optim"],
+)
+def test_trl_config_errors_name_the_recipe_key(tmp_path, tiny_model, capsys, train, expected):
+    err = validate_err(recipe_file(tmp_path, tiny_model, train=train), capsys)
+    assert expected in err
+    assert "1 problem:" in err
+
+
+def test_misspelt_choice_gets_a_suggestion(tmp_path, tiny_model, capsys):
+    err = validate_err(
+        recipe_file(tmp_path, tiny_model, train={"lr_scheduler_type": "cosinee", "loss_type": ["sigmoidd"]}), capsys
+    )
+    assert "did you mean 'cosine'?" in err and "did you mean 'sigmoid'?" in err
+
+
+def test_bf16_on_a_machine_without_gpu(tmp_path, tiny_model, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = validate_err(recipe_file(tmp_path, tiny_model, train={"bf16": True}), capsys)
+    assert "`train.bf16: true` needs a CUDA GPU, and this machine has none" in err
+    err = validate_err(recipe_file(tmp_path, tiny_model, train={"fp16": True}), capsys)  # TRL itself accepts fp16 on CPU
+    assert "`train.fp16: true` needs a CUDA GPU" in err
+
+
+def test_valid_recipe_prints_the_effective_global_batch(tmp_path, tiny_model, capsys):
+    path = recipe_file(tmp_path, tiny_model, train={"per_device_train_batch_size": 3, "gradient_accumulation_steps": 2})
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 (micro batch) x 2 (accumulation) x 1 (processes) = 6 pairs per optimizer step" in out
+    assert "data: 12 rows read, 12 valid, 0 invalid" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_qlora_under_zero3_is_refused(tmp_path, tiny_model, capsys):
+    repo = Path(__file__).resolve().parents[1]
+    path = recipe_file(tmp_path, tiny_model, model={"quantization": "4bit", "lora": {"r": 4}})
+    err = validate_err(path, capsys, "--accelerate-config", str(repo / "accelerate_configs" / "cpu_zero3.yaml"))
+    assert "`model.quantization: 4bit` cannot be used with DeepSpeed ZeRO stage 3" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# reward sources
+
+
+def test_reward_function_that_cannot_be_imported(tmp_path, tiny_model, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    path = recipe_file(tmp_path, tiny_model, prompts, method="ppo", reward_model={"function": "no_such_mod:score"}, train={})
+    err = validate_err(path, capsys)
+    assert "`reward_model.function`: reward function 'no_such_mod:score': cannot import no_such_mod" in err
+
+
+def test_reward_function_with_the_wrong_signature(tmp_path, tiny_model, capsys, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def score(texts):\n    return [0.0 for _ in texts]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    path = recipe_file(tmp_path, tiny_model, prompts, method="ppo", reward_model={"function": "my_rewards:score"}, train={})
+    err = validate_err(path, capsys)
+    assert "`reward_model.function`: my_rewards:score cannot be called as f(prompts, completions, **kwargs)" in err
+
+
+def test_reward_model_directory_without_a_classification_head(tmp_path, tiny_model, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    path = recipe_file(tmp_path, tiny_model, prompts, method="ppo", reward_model={"name_or_path": str(tiny_model)}, train={})
+    err = validate_err(path, capsys)
+    assert f"`reward_model.name_or_path`: '{tiny_model}' is not a sequence-classification model" in err
+    assert "(config.json architectures: LlamaForCausalLM)" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# data: every row read, what each method needs
+
+
+def test_a_bad_row_far_into_the_file_is_found(tmp_path, tiny_model, capsys):
+    data = tmp_path / "pairs.jsonl"
+    lines = [json.dumps(r) for r in PAIRS[:4]] + ['{"prompt": "x", "chosen": "y"'] + [json.dumps(r) for r in PAIRS[4:]]
+    data.write_text("\n".join(lines) + "\n")
+    err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
+    assert f"{data}:5: not valid JSON" in err
+
+
+@pytest.mark.parametrize("method", ["ppo", "rejection_sampling"])
+def test_prompt_only_data_is_accepted_for_online_methods(tmp_path, tiny_model, capsys, method):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"say something {i}"} for i in range(5)])
+    path = recipe_file(
+        tmp_path, tiny_model, prompts, method=method, reward_model={"function": "workbench.data.synthetic:vowel_reward"}, train={}
+    )
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert "data: 5 rows read, 5 valid, 0 invalid (prompt records)" in capsys.readouterr().out
+
+
+def test_prompt_only_data_is_refused_for_dpo_with_a_sentence(tmp_path, tiny_model, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    err = validate_err(recipe_file(tmp_path, tiny_model, prompts), capsys)
+    assert f"{prompts}: a `prompt` source has no chosen/rejected for a preference method" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# unreadable files (issue 13, item 7): one sentence naming the file (and line)
+
+
+def test_truncated_gzip_is_caught_by_validate_and_train(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl.gz", PAIRS * 50, opener=gzip.open)
+    blob = data.read_bytes()
+    data.write_bytes(blob[: len(blob) // 2])
+    path = recipe_file(tmp_path, tiny_model, data)
+    err = validate_err(path, capsys)
+    assert f"{data}: the gzip file is truncated or corrupt" in err
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: the gzip file is truncated or corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "manifest.json").exists()  # checks ran before the tracker started
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_invalid_utf8_names_the_line(tmp_path, tiny_model, capsys):
+    data = tmp_path / "pairs.jsonl"
+    lines = [json.dumps(r).encode() for r in PAIRS[:5]]
+    lines[2] = b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}'
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
+    assert f"{data}:3: not valid UTF-8" in err
+
+
+def test_empty_file_is_named_by_train(tmp_path, tiny_model, capsys):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    path = recipe_file(tmp_path, tiny_model, data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: the file holds no rows" in err and "Traceback" not in err
+
+
+def test_utf8_bom_is_accepted(tmp_path, tiny_model, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in PAIRS).encode())
+    csv = tmp_path / "pairs.csv"
+    csv.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\nq?,good,bad\n")
+    for source in (data, csv):
+        path = recipe_file(tmp_path, tiny_model, source)
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        assert "0 invalid" in capsys.readouterr().out
+
+
+def test_bad_data_stops_train_before_the_wandb_run(tmp_path, tiny_model, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:4]) + "{broken\n")
+    path = recipe_file(tmp_path, tiny_model, data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:5: not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_data_kinds_match_the_methods():
+    from workbench.config import METHOD_DATA_KINDS
+    from workbench.methods import METHOD_MODULES, get_method
+
+    for name in METHOD_MODULES:
+        assert METHOD_DATA_KINDS[name] == get_method(name).DATA_KIND, name
+
+
+def test_launch_runs_the_checks_before_spawning(tmp_path, tiny_model, capsys, monkeypatch):
+    import workbench.launch
+
+    monkeypatch.setattr(workbench.launch, "launch", lambda *a, **k: pytest.fail("processes were spawned"))
+    repo = Path(__file__).resolve().parents[1]
+    path = recipe_file(tmp_path, tiny_model, model={"quantization": "4bit", "lora": {"r": 4}})
+    assert main(["launch", str(path), "--accelerate-config", str(repo / "accelerate_configs" / "cpu_zero3.yaml")]) == 2
+    assert "cannot be used with DeepSpeed ZeRO stage 3" in capsys.readouterr().err
+
+
+def test_cut_parquet_file_is_named(tmp_path, tiny_model, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(PAIRS), data)
+    data.write_bytes(data.read_bytes()[:-40])
+    err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
+    assert f"{data}: not a readable parquet file" in err
+
+
+def test_documented_choices_are_read_from_the_trl_field_help():
+    from trl import DPOConfig
+
+    from workbench.config.train_args import allowed_values
+
+    choices = allowed_values(DPOConfig, "loss_type")
+    assert choices[:3] == ["sigmoid", "hinge", "ipo"] and "sigmoid_norm" in choices and len(choices) == 15
+    assert allowed_values(DPOConfig, "beta") is None

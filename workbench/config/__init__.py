@@ -1,0 +1,87 @@
+"""Recipe YAML -> typed dataclasses, with overrides and validation that names every bad key.
+
+One job per module: `schema` (the sections and their defaults), `load` (YAML, `--set`
+overrides, the resolved view), `checks` (typed conversion, unknown keys with the closest
+valid key, the `train:` section against the method's real config class, cross-field checks).
+Everything is re-exported here, so `from workbench.config import X` keeps working.
+"""
+
+from __future__ import annotations
+
+from workbench.config.checks import (
+    ALIASES,
+    INVALID,
+    build_dataclass,
+    check_lora,
+    check_train_section,
+    closest,
+    convert,
+    cross_checks,
+    train_config_class,
+    train_field_defaults,
+    type_hints,
+    unknown_key_message,
+)
+from workbench.config.load import (
+    apply_override,
+    dump_yaml,
+    load_recipe,
+    parse_override,
+    read_yaml,
+    recipe_from_dict,
+    resolved_dict,
+)
+from workbench.config.schema import (
+    METHOD_DATA_KINDS,
+    TRAIN_CONFIG_CLASSES,
+    WORKBENCH_OWNED_TRAIN_KEYS,
+    DataConfig,
+    EvalConfig,
+    GenerationConfig,
+    LabelSpec,
+    ModelConfig,
+    Recipe,
+    ReferenceConfig,
+    RewardModelConfig,
+    SourceConfig,
+    SyntheticSpec,
+    TrackingConfig,
+    effective_max_prompt_length,
+)
+
+__all__ = [
+    "METHOD_DATA_KINDS",
+    "ALIASES",
+    "INVALID",
+    "TRAIN_CONFIG_CLASSES",
+    "WORKBENCH_OWNED_TRAIN_KEYS",
+    "DataConfig",
+    "EvalConfig",
+    "GenerationConfig",
+    "LabelSpec",
+    "ModelConfig",
+    "Recipe",
+    "ReferenceConfig",
+    "RewardModelConfig",
+    "SourceConfig",
+    "SyntheticSpec",
+    "TrackingConfig",
+    "apply_override",
+    "build_dataclass",
+    "check_lora",
+    "check_train_section",
+    "closest",
+    "convert",
+    "cross_checks",
+    "dump_yaml",
+    "effective_max_prompt_length",
+    "load_recipe",
+    "parse_override",
+    "read_yaml",
+    "recipe_from_dict",
+    "resolved_dict",
+    "train_config_class",
+    "train_field_defaults",
+    "type_hints",
+    "unknown_key_message",
+]
