@@ -140,10 +140,10 @@ def terminated(signum: int, frame: Any) -> None:
 def fail(tracker: Tracker, run_dir: Path, exc: BaseException) -> BaseException:
     """Record the failure (freeing half-written checkpoints first, so a full disk still takes the manifest) and
     return the exception to raise: the original one, or one sentence for a full disk."""
+    disk_full = is_disk_full(exc, run_dir)
     if tracker.is_main:
         for stale in remove_incomplete(run_dir / "checkpoints"):
             log.info("removed %s, left half-written by the failure", stale)
-    disk_full = is_disk_full(exc, run_dir)
     message = disk_full_message(run_dir) if disk_full else f"{type(exc).__name__}: {exc}"
     try:
         tracker.finish("failed", error=message)
@@ -153,24 +153,26 @@ def fail(tracker: Tracker, run_dir: Path, exc: BaseException) -> BaseException:
 
 
 def is_disk_full(exc: BaseException, run_dir: Path) -> bool:
-    """ENOSPC anywhere in the exception chain (torch and safetensors report it in their own words)."""
+    """ENOSPC anywhere in the exception chain; torch and safetensors report it in their own words
+    ("file write failed", "unexpected pos"), so a write error on a filesystem left with no room counts too."""
     import errno
     import shutil
 
-    seen = exc
+    try:
+        free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    except OSError:
+        free = None
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         text = str(seen)
         if "No space left on device" in text or "Disk quota exceeded" in text:
             return True
-        if "write failed" in text:  # torch.save's PytorchStreamWriter hides the errno
-            try:
-                return shutil.disk_usage(run_dir).free < 64 * 2**20
-            except OSError:
-                return False
+        if ("write failed" in text or "unexpected pos" in text) and free is not None and free < 64 * 2**20:
+            return True
         seen = seen.__cause__ or seen.__context__
-    return False
+    return free is not None and free < 2**20
 
 
 def disk_full_message(run_dir: Path) -> str:
