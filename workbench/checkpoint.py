@@ -60,8 +60,10 @@ def problems(checkpoint: Path) -> list[str]:
         return [f"{checkpoint.name} has no {MARKER} marker (it was being written when the run stopped)"]
     try:
         listed = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
-        return [f"{marker} is not a file list (a checkpoint from an older workbench cannot be verified)"]
+    except (ValueError, KeyError, TypeError):  # an older workbench's marker: check the state file at least
+        if any((checkpoint / name).is_file() for name in ("trainer_state.json", "ppo_state.json")):
+            return []
+        return [f"{checkpoint.name} has an old-style marker and no trainer state"]
     out = []
     for name, size in listed.items():
         path = checkpoint / name

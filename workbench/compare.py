@@ -307,7 +307,8 @@ def run_stage(run: StageRun) -> None:
     resume = previous.get("fingerprint") == run.fingerprint and previous.get("status") == "running"
     # a stage killed before its first checkpoint starts over (--resume would fail: nothing to resume)
     resume = resume and (
-        newest_complete(run.run_dir / "checkpoints") is not None or read_json(run.run_dir / "manifest.json").get("status") == "completed"
+        newest_complete(run.run_dir / "checkpoints") is not None
+        or read_json(run.run_dir / "manifest.json").get("status") == "completed"
     )
     if not resume and run.run_dir.exists():
         shutil.rmtree(run.run_dir)  # a changed stage starts clean: no stale eval.json, samples or checkpoints

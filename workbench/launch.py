@@ -253,6 +253,11 @@ def lock_owners(lock: Path) -> list[int]:
 def check_extension_build(name: str) -> None:
     """Say when DeepSpeed is about to build its extension (minutes, silently otherwise), and refuse to wait
     forever on a lock whose builder is gone (a killed first launch): torch would wait on it with no output."""
+    import deepspeed.ops
+    from deepspeed.git_version_info import installed_ops
+
+    if not deepspeed.ops.__compatible_ops__.get(name, False) or installed_ops.get(name, False):
+        return  # DeepSpeed will not JIT-build it here
     build = extension_build_dir(name)
     lock = build / "lock"
     if lock.exists():
