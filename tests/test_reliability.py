@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, kill_when, run_ok, run_workbench
+from conftest import REPO, run_ok, run_workbench
 from test_train import read_metrics, write_recipe
 
 from workbench.cli import main
@@ -53,6 +53,28 @@ def manifest(run: Path) -> dict:
 
 # -- 1, 5, 6: atomic rotation, resume rules, config drift ------------------------------------------
 
+# Loaded by the child Python at startup (sitecustomize): the process SIGKILLs itself the instant anything
+# starts deleting a checkpoint directory, i.e. at the exact moment of rotation (polling from outside
+# lands ~20 ms late, after the window).
+KILL_AT_ROTATION = """
+import os, shutil, signal
+_rmtree = shutil.rmtree
+def rmtree(path, *args, **kwargs):
+    if os.path.basename(str(path)).startswith("checkpoint-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _rmtree(path, *args, **kwargs)
+shutil.rmtree = rmtree
+"""
+
+
+def kill_at_rotation(args: list[str], tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_ROTATION)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "workbench", *args], cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
 
 @pytest.mark.slow
 def test_kill_during_rotation_then_resume_rules(tmp_path, tiny_model, capsys):
@@ -61,8 +83,9 @@ def test_kill_during_rotation_then_resume_rules(tmp_path, tiny_model, capsys):
     left alone, a fresh run does not delete checkpoints, and --resume with nothing to resume fails."""
     path = recipe(tmp_path, tiny_model, "rot", max_steps=6, save_steps=2, save_total_limit=1)
     run = tmp_path / "rot"
-    ckpt2, ckpt4 = run / "checkpoints" / "checkpoint-2", run / "checkpoints" / "checkpoint-4"
-    kill_when(["train", str(path)], lambda: ckpt4.is_dir() and not (ckpt2 / "optimizer.pt").exists())  # rotation began
+    ckpt4 = run / "checkpoints" / "checkpoint-4"
+    kill_at_rotation(["train", str(path)], tmp_path)
+    assert ckpt4.is_dir(), "the run was not killed at the rotation after checkpoint-4"
     found = marked(run)
     assert found, "no complete checkpoint survived the kill"
     newest = found[-1]
@@ -272,7 +295,7 @@ def rank_pids(marker: str, exclude: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_killed_launcher_takes_its_ranks_along_and_a_second_writer_is_refused(tmp_path, tiny_model, capsys):
+def test_killed_launcher_takes_its_ranks_along_and_a_second_writer_is_refused(tmp_path, tiny_model):
     path = recipe(tmp_path, tiny_model, "orph", max_steps=10_000, save_steps=2)
     run = tmp_path / "orph"
     launcher = subprocess.Popen(
@@ -290,20 +313,26 @@ def test_killed_launcher_takes_its_ranks_along_and_a_second_writer_is_refused(tm
         ranks = rank_pids(str(path), exclude=launcher.pid)
         assert len(ranks) == 2, ranks
 
+        faults = []
         # a second writer on the live run's directory is refused and deletes nothing
-        code = main(["train", str(path), "--overwrite"])
-        assert code == 2 and "being written by another run" in capsys.readouterr().err
-        assert (run / "checkpoints" / "checkpoint-2" / ".complete").exists()
+        second = run_workbench(["train", str(path), "--overwrite"], timeout=120)
+        if second.returncode != 2 or "being written by another run" not in second.stderr:
+            faults.append(f"second writer not refused: exit {second.returncode}, {second.stderr[-300:]}")
+        if not (run / "checkpoints" / "checkpoint-2" / ".complete").exists():
+            faults.append("the second writer deleted the live run's checkpoint")
 
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
         deadline = time.time() + 20
-        while time.time() < deadline and [p for p in ranks if Path(f"/proc/{p}").exists() and p in rank_pids(str(path), -1)]:
+        while time.time() < deadline and [p for p in ranks if p in rank_pids(str(path), -1)]:
             time.sleep(0.2)
         alive = [p for p in ranks if p in rank_pids(str(path), -1)]
-        assert alive == [], f"ranks {alive} kept training after their launcher was killed"
+        if alive:
+            faults.append(f"ranks {alive} kept training 20 s after their launcher was killed")
         record = manifest(run)
-        assert record["status"] == "failed" and "SIGTERM" in record["error"]
+        if record["status"] != "failed" or "SIGTERM" not in record.get("error", ""):
+            faults.append(f"manifest left {record['status']!r}")
+        assert faults == []
     finally:
         for pid in [launcher.pid, *ranks]:
             with contextlib.suppress(OSError):
@@ -376,7 +405,7 @@ def test_enospc_at_the_write_layer_fails_the_run_with_one_sentence(tmp_path, tin
 
 def test_wandb_environment_wins_over_the_recipe_and_the_manifest_says_so(tmp_path, monkeypatch):
     from workbench.config import recipe_from_dict
-    from workbench.tracking import Tracker, wandb_mode_source
+    from workbench.tracking import Tracker
 
     base = {
         "method": "dpo",
@@ -386,13 +415,8 @@ def test_wandb_environment_wins_over_the_recipe_and_the_manifest_says_so(tmp_pat
     }
     for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_DIR", "WANDB_PROJECT", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    assert wandb_mode_source("offline") == ("offline", "recipe tracking.mode")
-    assert wandb_mode_source("auto") == ("offline", "auto: no WANDB_API_KEY")
-    monkeypatch.setenv("WANDB_DISABLED", "true")
-    assert wandb_mode_source("online") == ("disabled", "env WANDB_DISABLED")
-    monkeypatch.delenv("WANDB_DISABLED")
 
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the recipe says offline
     tracker = Tracker(recipe_from_dict({**base, "output_dir": str(tmp_path / "a")}), tmp_path / "a")
     tracker.start()
     tracker.finish("completed")
@@ -405,11 +429,22 @@ def test_wandb_environment_wins_over_the_recipe_and_the_manifest_says_so(tmp_pat
     tracker = Tracker(recipe_from_dict({**base, "output_dir": str(tmp_path / "b")}), tmp_path / "b")
     tracker.start()
     tracker.finish("completed")
+    assert list((tmp_path / "wandb-home").glob("wandb/offline-run-*"))
+    assert not (tmp_path / "b" / "wandb").exists()
     record = manifest(tmp_path / "b")["wandb"]
     assert record["project"] == "from-env" and record["project_source"] == "env WANDB_PROJECT"
     assert record["dir_source"] == "env WANDB_DIR" and record["dir"].startswith(str(tmp_path / "wandb-home"))
-    assert list((tmp_path / "wandb-home").glob("wandb/offline-run-*"))
-    assert not (tmp_path / "b" / "wandb").exists()
+
+
+def test_wandb_mode_sources(monkeypatch):
+    from workbench.tracking import wandb_mode_source
+
+    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert wandb_mode_source("offline") == ("offline", "recipe tracking.mode")
+    assert wandb_mode_source("auto") == ("offline", "auto: no WANDB_API_KEY")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    assert wandb_mode_source("online") == ("disabled", "env WANDB_DISABLED")
 
 
 # -- 10: DeepSpeed's extension build lock --------------------------------------------------------
