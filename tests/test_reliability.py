@@ -252,6 +252,16 @@ def test_export_refuses_non_finite_weights_and_removes_a_half_written_model(tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("margin", [float("nan"), "inf", "-Infinity"])
+def test_non_finite_margin_is_an_invalid_row(margin):
+    from workbench.config import SourceConfig
+    from workbench.data.sources import to_preference
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "margin": margin}
+    assert to_preference(row, "preference", SourceConfig(path="x.jsonl")) == f"field 'margin' is not finite (got {margin!r})"
+    assert to_preference({**row, "margin": "0.5"}, "preference", SourceConfig(path="x.jsonl"))["margin"] == 0.5
+
+
 # -- 4: one writer, no orphans -------------------------------------------------------------------
 
 
