@@ -23,7 +23,7 @@ from test_train import read_metrics, write_recipe
 
 from workbench.cli import main
 
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
 def recipe(tmp_path: Path, tiny_model: Path, name: str, **train) -> Path:
@@ -53,14 +53,16 @@ def manifest(run: Path) -> dict:
 
 # -- 1, 5, 6: atomic rotation, resume rules, config drift ------------------------------------------
 
-# Loaded by the child Python at startup (sitecustomize): the process SIGKILLs itself the instant anything
-# starts deleting a checkpoint directory, i.e. at the exact moment of rotation (polling from outside
-# lands ~20 ms late, after the window).
+# Loaded by the child Python at startup (sitecustomize): when anything deletes a checkpoint directory
+# (rotation), one file goes (config.json, as rmtree would, in no particular order) and the process
+# SIGKILLs itself: a kill -9 in the middle of rotation, every time (polling from outside lands ~20 ms
+# late, after the window).
 KILL_AT_ROTATION = """
 import os, shutil, signal
 _rmtree = shutil.rmtree
 def rmtree(path, *args, **kwargs):
     if os.path.basename(str(path)).startswith("checkpoint-"):
+        os.unlink(os.path.join(str(path), "config.json"))
         os.kill(os.getpid(), signal.SIGKILL)
     return _rmtree(path, *args, **kwargs)
 shutil.rmtree = rmtree
