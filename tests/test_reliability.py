@@ -149,6 +149,9 @@ def test_marked_checkpoint_with_a_missing_file_is_not_resumed(tmp_path):
     assert newest_complete(root) == root / "checkpoint-2"
     (root / "checkpoint-6").mkdir()  # half-written: never rotated away in favour of, never resumed
     assert rotate(root, 1) == [] and sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    mark_complete(root / "checkpoint-6")  # now whole: the broken checkpoint-4 goes, checkpoint-2 stays as the best
+    assert rotate(root, 1, best=str(root / "checkpoint-2")) == [root / "checkpoint-4"]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-6"]
 
 
 def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):

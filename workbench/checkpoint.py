@@ -103,15 +103,16 @@ def remove(checkpoint: Path) -> None:
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def rotate(checkpoint_dir: Path, keep: int | None) -> list[Path]:
-    """Keep the newest `keep` complete checkpoints; remove older ones and incomplete ones older than those kept."""
+def rotate(checkpoint_dir: Path, keep: int | None, best: str | None = None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints (and the best one, for load_best_model_at_end); remove
+    older ones and incomplete ones older than those kept."""
     if not keep or keep < 1:
         return []
     complete = [p for p in checkpoints(checkpoint_dir) if is_complete(p)]
     if not complete:
         return []
-    kept = complete[-keep:]
-    oldest_kept = step_of(kept[0])
+    kept = complete[-keep:] + [p for p in complete if best and p.resolve() == Path(best).resolve()]
+    oldest_kept = step_of(complete[-keep:][0])
     gone = [p for p in checkpoints(checkpoint_dir) if p not in kept and step_of(p) < oldest_kept]
     for path in gone:
         remove(path)
@@ -143,7 +144,7 @@ def completion_callback(save_total_limit: int | None = None) -> Any:
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if path.is_dir():
                     mark_complete(path)
-                    rotate(Path(args.output_dir), save_total_limit)
+                    rotate(Path(args.output_dir), save_total_limit, state.best_model_checkpoint)
             PartialState().wait_for_everyone()
 
     return CheckpointCompletion()
