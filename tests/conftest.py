@@ -10,7 +10,10 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["WANDB_MODE"] = "offline"
+# The environment wins over recipes for W&B (as with the HF Trainer): clear it so each test's recipe
+# decides, and with no API key `mode: auto` means offline.
+for _var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_DIR", "WANDB_PROJECT", "WANDB_API_KEY"):
+    os.environ.pop(_var, None)
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DISABLE_TQDM", "1")

@@ -121,6 +121,14 @@ def test_secrets_never_reach_records_or_wandb(dpo_run):
     assert resolved["tracking"]["tags"] == ["***REDACTED***"]
 
 
+def test_no_file_of_the_run_holds_a_secret(dpo_run):
+    """Byte for byte, every file: pickled training arguments in checkpoints and model/, W&B run files and logs."""
+    files = [p for p in dpo_run.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any(p.name == "debug.log" for p in files)
+    leaks = [str(p.relative_to(dpo_run)) for p in files if any(s.encode() in p.read_bytes() for s in (SECRET, HF_SECRET))]
+    assert leaks == []
+
+
 def test_exported_model_loads_and_differs_from_the_start(dpo_run, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -24,6 +24,24 @@ def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.learning_rate
     )
 
 
+def _add_start_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the checkpoints of an earlier run in output_dir and start fresh"
+    )
+    p.add_argument(
+        "--allow-changes",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: recipe keys allowed to differ from the checkpoint's (recorded in the manifest)",
+    )
+
+
+def _start_flags(args: argparse.Namespace) -> list[str]:
+    return (["--overwrite"] if args.overwrite else []) + (["--allow-changes", *args.allow_changes] if args.allow_changes else [])
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file")
     _add_set_arg(p)
@@ -35,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", help="run one recipe in this process (or under accelerate launch)")
     _add_recipe_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    _add_start_args(p)
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("launch", help="accelerate launch ... -m workbench train RECIPE")
     _add_recipe_args(p)
     p.add_argument("--accelerate-config", required=True, help="an accelerate config, e.g. accelerate_configs/cpu_ddp.yaml")
-    p.add_argument("--resume", action="store_true")
+    _add_start_args(p)
     p.add_argument("--force", action="store_true", help="launch even when the memory plan exceeds the visible GPU")
     p.set_defaults(func=cmd_launch)
 
@@ -99,8 +117,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     init_distributed_state()  # first: the checks build TrainingArguments, which would create a wrong process state
     preflight(recipe, args.recipe)  # the checks of `validate`, before the W&B run or any weights
-    result = train(recipe, resume=args.resume)
-    if result.run_dir and _is_main():
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    if result.already_finished and _is_main():
+        print(f"already finished: {result.run_dir} completed earlier; nothing was changed")
+    elif result.run_dir and _is_main():
         print(f"run complete: {result.run_dir} (model: {result.model_dir})")
     return 0
 
@@ -117,7 +137,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     refusal = launch_check(recipe, args.accelerate_config, args.force)
     if refusal:
         raise WorkbenchError(refusal)
-    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume)
+    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -245,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
+        from workbench.secrets import refuse_secret_overrides
+
+        refuse_secret_overrides(getattr(args, "overrides", None) or [])
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.checkpoint import newest_complete
 from workbench.config import (
     EvalConfig,
     apply_override,
@@ -304,6 +305,11 @@ def run_stage(run: StageRun) -> None:
     state_path = run.run_dir / "stage.json"
     previous = read_json(state_path)
     resume = previous.get("fingerprint") == run.fingerprint and previous.get("status") == "running"
+    # a stage killed before its first checkpoint starts over (--resume would fail: nothing to resume)
+    resume = resume and (
+        newest_complete(run.run_dir / "checkpoints") is not None
+        or read_json(run.run_dir / "manifest.json").get("status") == "completed"
+    )
     if not resume and run.run_dir.exists():
         shutil.rmtree(run.run_dir)  # a changed stage starts clean: no stale eval.json, samples or checkpoints
     run.run_dir.mkdir(parents=True, exist_ok=True)

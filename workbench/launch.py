@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -40,11 +41,14 @@ def init_distributed_state() -> Any:
     """
     from accelerate import PartialState
 
+    if launched():
+        die_with_launcher()
     if not cpu_launched():
         return PartialState()
     if deepspeed_requested():
         import deepspeed
 
+        check_extension_build("deepspeed_shm_comm")
         deepspeed.init_distributed(dist_backend="gloo")
         return PartialState(backend="gloo")
     return PartialState(cpu=True, backend="gloo")
@@ -153,12 +157,128 @@ def launch_command(recipe: str, accelerate_config: str, overrides: list[str], re
     return cmd
 
 
-def launch(recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False) -> int:
-    """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code."""
+def launch(
+    recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False, extra: list[str] | None = None
+) -> int:
+    """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code.
+
+    The launcher dies with us (parent-death signal), and each rank watches its own parent, so a
+    killed `workbench launch` leaves no rank training as an orphan.
+    """
+    from workbench.secrets import redact_argv
+
     read_accelerate_config(accelerate_config)  # a clear error before spawning anything
-    cmd = launch_command(recipe, accelerate_config, overrides, resume)
-    print("launching:", " ".join(cmd[1:]), flush=True)
-    return subprocess.call(cmd)
+    cmd = launch_command(recipe, accelerate_config, overrides, resume) + list(extra or [])
+    print("launching:", " ".join(redact_argv(cmd[1:])), flush=True)
+    env = {**os.environ, "WORKBENCH_LAUNCHED": "1"}
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# ranks die with their launcher
+
+
+def launched() -> bool:
+    return "LOCAL_RANK" in os.environ or os.environ.get("WORKBENCH_LAUNCHED") == "1"
+
+
+def parent_death_signal(sig: int) -> Any:
+    """A preexec function asking Linux to send `sig` to the child when its parent dies (no-op elsewhere)."""
+
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    return preexec
+
+
+def die_with_launcher(poll_s: float = 0.5, grace_s: float = 10.0) -> None:
+    """In a launched rank: when the parent (accelerate's launcher) is gone, SIGTERM ourselves (the run is
+    marked failed), then SIGKILL after a grace period. Uses the parent-death signal and a watcher thread."""
+    import threading
+    import time
+
+    parent = os.getppid()
+    parent_death_signal(signal.SIGTERM)()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSpeed's one-time extension build and its lock
+
+
+def extension_build_dir(name: str) -> Path:
+    """Where torch builds (and locks) a JIT extension: TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/pyXY_cpu/NAME."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def lock_owners(lock: Path) -> list[int]:
+    """Pids of the processes holding `lock` open (torch's FileBaton keeps its fd open while it builds)."""
+    owners = []
+    target = os.path.realpath(lock)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.path.realpath(fd) == target:
+                    owners.append(int(proc.name))
+                    break
+        except OSError:
+            continue
+    return owners
+
+
+def check_extension_build(name: str) -> None:
+    """Say when DeepSpeed is about to build its extension (minutes, silently otherwise), and refuse to wait
+    forever on a lock whose builder is gone (a killed first launch): torch would wait on it with no output."""
+    import deepspeed.ops
+    from deepspeed.git_version_info import installed_ops
+
+    if not deepspeed.ops.__compatible_ops__.get(name, False) or installed_ops.get(name, False):
+        return  # DeepSpeed will not JIT-build it here
+    build = extension_build_dir(name)
+    lock = build / "lock"
+    if lock.exists():
+        owners = lock_owners(lock) if Path("/proc").is_dir() else [0]
+        if not owners:  # a builder closes its lock an instant before deleting it: look again
+            import time
+
+            time.sleep(1.0)
+            owners = lock_owners(lock) if lock.exists() else [0]
+        if not owners:
+            raise WorkbenchError(
+                f"{lock} is a stale build lock: the process that was building DeepSpeed's {name} extension is gone "
+                f"(killed), and every launch would wait on it forever; delete it (rm {lock}) and launch again"
+            )
+        if os.environ.get("RANK", "0") == "0":
+            print(f"waiting for DeepSpeed's {name} extension, being built by pid {owners[0]} ({build})", flush=True)
+    elif not any(build.glob("*.so")) and os.environ.get("RANK", "0") == "0":
+        print(
+            f"building DeepSpeed's {name} extension in {build} (once per machine; 2-3 minutes on 2 CPU cores)",
+            flush=True,
+        )
 
 
 def world_size() -> int:

@@ -7,17 +7,20 @@ method -> manifest status. The same code runs in one process or under `accelerat
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.checkpoint import newest_complete, step_of
-from workbench.config import Recipe
+from workbench.checkpoint import newest_complete, remove_incomplete, step_of
+from workbench.config import Recipe, resolved_dict
 from workbench.data.pipeline import Prepared, prepare, save
+from workbench.errors import WorkbenchError
 from workbench.launch import init_distributed_state
 from workbench.methods import get_method
 from workbench.models import load_tokenizer
-from workbench.tracking import Tracker
+from workbench.rundir import RunLock, Start, decide_start
+from workbench.tracking import Tracker, redact
 
 log = logging.getLogger("workbench")
 
@@ -43,22 +46,54 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     train_tokens: int | None = None  # tokens through forward + backward, all processes
     generated_tokens: int | None = None  # tokens sampled during the run (rejection sampling, PPO)
+    already_finished: bool = False  # --resume of a completed run: nothing was done
 
 
-def train(recipe: Recipe, resume: bool = False) -> RunResult:
-    """Run one recipe end to end; the manifest ends `completed` or `failed`."""
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, allow_changes: list[str] | None = None) -> RunResult:
+    """Run one recipe end to end; the manifest ends `completed` or `failed`.
+
+    The main process holds the run directory's lock for the whole run and decides how the run
+    starts (fresh, resumed, already finished, or refused); every process gets its answer.
+    """
     from transformers import set_seed
 
     state = init_distributed_state()
     set_seed(recipe.seed)
     method = get_method(recipe.method)
     run_dir = Path(recipe.output_dir)
-    checkpoint = resume_point(run_dir, resume) if state.is_main_process else None
-    checkpoint = state_broadcast(state, checkpoint)
-    tracker = Tracker(recipe, run_dir, is_main=state.is_main_process, world_size=state.num_processes)
-    tracker.start(resume_step=step_of(checkpoint) if checkpoint else None)
-    state.wait_for_everyone()
+    lock, start, error = None, Start(), None
+    if state.is_main_process:
+        try:
+            lock = RunLock(run_dir).acquire()
+            start = decide_start(run_dir, redact(resolved_dict(recipe)), resume, overwrite, list(allow_changes or []))
+        except WorkbenchError as exc:
+            error = str(exc)
+    start, error = state_broadcast(state, (start, error))
     try:
+        if error:
+            raise WorkbenchError(error)
+        if start.finished:
+            log.info("already finished: %s completed earlier; nothing was changed", run_dir)
+            model_dir = run_dir / "model"
+            return RunResult(run_dir, model_dir if model_dir.is_dir() else None, already_finished=True)
+        return run_locked(recipe, method, run_dir, state, start, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: Start, lock: RunLock | None) -> RunResult:
+    checkpoint = start.checkpoint
+    tracker = Tracker(recipe, run_dir, is_main=state.is_main_process, world_size=state.num_processes)
+    extra: dict[str, Any] = {}
+    if start.allowed_changes:
+        extra["allowed_changes"] = start.allowed_changes
+    if lock is not None and lock.took_over:
+        extra["stale_lock_taken_over"] = lock.took_over
+    previous_term = on_sigterm(terminated)
+    try:
+        tracker.start(extra, resume_step=step_of(checkpoint) if checkpoint else None)
+        state.wait_for_everyone()
         tokenizer = load_tokenizer(recipe.model)
         prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=getattr(method, "DATA_KIND", "preference"))
         if state.is_main_process:
@@ -67,46 +102,100 @@ def train(recipe: Recipe, resume: bool = False) -> RunResult:
         state.wait_for_everyone()
         ctx = RunContext(recipe, run_dir, tracker, tokenizer, prepared, state.is_main_process, state.num_processes, checkpoint)
         result = method.run(ctx)
+        cost = run_cost(result, state)
+        from workbench.plan import planned_peak_mb
+
+        cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
+        tracker.update_manifest(cost=cost)
+        tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
+        tracker.finish("completed")
+        return result
     except BaseException as exc:
-        tracker.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    cost = run_cost(result, state)
-    from workbench.plan import planned_peak_mb
-
-    cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
-    tracker.update_manifest(cost=cost)
-    tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
-    tracker.finish("completed")
-    return result
+        error = fail(tracker, run_dir, exc)
+        if error is exc:
+            raise
+        raise error from None
+    finally:
+        on_sigterm(previous_term)
 
 
-def resume_point(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to continue from; a fresh start clears what an earlier run left in the directory."""
+def on_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler where Python allows it (the main thread); return the previous one."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    return previous
+
+
+class Terminated(WorkbenchError):
+    """SIGTERM: the launcher (or a failing peer's launcher) is stopping this process."""
+
+
+def terminated(signum: int, frame: Any) -> None:
+    raise Terminated(
+        "stopped by SIGTERM: the launcher is gone, another process of the run failed, or the job was cancelled; continue with --resume"
+    )
+
+
+def fail(tracker: Tracker, run_dir: Path, exc: BaseException) -> BaseException:
+    """Record the failure (freeing half-written checkpoints first, so a full disk still takes the manifest) and
+    return the exception to raise: the original one, or one sentence for a full disk."""
+    disk_full = is_disk_full(exc, run_dir)
+    if tracker.is_main:
+        for stale in remove_incomplete(run_dir / "checkpoints"):
+            log.info("removed %s, left half-written by the failure", stale)
+    message = disk_full_message(run_dir) if disk_full else f"{type(exc).__name__}: {exc}"
+    try:
+        tracker.finish("failed", error=message)
+    except OSError as again:
+        log.error("could not record the failure in %s/manifest.json: %s", run_dir, again)
+    return WorkbenchError(message) if disk_full else exc
+
+
+def is_disk_full(exc: BaseException, run_dir: Path) -> bool:
+    """ENOSPC anywhere in the exception chain; torch and safetensors report it in their own words
+    ("file write failed", "unexpected pos"), so a write error on a filesystem left with no room counts too."""
+    import errno
     import shutil
 
-    checkpoints = run_dir / "checkpoints"
-    if resume:
-        found = newest_complete(checkpoints)
-        if found is None:
-            log.warning("--resume: no complete checkpoint in %s; starting from the beginning", checkpoints)
-        else:
-            log.info("resuming from %s", found)
-        return found
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
-        log.warning("fresh start: removing checkpoints of an earlier run in %s (use --resume to continue it)", checkpoints)
-        shutil.rmtree(checkpoints)
-    return None
+    try:
+        free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    except OSError:
+        free = None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        if ("write failed" in text or "unexpected pos" in text) and free is not None and free < 64 * 2**20:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return free is not None and free < 2**20
 
 
-def state_broadcast(state: Any, value: Path | None) -> Path | None:
-    """Rank 0 decides; every rank gets the same answer."""
+def disk_full_message(run_dir: Path) -> str:
+    last = newest_complete(run_dir / "checkpoints")
+    kept = f"the last complete checkpoint, {last.name}, is intact" if last else "no complete checkpoint was written yet"
+    return (
+        f"the disk holding {run_dir} is full (no space left on device); {kept}. "
+        "Free space or move output_dir to a larger disk, then continue with --resume"
+    )
+
+
+def state_broadcast(state: Any, value: Any) -> Any:
+    """Rank 0 decides; every rank gets the same (picklable) answer."""
     if state.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 
-    box = [str(value) if value else None]
+    box = [value]
     broadcast_object_list(box, from_process=0)
-    return Path(box[0]) if box[0] else None
+    return box[0]
 
 
 def peak_memory_mb() -> tuple[float, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -21,26 +20,9 @@ from typing import Any
 
 from workbench.config import Recipe, dump_yaml, resolved_dict
 from workbench.data.pipeline import write_json
+from workbench.errors import WorkbenchError
+from workbench.secrets import NOT_SECRET, REDACTED, SECRET_NAME, redact_argv
 
-REDACTED = "***REDACTED***"
-SECRET_NAME = re.compile(r"(token|secret|passw|api_?key|_key$|^key$|credential|auth)", re.IGNORECASE)
-# Names that match the pattern but hold no secret.
-NOT_SECRET = {
-    "pad_token",
-    "eos_token",
-    "bos_token",
-    "unk_token",
-    "sep_token",
-    "cls_token",
-    "mask_token",
-    "max_new_tokens",
-    "push_to_hub_token",
-    "include_num_input_tokens_seen",
-    "average_tokens_across_devices",
-    "include_tokens_per_second",
-    "sort_key",
-    "key",
-}
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "wandb", "workbench")
 
@@ -107,12 +89,39 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def wandb_mode(mode: str) -> str:
+WANDB_MODES = ("online", "offline", "disabled", "shared")
+TRUE = ("1", "true", "yes", "on")
+
+
+def wandb_mode_source(mode: str) -> tuple[str, str]:
+    """(mode, what decided it). The environment wins over the recipe, as with the HF Trainer, so that
+    `WANDB_MODE=disabled` or `WANDB_DISABLED=true` switches W&B off for a whole job."""
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in TRUE:
+        return "disabled", "env WANDB_DISABLED"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        env = {"dryrun": "offline", "run": "online"}.get(env, env)
+        if env not in WANDB_MODES:
+            raise WorkbenchError(f"WANDB_MODE={env!r} in the environment is not a W&B mode; use one of {', '.join(WANDB_MODES)}")
+        return env, "env WANDB_MODE"
     if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        return mode, "recipe tracking.mode"
+    return ("online", "auto: WANDB_API_KEY set") if os.environ.get("WANDB_API_KEY") else ("offline", "auto: no WANDB_API_KEY")
+
+
+def wandb_mode(mode: str) -> str:
+    return wandb_mode_source(mode)[0]
+
+
+def wandb_place(project: str, run_dir: Path) -> dict[str, str]:
+    """Project and directory of the W&B run, each from the environment when set there, and which source decided."""
+    env_project, env_dir = os.environ.get("WANDB_PROJECT"), os.environ.get("WANDB_DIR")
+    return {
+        "project": env_project or project,
+        "project_source": "env WANDB_PROJECT" if env_project else "recipe tracking.project",
+        "dir": env_dir or str(run_dir),
+        "dir_source": "env WANDB_DIR" if env_dir else "run directory",
+    }
 
 
 class Tracker:
@@ -153,7 +162,7 @@ class Tracker:
             "started_at": previous.get("started_at", now()),
             "ended_at": None,
             "resumed_from_step": resume_step,
-            "command": redact(sys.argv),
+            "command": redact(redact_argv(sys.argv)),
             "world_size": self.world_size,
             "versions": package_versions(),
             "git": git_state(),
@@ -179,25 +188,30 @@ class Tracker:
 
     def _start_wandb(self, resolved: dict[str, Any], resume_id: str | None = None) -> None:
         cfg = self.recipe.tracking
-        mode = wandb_mode(cfg.mode)
+        mode, source = wandb_mode_source(cfg.mode)
+        place = wandb_place(cfg.project, self.run_dir)
         if mode == "disabled":
+            self.update_manifest(wandb={"mode": mode, "mode_source": source})
             return
         import wandb
 
+        Path(place["dir"]).mkdir(parents=True, exist_ok=True)
         self.wandb_run = wandb.init(
-            project=cfg.project,
+            project=place["project"],
             entity=cfg.entity,
             group=cfg.group,
             job_type=cfg.job_type or self.recipe.method,
             tags=redact(cfg.tags) or None,
             name=redact(cfg.name or self.run_dir.name),
             mode=mode,
-            dir=str(self.run_dir),
+            dir=place["dir"],
             config=redact({"recipe": resolved, "manifest": self.manifest}),
             reinit="finish_previous",
             **({"id": resume_id, "resume": "allow"} if resume_id else {}),
         )
-        self.update_manifest(wandb={"mode": mode, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir)})
+        self.update_manifest(
+            wandb={"mode": mode, "mode_source": source, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir), **place}
+        )
 
     def finish(self, status: str, error: str | None = None) -> None:
         if not self.is_main:

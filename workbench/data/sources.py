@@ -468,6 +468,8 @@ def to_preference(row: dict[str, Any], fmt: str, src: SourceConfig) -> dict[str,
             out["margin"] = float(margin)
         except ValueError:
             return f"field 'margin' is not a number (got {margin!r})"
+        if out["margin"] != out["margin"] or abs(out["margin"]) == float("inf"):  # NaN/inf would poison the loss
+            return f"field 'margin' is not finite (got {margin!r})"
     return out
 
 

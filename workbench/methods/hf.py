@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.checkpoint import completion_callback
+from workbench.checkpoint import assert_finite_weights, completion_callback, nonfinite_callback
 from workbench.config import train_config_class
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
@@ -31,13 +31,17 @@ def default_precision() -> dict[str, bool]:
 def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created."""
     recipe = ctx.recipe
+    train = dict(recipe.train)
+    keep_secret_out_of_pickle(train)
     fields: dict[str, Any] = {
         **({} if {"bf16", "fp16"} & set(recipe.train) else default_precision()),
         "logging_steps": 10,
         "save_strategy": "steps",
         "include_num_input_tokens_seen": "non_padding",  # the run's cost in tokens, read by the evaluation
+        "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (and stops the run), never hidden as 0.0
         **method_fields,
-        **recipe.train,
+        **train,
+        "save_total_limit": None,  # rotation happens after the new checkpoint is marked (checkpoint.rotate)
         "output_dir": str(ctx.run_dir / "checkpoints"),
         "report_to": [],
         "run_name": recipe.tracking.name or ctx.run_dir.name,
@@ -49,8 +53,20 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     return train_config_class(recipe.method)(**fields)
 
 
+def keep_secret_out_of_pickle(train: dict[str, Any]) -> None:
+    """The Trainer pickles its arguments into every checkpoint (`training_args.bin`): a hub token
+    given in the recipe goes to the process environment (where huggingface_hub reads it) instead."""
+    import os
+
+    token = train.pop("hub_token", None)
+    if token:
+        os.environ.setdefault("HF_TOKEN", str(token))
+
+
 def callbacks(ctx: RunContext) -> list[Any]:
-    return [trainer_callback(ctx.tracker), completion_callback()]
+    """Tracking, the non-finite guard (before the checkpoint marker, so a NaN save never happens), completion + rotation."""
+    limit = ctx.recipe.train.get("save_total_limit")
+    return [trainer_callback(ctx.tracker), nonfinite_callback(), completion_callback(limit)]
 
 
 def resume_from(ctx: RunContext) -> str | None:
@@ -61,16 +77,31 @@ def resume_from(ctx: RunContext) -> str | None:
 def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
     """model/: gathered weights as safetensors (ZeRO-3 included), tokenizer, merged LoRA on request; then checked."""
     model_dir = ctx.run_dir / "model"
-    trainer.save_model(str(model_dir))
-    if ctx.is_main:
-        ctx.tokenizer.save_pretrained(str(model_dir))
-        if ctx.recipe.model.lora is not None and ctx.recipe.model.merge_lora_on_export:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(str(model_dir / "merged"), safe_serialization=True)
-            ctx.tokenizer.save_pretrained(str(model_dir / "merged"))
+    assert_finite_weights(trainer.model, "model/", trainer.state.global_step)
+    with removed_on_failure(model_dir, ctx.is_main):
+        trainer.save_model(str(model_dir))
+        if ctx.is_main:
+            ctx.tokenizer.save_pretrained(str(model_dir))
+            if ctx.recipe.model.lora is not None and ctx.recipe.model.merge_lora_on_export:
+                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+                merged.save_pretrained(str(model_dir / "merged"), safe_serialization=True)
+                ctx.tokenizer.save_pretrained(str(model_dir / "merged"))
     trainer.accelerator.wait_for_everyone()
     check_export(trainer.model, trainer.accelerator, ctx, model_dir, head)
     return model_dir
+
+
+@contextlib.contextmanager
+def removed_on_failure(model_dir: Path, is_main: bool) -> Iterator[None]:
+    """A half-written model/ is deleted, never left looking like an export (used by every method's export)."""
+    import shutil
+
+    try:
+        yield
+    except BaseException:
+        if is_main:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
 
 
 def export_probe(ctx: RunContext) -> list[int]:
