@@ -466,8 +466,6 @@ def test_validate_prints_the_plan_total(tmp_path, tiny_model, capsys):
 
 
 def test_launch_refuses_when_the_plan_exceeds_the_gpu(tmp_path, tiny_model, monkeypatch, capsys):
-    import subprocess
-
     from workbench.cli import main
 
     path = tmp_path / "sft.yaml"
@@ -476,8 +474,10 @@ def test_launch_refuses_when_the_plan_exceeds_the_gpu(tmp_path, tiny_model, monk
     )
     monkeypatch.setattr(P, "detected_device_memory", lambda: 1.5 * 2**30)  # usable 0.5 GiB after the 1 GiB reserve
     monkeypatch.setattr(P, "activation_bytes", lambda *a, **k: 2**30)  # a plan that exceeds it
+    import workbench.launch as launch_module
+
     launched = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.setattr(launch_module, "launch", lambda *a, **k: launched.append(a) or 0)
     cfg = str(REPO / "accelerate_configs/cpu_ddp.yaml")
     assert main(["launch", str(path), "--accelerate-config", cfg]) == 2
     err = capsys.readouterr().err
