@@ -212,6 +212,10 @@ TOPICS = [
 ]  # fmt: skip
 
 
+# Minutes on an idle 2-core machine, but far more on a shared one: beyond the suite's 900 s default.
+REAL_TRAINING_TIMEOUT = 3600
+
+
 def style_pairs(path: Path) -> Path:
     """A preference the instruct model does not yet have: a warm answer over a curt refusal, on varied topics.
     Held-out pairs (the recipe's eval split) ask about topics never trained on."""
@@ -253,22 +257,25 @@ def evals(run: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
 def test_dpo_lora_raises_the_held_out_margin(tmp_path, smollm2):
     lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
-    path = real_recipe(tmp_path, smollm2, "dpo", {"learning_rate": 1e-3, "beta": 0.1, "max_steps": 4}, model={
+    # No evaluation at the start: there the policy is the reference (adapters off = on), so every margin is 0.
+    train = {"learning_rate": 1e-3, "beta": 0.1, "max_steps": 4, "eval_on_start": False}
+    path = real_recipe(tmp_path, smollm2, "dpo", train, model={
         "name_or_path": str(smollm2), "dtype": "float32", "lora": lora})  # fmt: skip
-    run_ok(["train", str(path)], timeout=1800)
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     run = tmp_path / "dpo"
     margins, accuracies = evals(run, "eval/rewards/margins"), evals(run, "eval/rewards/accuracies")
-    assert len(margins) == 2  # at the start and at the end, no third pass
-    assert margins[0] == pytest.approx(0.0, abs=1e-4)  # policy == reference before training
-    assert margins[1] > 0.5 and accuracies[1] == 1.0, (margins, accuracies)
+    assert len(margins) == 1  # at the end, once
+    assert margins[0] > 0.5 and accuracies[0] == 1.0, (margins, accuracies)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["reference"] == "policy base with adapters disabled" and manifest["export_check"]["ok"]
     assert (run / "model" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
 def test_reward_model_on_the_backbone_learns_the_preference(tmp_path, smollm2):
     """A sequence-classification head on SmolLM2 (a new `score` layer on the tied-embedding backbone), the
     normalisation-stats pass sized by the recipe."""
@@ -278,16 +285,17 @@ def test_reward_model_on_the_backbone_learns_the_preference(tmp_path, smollm2):
         "reward",
         {"learning_rate": 1e-4, "max_steps": 4, "reward_stats_pairs": 8, "reward_stats_batch_size": 4},
     )
-    run_ok(["train", str(path)], timeout=1800)
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     run = tmp_path / "reward"
-    accuracy = evals(run, "eval/accuracy")
-    assert len(accuracy) == 2 and accuracy[-1] == 1.0, accuracy
+    accuracy, loss = evals(run, "eval/accuracy"), evals(run, "eval/loss")
+    assert len(accuracy) == 2 and accuracy[-1] == 1.0 and loss[-1] < 0.5 * loss[0], (accuracy, loss)
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and config["pad_token_id"] == 2
     assert config["reward_mean"] is not None and config["reward_std"] > 0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
 def test_sft_lowers_held_out_loss_and_keeps_the_end_of_turn(tmp_path, smollm2, smol_tokenizer):
     from workbench.data.formatting import TokenizationSettings, tokenize_sft
     from workbench.methods.sft import sft_dataset
@@ -298,6 +306,6 @@ def test_sft_lowers_held_out_loss_and_keeps_the_end_of_turn(tmp_path, smollm2, s
     assert smol_tokenizer.eos_token_id in labels  # the end of turn is learned, although <|im_end|> is also the pad token
 
     path = real_recipe(tmp_path, smollm2, "sft", {"learning_rate": 5e-5, "max_steps": 3})
-    run_ok(["train", str(path)], timeout=1800)
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     losses = evals(tmp_path / "sft", "eval/loss")
     assert len(losses) == 2 and losses[1] < 0.8 * losses[0], losses
