@@ -134,13 +134,16 @@ def global_batch(train: dict[str, Any], train_defaults: dict[str, Any], accelera
     return gb
 
 
-def launch_command(recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False) -> list[str]:
+def launch_command(
+    recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False, machine_flags: list[str] | None = None
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
         str(accelerate_config),
+        *(machine_flags or []),  # multi-machine values (workbench.multinode.launch_flags)
         "-m",
         "workbench",
         "train",
@@ -153,10 +156,12 @@ def launch_command(recipe: str, accelerate_config: str, overrides: list[str], re
     return cmd
 
 
-def launch(recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False) -> int:
+def launch(
+    recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False, machine_flags: list[str] | None = None
+) -> int:
     """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code."""
     read_accelerate_config(accelerate_config)  # a clear error before spawning anything
-    cmd = launch_command(recipe, accelerate_config, overrides, resume)
+    cmd = launch_command(recipe, accelerate_config, overrides, resume, machine_flags)
     print("launching:", " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd)
 
