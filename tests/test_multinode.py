@@ -251,3 +251,24 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
         assert any((run / ".cache" / "dpo-pairs").iterdir())
         assert not (tmp_path / "cache-node0").exists() and not (tmp_path / "cache-node1").exists()
         assert "is not shared by all machines; this run caches in" in (tmp_path / "killed-node0.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_plain_accelerate_launch_with_another_recipe_on_one_node_stops_both(tmp_path, tiny_model):
+    """Without `workbench launch` (no roll call) the processes compare fingerprints once the group is up."""
+    config = yaml.safe_load((CONFIGS / "cpu_ddp.yaml").read_text())
+    config.update(num_machines=2, num_processes=2, main_process_port=free_port())
+    (tmp_path / "ddp2.yaml").write_text(yaml.safe_dump(config))
+    recipe = write_recipe(tmp_path, tiny_model)
+    procs = []
+    for rank, lr in ((0, "0.001"), (1, "0.002")):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "ddp2.yaml")]
+        cmd += ["--machine_rank", str(rank), "-m", "workbench", "train", str(recipe), "--set", f"train.learning_rate={lr}"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] != [0, 0]
+    for out in outputs:
+        assert "error: process 1 (host " in out, out[-3000:]
+        assert "recipe train.learning_rate: 0.002 there vs 0.001 on process 0;" in out
+    assert not (tmp_path / "run" / "manifest.json").exists()  # stopped before anything was written
