@@ -20,6 +20,7 @@ import yaml
 from conftest import REPO
 from test_train import read_metrics, write_recipe
 
+from workbench.checkpoint import newest_complete, step_of
 from workbench.cli import main
 from workbench.errors import WorkbenchError
 from workbench.multinode import NodePlan, fingerprint_mismatch, node_plan, port_in_use, roll_call
@@ -148,20 +149,26 @@ def test_a_machine_that_never_joins_is_named(tmp_path, tiny_model, capsys):
 
 
 def start_node(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    """One simulated machine: its own session, so that kill -9 of the session is the machine dying."""
+    """One simulated machine: `workbench launch` and every process it starts."""
     return subprocess.Popen(
         [sys.executable, "-m", "workbench", *args],
         cwd=REPO,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
-        start_new_session=True,
     )
 
 
 def kill_machine(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """kill -9 of every process of the machine at once (torchrun puts its workers in sessions of their own)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    tree = [root, *root.children(recursive=True)]
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)
     proc.wait()
 
 
@@ -206,8 +213,8 @@ def weights(run: Path) -> dict:
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_model, stage):
-    """4 steps of 2 x 4 pairs: one node x 2 processes, uninterrupted, against two nodes x 1 process
-    killed (kill -9 of every process on both machines) after the step-2 checkpoint and resumed on both.
+    """8 steps of 2 x 4 pairs: one node x 2 processes, uninterrupted, against two nodes x 1 process
+    killed (kill -9 of every process on both machines) once the step-2 checkpoint is complete, and resumed on both.
 
     Under ZeRO-2 the reference log-probs are precomputed and each "machine" has its own WORKBENCH_CACHE,
     as node-local disks would: the run must fall back to a cache inside the shared run directory.
@@ -216,7 +223,7 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
     if stage == 2:
         envs = ({"WORKBENCH_CACHE": str(tmp_path / "cache-node0")}, {"WORKBENCH_CACHE": str(tmp_path / "cache-node1")})
     for name in ("single", "multi"):
-        path = write_recipe(tmp_path, tiny_model, name=name, train__per_device_train_batch_size=4)
+        path = write_recipe(tmp_path, tiny_model, name=name, train__per_device_train_batch_size=4, train__max_steps=8)
         recipe = yaml.safe_load(path.read_text())
         recipe["reference"] = {"precompute_log_probs": stage == 2}
         path.write_text(yaml.safe_dump(recipe))
@@ -233,23 +240,25 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
         kill_after=run / "checkpoints" / "checkpoint-2" / ".complete",
     )
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # killed, not finished
-    assert not (run / "checkpoints" / "checkpoint-4").exists()
-    shards = sorted(p.name for p in (run / "checkpoints" / "checkpoint-2" / "global_step2").glob("*optim_states.pt"))
+    resume_from = newest_complete(run / "checkpoints")
+    assert 2 <= step_of(resume_from) < 8  # the kill lands somewhere in steps 3-8, depending on the machine's load
+    shards = sorted(p.name for p in (resume_from / f"global_step{step_of(resume_from)}").glob("*optim_states.pt"))
     assert [s.split("_mp_")[0] for s in shards] == ["zero_pp_rank_0", "zero_pp_rank_1"]  # every rank wrote its own shard
 
     two_nodes(tmp_path, multi, f"cpu_2node_zero{stage}.yaml", "resumed", extra=["--resume"], envs=envs)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["world_size"] == 2
-    assert [m["step"] for m in read_metrics(run) if "train/loss" in m] == [1, 2, 3, 4]  # rank 0 alone, cut back on resume
+    assert [m["step"] for m in read_metrics(run) if "train/loss" in m] == list(range(1, 9))  # rank 0 alone, cut back on resume
     expected, got = losses(tmp_path / "single"), losses(run)
-    assert got == pytest.approx(expected, abs=1e-5) and got[4] != pytest.approx(got[1], abs=1e-4)
+    assert got == pytest.approx(expected, abs=1e-5) and got[8] != pytest.approx(got[1], abs=1e-4)
     a, b = weights(tmp_path / "single"), weights(run)
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     run_ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
     assert len(run_ids) == 1  # one W&B run, continued on resume, written by rank 0 only
     if stage == 2:
         assert any((run / ".cache" / "dpo-pairs").iterdir())
-        assert not (tmp_path / "cache-node0").exists() and not (tmp_path / "cache-node1").exists()
+        for node_cache in (tmp_path / "cache-node0", tmp_path / "cache-node1"):
+            assert not node_cache.exists() or not any(node_cache.iterdir())
         assert "is not shared by all machines; this run caches in" in (tmp_path / "killed-node0.log").read_text()
 
 
@@ -272,3 +281,21 @@ def test_plain_accelerate_launch_with_another_recipe_on_one_node_stops_both(tmp_
         assert "error: process 1 (host " in out, out[-3000:]
         assert "recipe train.learning_rate: 0.002 there vs 0.001 on process 0;" in out
     assert not (tmp_path / "run" / "manifest.json").exists()  # stopped before anything was written
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ppo_on_two_nodes_equals_one_node(tmp_path, tiny_model):
+    """3 PPO updates (rollout, reward, GAE, clipped losses) under ZeRO-2: 2 nodes x 1 process = 1 node x 2."""
+    from test_ppo import ppo_recipe, scores
+
+    common = {"max_steps": 3, "save_steps": 3, "per_device_train_batch_size": 8}
+    one_node(ppo_recipe(tmp_path, tiny_model, "single", **common), "cpu_zero2.yaml")
+    two_nodes(tmp_path, ppo_recipe(tmp_path, tiny_model, "multi", **common), "cpu_2node_zero2.yaml", "ppo")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    assert json.loads((multi / "manifest.json").read_text())["world_size"] == 2
+    assert len(scores(multi)) == 3 and scores(multi) == pytest.approx(scores(single), abs=1e-5)
+    kls = [[m["train/objective/kl"] for m in read_metrics(run)] for run in (single, multi)]
+    assert kls[1] == pytest.approx(kls[0], abs=1e-5)
+    a, b = weights(single), weights(multi)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
