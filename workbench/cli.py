@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerate-config", required=True, help="an accelerate config, e.g. accelerate_configs/cpu_ddp.yaml")
     _add_start_args(p)
     p.add_argument("--force", action="store_true", help="launch even when the memory plan exceeds the visible GPU")
+    p.add_argument("--machine-rank", type=int, default=None, help="this machine's index in a multi-machine run (0 = main node)")
+    p.add_argument("--main-process-ip", default=None, help="address of machine 0, the same on every machine")
+    p.add_argument("--main-process-port", type=int, default=None, help="free port on machine 0, the same on every machine")
+    p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for every machine to join (default 600)")
     p.set_defaults(func=cmd_launch)
 
     p = verbs.add_parser("validate", help="check a recipe without loading weights")
@@ -144,7 +148,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     refusal = launch_check(recipe, args.accelerate_config, args.force)
     if refusal:
         raise WorkbenchError(refusal)
-    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args))
+    from workbench.multinode import launch_flags
+
+    flags = launch_flags(
+        args.accelerate_config, recipe, args.machine_rank, args.main_process_ip, args.main_process_port, args.join_timeout
+    )
+    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args), flags)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

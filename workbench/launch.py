@@ -138,13 +138,16 @@ def global_batch(train: dict[str, Any], train_defaults: dict[str, Any], accelera
     return gb
 
 
-def launch_command(recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False) -> list[str]:
+def launch_command(
+    recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False, machine_flags: list[str] | None = None
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
         str(accelerate_config),
+        *(machine_flags or []),  # multi-machine values (workbench.multinode.launch_flags)
         "-m",
         "workbench",
         "train",
@@ -158,7 +161,12 @@ def launch_command(recipe: str, accelerate_config: str, overrides: list[str], re
 
 
 def launch(
-    recipe: str, accelerate_config: str, overrides: list[str], resume: bool = False, extra: list[str] | None = None
+    recipe: str,
+    accelerate_config: str,
+    overrides: list[str],
+    resume: bool = False,
+    extra: list[str] | None = None,
+    machine_flags: list[str] | None = None,
 ) -> int:
     """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code.
 
@@ -168,7 +176,7 @@ def launch(
     from workbench.secrets import redact_argv
 
     read_accelerate_config(accelerate_config)  # a clear error before spawning anything
-    cmd = launch_command(recipe, accelerate_config, overrides, resume) + list(extra or [])
+    cmd = launch_command(recipe, accelerate_config, overrides, resume, machine_flags) + list(extra or [])
     print("launching:", " ".join(redact_argv(cmd[1:])), flush=True)
     env = {**os.environ, "WORKBENCH_LAUNCHED": "1"}
     proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM))

@@ -58,6 +58,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, allow_c
     from transformers import set_seed
 
     state = init_distributed_state()
+    from workbench.multinode import prepare_machines
+
+    prepare_machines(state, recipe)  # same recipe and code on every process; shared run dir and cache across machines
     set_seed(recipe.seed)
     method = get_method(recipe.method)
     run_dir = Path(recipe.output_dir)
