@@ -116,6 +116,10 @@ class SyntheticSpec:
     task: Literal["vowels"] = _help("The rule: `vowels` prefers the response with the higher share of vowels.", default="vowels")
     num_pairs: int = _help("Number of pairs to generate.", default=512)
     seed: int = _help("Generator seed.", default=0)
+    topics_per_prompt: int = _help(
+        "Topics named in each prompt: 1 gives 80 distinct prompts, 2 gives 1,520 (enough held-out prompts for evaluation).",
+        default=1,
+    )
 
 
 @dataclass
@@ -550,6 +554,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
     for i, src in enumerate(recipe.data.sources):
         if (src.path is None) == (src.synthetic is None):
             problems.append(f"`data.sources.{i}` needs exactly one of `path` or `synthetic`")
+        if src.synthetic is not None and src.synthetic.topics_per_prompt not in (1, 2):
+            problems.append(f"`data.sources.{i}.synthetic.topics_per_prompt` must be 1 or 2, got {src.synthetic.topics_per_prompt}")
         if src.weight <= 0:
             problems.append(f"`data.sources.{i}.weight` must be > 0, got {src.weight}")
         if src.label is not None and src.format not in ("labeled-pair", "auto"):
