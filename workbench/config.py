@@ -211,6 +211,10 @@ class EvalConfig:
     gold_reward: RewardModelConfig | None = _help(
         "Independent scorer for `gold_reward_mean` (a reward model or a function).", default=None
     )
+    kl_warning: float = _help(
+        "KL to the reference (nats per response) above which a policy is flagged `kl_blowup` in the comparison report.",
+        default=20.0,
+    )
     judge: Literal["gold", "reward"] = _help(
         "Scorer of the win rate: `gold` (the independent scorer, falling back to the reward model) or `reward`.", default="gold"
     )
