@@ -177,7 +177,7 @@ def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, 
 
 
 def test_results_aggregate_over_seeds(tmp_path):
-    """Two seeds: each metric is the mean, `_std` the population std, per-seed values kept; a failed seed is reported."""
+    """Two seeds: each metric is the mean, `_std` the sample std (n - 1), per-seed values kept; a failed seed is reported."""
     from workbench.compare import Comparison, Stage, StageRun
     from workbench.config import EvalConfig
     from workbench.report import aggregate, best_rows
@@ -201,10 +201,15 @@ def test_results_aggregate_over_seeds(tmp_path):
     }
     res = {r["name"]: r for r in aggregate(comparison, runs)}
     assert list(res) == ["sft", "dpo"]  # the reward model is not a policy
-    assert res["sft"]["gold_reward_mean"] == pytest.approx(0.5) and res["sft"]["gold_reward_mean_std"] == pytest.approx(0.1)
+    # 0.4 and 0.6: sd = sqrt((0.1^2 + 0.1^2) / (2 - 1)) = 0.141421 (the population std would say 0.1)
+    assert res["sft"]["gold_reward_mean"] == pytest.approx(0.5) and res["sft"]["gold_reward_mean_std"] == pytest.approx(
+        0.141421, abs=1e-6
+    )
+    assert res["sft"]["num_seeds"] == 2 and res["dpo"]["num_seeds"] == 1
     assert res["sft"]["kl_to_reference"] == pytest.approx(3.0) and res["sft"]["status"] == "ok"
     assert res["dpo"]["status"] == "failed" and res["dpo"]["errors"] == ["seed 2: boom"]
-    assert res["dpo"]["gold_reward_mean"] == 0.5 and res["dpo"]["gold_reward_mean_std"] == 0.0
+    assert res["dpo"]["gold_reward_mean"] == 0.5 and res["dpo"]["gold_reward_mean_std"] is None  # one seed: no spread
     assert [s["seed"] for s in res["dpo"]["per_seed"]] == [1, 2]
     assert best_rows(list(res.values()), "kl_to_reference") == {"dpo"}  # lower is better for KL
+    assert best_rows(list(res.values()), "kl_to_reference", baseline="sft") == set()  # the baseline's own 0 wins nothing
     assert best_rows(list(res.values()), "gold_reward_mean") == {"sft", "dpo"}  # ties are all marked
