@@ -138,12 +138,26 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     assert res["after_bad"]["status"] == "skipped" and "needs stage bad" in res["after_bad"]["errors"][0]
     report = (out / "report.md").read_text()
     assert "## Failed or skipped stages" in report and "the reward server is down" in report
+    # where it is: stage i/n with the elapsed time
+    assert "[seed 42 | stage 1/4 | 0:" in first.stdout and "| stage 4/4 |" in first.stdout
+    # sample sizes, and the clustered stderr recomputed from the samples (one sample per prompt: the plain sd / sqrt(n))
+    assert (res["dpo"]["num_prompts"], res["dpo"]["samples_per_prompt"]) == (8, 1) and res["dpo"]["num_pairs"] > 0
+    assert f"evaluating 2 policies on 8 held-out prompts x 1 samples and {res['dpo']['num_pairs']} held-out pairs" in first.stdout
+    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    gold = [r["gold"] for r in rows]
+    assert len(gold) == 8 and len({r["prompt_index"] for r in rows}) == 8
+    mean = sum(gold) / 8
+    assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((g - mean) ** 2 for g in gold) / 7) ** 0.5 / 8**0.5)
+    # 8 new tokens are too few for a barely trained policy to finish: flagged, next to the policy
+    assert res["dpo"]["finished_share"] < 0.5 and "length_cap" in [f["code"] for f in res["dpo"]["health"]]
+    assert "| dpo ⚠ | dpo | 8 × 1 |" in report and "- ⚠ `dpo` — **length_cap**" in report
     before = {s: started(out, s) for s in ("sft", "dpo")}
 
     # a change to `sft` reruns it and `dpo`, which starts from it
     second = run_workbench(["compare", str(path), "--set", "stages.sft.train.max_steps=4"], timeout=900)
     assert second.returncode == 1
     assert "sft (sft): training" in second.stdout and "dpo (dpo): training" in second.stdout
+    assert "(last run took" in second.stdout  # an ETA from the stage's previous run
     assert all(started(out, s) != before[s] for s in ("sft", "dpo"))
     assert results(out)["sft"]["train_tokens"] > res["sft"]["train_tokens"]  # 4 steps instead of 3
 

@@ -314,7 +314,9 @@ def fmt(value: Any, err: Any = None, digits: int = 3) -> str:
         return "-"
     if isinstance(value, bool):
         text = str(value)
-    elif isinstance(value, int) or (isinstance(value, float) and (value.is_integer() and abs(value) >= 10 or abs(value) >= 1000)):
+    elif isinstance(value, int) or (
+        isinstance(value, float) and err is None and (value.is_integer() and abs(value) >= 10 or abs(value) >= 1000)
+    ):
         text = f"{round(value):,}"
     elif isinstance(value, float):
         text = f"{value:.{digits}f}"
@@ -435,8 +437,9 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
             continue
         win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
         text = f"`{r['name']}` {fmt_interval(d)}"
-        if win:
-            text += f" (win rate {0.5 + win['difference']:.2f} [{0.5 + win['low']:.2f}, {0.5 + win['high']:.2f}])"
+        if win:  # a rate: its t interval is shown clipped to [0, 1]
+            lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
+            text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
         (better if d["low"] > 0 else worse if d["high"] < 0 else noise).append(text)
     if baseline:
         lines.append(f"Judged by {judge_name}, difference from `{baseline}`:")
@@ -645,12 +648,16 @@ def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Pat
     """Horizontal bars: win rate vs the baseline with 95% clustered intervals; 0.5 = a tie."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results if r.get("win_rate_vs_baseline") is not None]
+    rows = [r for r in results if r.get("win_rate_vs_baseline") is not None and r["name"] != baseline]  # 0.5 by construction
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.8))
     ys = list(range(len(rows)))[::-1]
     rates = [r["win_rate_vs_baseline"] for r in rows]
-    errors = [_half_width(r, "win_rate_vs_baseline") for r in rows]
-    ax.barh(ys, rates, xerr=errors, capsize=5, color="#4c72b0", label=f"win rate ({INTERVAL_LABEL})")
+    halves = [_half_width(r, "win_rate_vs_baseline") for r in rows]
+    errors = [
+        [min(h, x) for x, h in zip(rates, halves)],
+        [min(h, 1.0 - x) for x, h in zip(rates, halves)],
+    ]  # a rate stays in [0, 1]
+    ax.barh(ys, rates, height=0.5, xerr=errors, capsize=5, color="#4c72b0", label=f"win rate ({INTERVAL_LABEL})")
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label=f"tie with {baseline}")
     ax.set_yticks(ys, [policy_label(r) for r in rows])
     ax.set_xlim(0, 1)

@@ -232,7 +232,7 @@ class Tracker:
         self._pending.update(clean)
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
-        if not sys.stderr.isatty():  # no progress bar off a terminal: one line per logging step instead
+        if not sys.stderr.isatty() and not getattr(self, "trainer_prints", False):  # off a terminal: a line per logging step
             print(step_line(step, clean, getattr(self, "total_steps", None)), flush=True)
 
     def flush(self) -> None:
@@ -297,6 +297,7 @@ def trainer_callback(tracker: Tracker) -> Any:
     class TrackingCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             tracker.total_steps = state.max_steps
+            tracker.trainer_prints = bool(args.disable_tqdm)  # transformers' PrinterCallback already prints each log
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and state.is_world_process_zero:
