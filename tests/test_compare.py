@@ -48,8 +48,25 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
         assert res[name]["kl_to_reference"] > 0 and res[name]["train_tokens"] > 0 and res[name]["peak_memory_mb"] > 0
     assert res["ppo"]["generated_tokens"] > 0 and res["rejection_sampling"]["generated_tokens"] > 0
 
+    # enough evidence, stated: 64 distinct held-out prompts x 4 samples for every policy
+    for r in res.values():
+        assert (r["num_prompts"], r["samples_per_prompt"]) == (64, 4) and r["num_pairs"] > 64
+        # a length-capped policy is flagged, and only then
+        assert ("length_cap" in [f["code"] for f in r["health"]]) == (r["finished_share"] < 0.5), r["name"]
+    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 256 and len({r["prompt_index"] for r in rows}) == 64
+    means = [sum(r["gold"] for r in rows if r["prompt_index"] == p) / 4 for p in range(64)]
+    m = sum(means) / 64
+    assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((x - m) ** 2 for x in means) / 63) ** 0.5 / 8)
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    assert d["low"] < d["difference"] < d["high"] and d["difference"] == pytest.approx(
+        res["dpo"]["gold_reward_mean"] - sft["gold_reward_mean"]
+    )
     report = (out / "report.md").read_text()
-    pngs = ["reward_vs_kl.png", "win_rate.png", "response_lengths.png", "best_of_n.png"]
+    assert report.split("\n")[2] == "## Findings" and "64 held-out prompts × 4 samples" in report
+    assert "## Reward model (`reward`)" in report and "length-only rule" in report
+    pngs = ["reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "best_of_n.png"]
+    pngs.append("reward_margins.png")
     for png in pngs:
         assert f"]({png})" in report
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
