@@ -174,7 +174,7 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     second = run_workbench(["compare", str(path), "--set", "stages.sft.train.max_steps=4"], timeout=900)
     assert second.returncode == 1
     assert "sft (sft): training" in second.stdout and "dpo (dpo): training" in second.stdout
-    assert "(last run took" in second.stdout  # an ETA from the stage's previous run
+    assert "(last run took" in second.stdout and "; ETA ~" in second.stdout  # an ETA from the stage's previous run
     assert all(started(out, s) != before[s] for s in ("sft", "dpo"))
     assert results(out)["sft"]["train_tokens"] > res["sft"]["train_tokens"]  # 4 steps instead of 3
 

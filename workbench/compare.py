@@ -344,7 +344,7 @@ class Progress:
     def eta(self, run: StageRun) -> str:
         """The stage's duration last time it trained (any fingerprint), when this directory has one."""
         previous = read_json(run.run_dir / "stage.json").get("seconds")
-        return f" (last run took {duration(previous)}, ETA {duration(previous)})" if isinstance(previous, (int, float)) else ""
+        return f" (last run took {duration(previous)}; ETA ~{duration(previous)})" if isinstance(previous, (int, float)) else ""
 
 
 def train_seed(comparison: Comparison, seed: int, progress: Progress | None = None) -> dict[str, StageRun]:

@@ -87,7 +87,7 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
             values = [s[key] for s in per_seed if isinstance(s.get(key), (int, float)) and not _nan(s[key])]
             mean, std, n = S.seed_spread(values) if values else (None, None, 0)
             entry[key] = mean
-            if key in SAMPLE_FIELDS or key in ("preference_accuracy", "distinct_2"):
+            if key in SAMPLE_FIELDS:
                 entry[f"{key}_stderr"] = None
             if num_seeds > 1:
                 entry[f"{key}_std"] = None if std is None or _nan(std) else std
@@ -140,6 +140,8 @@ def clustered(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
 
 def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
     """policy - baseline on the same (seed, prompt, sample index), clustered by prompt."""
+    if any("sample_index" not in r for r in (*rows, *base_rows)):
+        return None  # samples from an older evaluation cannot be paired
     base = {_key(r): _value(r, field) for r in base_rows}
     policy, baseline, clusters = [], [], []
     for r in rows:
@@ -153,7 +155,7 @@ def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: s
 
 
 def _key(row: dict[str, Any]) -> tuple[Hashable, ...]:
-    return (row["seed"], row["prompt_index"], row.get("sample_index", 0))
+    return (row["seed"], row["prompt_index"], row["sample_index"])
 
 
 def _interval(est: S.Estimate) -> dict[str, float]:
