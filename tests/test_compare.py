@@ -167,7 +167,7 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((g - mean) ** 2 for g in gold) / 7) ** 0.5 / 8**0.5)
     # 8 new tokens are too few for a barely trained policy to finish: flagged, next to the policy
     assert res["dpo"]["finished_share"] < 0.5 and "length_cap" in [f["code"] for f in res["dpo"]["health"]]
-    assert "| dpo ⚠ | dpo | 8 × 1 |" in report and "- ⚠ `dpo` — **length_cap**" in report
+    assert f"| dpo ⚠ | dpo | 8 × 1, {res['dpo']['num_pairs']} |" in report and "- ⚠ `dpo` — **length_cap**" in report
     before = {s: started(out, s) for s in ("sft", "dpo")}
 
     # a change to `sft` reruns it and `dpo`, which starts from it

@@ -135,7 +135,7 @@ def test_health_flags_sit_next_to_their_policy(finished_comparison):
     noise = next(line for line in report.splitlines() if line.startswith("- **Within noise**"))
     assert "`dpo` +0.100 [+0.074, +0.126]" in beat and "`ppo`" in noise and "ppo" not in beat
     assert "- ⚠ `ppo` — **length_cap**: only 0% of responses end before the 16-token cap" in report
-    assert "| ppo ⚠ | ppo | 4 × 2 |" in report and "| dpo | dpo | 4 × 2 |" in report
+    assert "| ppo ⚠ | ppo | 4 × 2, 50 |" in report and "| dpo | dpo | 4 × 2, 50 |" in report
     assert "## Reward model (`rm`)" in report and "| 50 | 0.520 | 0.600 | 0.5 ± 0.139 | 0.550 |" in report
     assert "48% of pairs ranked the wrong way" in report
     # the baseline's own zero KL is not "best"; dpo's 2.500 is

@@ -351,14 +351,14 @@ def quality_table(results: list[dict[str, Any]], baseline: str | None, num_seeds
     head = [
         "policy",
         "method",
-        "prompts × samples",
+        "prompts × samples, pairs",
         *[SHORT[k] for k in keys],
         f"Δ {SHORT[judge]} vs {baseline} [95% CI]",
         "finished",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        size = f"{r['num_prompts']} × {r['samples_per_prompt']}" if r.get("num_prompts") else "-"
+        size = f"{r['num_prompts']} × {r['samples_per_prompt']}, {r['num_pairs']}" if r.get("num_prompts") else "-"
         cells = []
         for k in keys:
             cell = fmt(r.get(k), r.get(f"{k}_stderr"))
