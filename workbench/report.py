@@ -651,7 +651,7 @@ def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Pat
     import matplotlib.pyplot as plt
 
     rows = [r for r in results if r.get("win_rate_vs_baseline") is not None and r["name"] != baseline]  # 0.5 by construction
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
     ys = list(range(len(rows)))[::-1]
     rates = [r["win_rate_vs_baseline"] for r in rows]
     halves = [_half_width(r, "win_rate_vs_baseline") for r in rows]
@@ -665,7 +665,7 @@ def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Pat
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"win rate vs {baseline} (ties half)")
     ax.set_title("Win rate vs the baseline")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -678,7 +678,7 @@ def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: P
 
     key = judge_metric(results)
     rows = [r for r in results if (r.get("vs_baseline") or {}).get(key)]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
     ys = list(range(len(rows)))[::-1]
     for y, r in zip(ys, rows):
         d = r["vs_baseline"][key]
@@ -698,7 +698,7 @@ def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: P
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({INTERVAL_LABEL})")
     ax.set_title(f"{SHORT[key].capitalize()}: difference from the baseline")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
