@@ -172,3 +172,23 @@ def test_eval_refuses_what_it_cannot_evaluate(tmp_path, tiny_model):
     assert res.returncode == 2 and "data.eval_split" in res.stderr
     res = run_workbench(["eval", str(tmp_path / "nowhere")])
     assert res.returncode == 2 and "not a run directory" in res.stderr
+
+
+def test_quickstart_evaluates_64_distinct_held_out_prompts(tokenizer):
+    """The README's comparison has enough evidence: 64 distinct prompts unseen in training, and over 64 held-out pairs."""
+    import dataclasses
+
+    from workbench.compare import load_comparison, stage_recipe
+    from workbench.config import SyntheticSpec, recipe_from_dict
+    from workbench.data.synthetic import generate
+    from workbench.evaluate import eval_inputs
+
+    comparison = load_comparison("recipes/quickstart.yaml")
+    recipe = recipe_from_dict({**stage_recipe(comparison, comparison.stages["sft"], 42), "train": {}}, source="test")
+    inputs = eval_inputs(dataclasses.replace(recipe, eval=comparison.eval), tokenizer)
+    assert len(inputs.prompts) == 64 == len({tuple(p) for p in inputs.prompt_ids}) and len(inputs.pairs) > 64
+    train_prompts = {r["prompt"] for r in generate(recipe.data.sources[0].synthetic)} - {p for p, _, _ in inputs.pair_texts}
+    assert not set(inputs.prompts) & train_prompts  # held out by prompt
+    # one topic per prompt (the default) keeps the original 80 prompts
+    one = list(generate(SyntheticSpec(num_pairs=400, seed=0)))
+    assert len({r["prompt"] for r in one}) <= 80 and not any(" and " in r["prompt"] for r in one)
