@@ -72,7 +72,7 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| reward | reward | completed |" in report  # the reward model's cost is in the stage table
     best_gold = max(res.values(), key=lambda r: r["gold_reward_mean"])["name"]
-    gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} |"))
+    gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} "))
     assert f"**{res[best_gold]['gold_reward_mean']:.3f}**" in gold_row
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + len(POLICIES) and "win_rate_vs_baseline" in rows[0]
