@@ -48,14 +48,31 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
         assert res[name]["kl_to_reference"] > 0 and res[name]["train_tokens"] > 0 and res[name]["peak_memory_mb"] > 0
     assert res["ppo"]["generated_tokens"] > 0 and res["rejection_sampling"]["generated_tokens"] > 0
 
+    # enough evidence, stated: 64 distinct held-out prompts x 4 samples for every policy
+    for r in res.values():
+        assert (r["num_prompts"], r["samples_per_prompt"]) == (64, 4) and r["num_pairs"] > 64
+        # a length-capped policy is flagged, and only then
+        assert ("length_cap" in [f["code"] for f in r["health"]]) == (r["finished_share"] < 0.5), r["name"]
+    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 256 and len({r["prompt_index"] for r in rows}) == 64
+    means = [sum(r["gold"] for r in rows if r["prompt_index"] == p) / 4 for p in range(64)]
+    m = sum(means) / 64
+    assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((x - m) ** 2 for x in means) / 63) ** 0.5 / 8)
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    assert d["low"] < d["difference"] < d["high"] and d["difference"] == pytest.approx(
+        res["dpo"]["gold_reward_mean"] - sft["gold_reward_mean"]
+    )
     report = (out / "report.md").read_text()
-    pngs = ["reward_vs_kl.png", "win_rate.png", "response_lengths.png", "best_of_n.png"]
+    assert report.split("\n")[2] == "## Findings" and "64 held-out prompts × 4 samples" in report
+    assert "## Reward model (`reward`)" in report and "length-only rule" in report
+    pngs = ["reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "best_of_n.png"]
+    pngs.append("reward_margins.png")
     for png in pngs:
         assert f"]({png})" in report
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| reward | reward | completed |" in report  # the reward model's cost is in the stage table
     best_gold = max(res.values(), key=lambda r: r["gold_reward_mean"])["name"]
-    gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} |"))
+    gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} "))
     assert f"**{res[best_gold]['gold_reward_mean']:.3f}**" in gold_row
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + len(POLICIES) and "win_rate_vs_baseline" in rows[0]
@@ -138,12 +155,26 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     assert res["after_bad"]["status"] == "skipped" and "needs stage bad" in res["after_bad"]["errors"][0]
     report = (out / "report.md").read_text()
     assert "## Failed or skipped stages" in report and "the reward server is down" in report
+    # where it is: stage i/n with the elapsed time
+    assert "[seed 42 | stage 1/4 | 0:" in first.stdout and "| stage 4/4 |" in first.stdout
+    # sample sizes, and the clustered stderr recomputed from the samples (one sample per prompt: the plain sd / sqrt(n))
+    assert (res["dpo"]["num_prompts"], res["dpo"]["samples_per_prompt"]) == (8, 1) and res["dpo"]["num_pairs"] > 0
+    assert f"evaluating 2 policies on 8 held-out prompts x 1 samples and {res['dpo']['num_pairs']} held-out pairs" in first.stdout
+    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    gold = [r["gold"] for r in rows]
+    assert len(gold) == 8 and len({r["prompt_index"] for r in rows}) == 8
+    mean = sum(gold) / 8
+    assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((g - mean) ** 2 for g in gold) / 7) ** 0.5 / 8**0.5)
+    # 8 new tokens are too few for a barely trained policy to finish: flagged, next to the policy
+    assert res["dpo"]["finished_share"] < 0.5 and "length_cap" in [f["code"] for f in res["dpo"]["health"]]
+    assert f"| dpo ⚠ | dpo | 8 × 1, {res['dpo']['num_pairs']} |" in report and "- ⚠ `dpo` — **length_cap**" in report
     before = {s: started(out, s) for s in ("sft", "dpo")}
 
     # a change to `sft` reruns it and `dpo`, which starts from it
     second = run_workbench(["compare", str(path), "--set", "stages.sft.train.max_steps=4"], timeout=900)
     assert second.returncode == 1
     assert "sft (sft): training" in second.stdout and "dpo (dpo): training" in second.stdout
+    assert "(last run took" in second.stdout and "; ETA ~" in second.stdout  # an ETA from the stage's previous run
     assert all(started(out, s) != before[s] for s in ("sft", "dpo"))
     assert results(out)["sft"]["train_tokens"] > res["sft"]["train_tokens"]  # 4 steps instead of 3
 
@@ -177,7 +208,7 @@ def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, 
 
 
 def test_results_aggregate_over_seeds(tmp_path):
-    """Two seeds: each metric is the mean, `_std` the population std, per-seed values kept; a failed seed is reported."""
+    """Two seeds: each metric is the mean, `_std` the sample std (n - 1), per-seed values kept; a failed seed is reported."""
     from workbench.compare import Comparison, Stage, StageRun
     from workbench.config import EvalConfig
     from workbench.report import aggregate, best_rows
@@ -201,10 +232,15 @@ def test_results_aggregate_over_seeds(tmp_path):
     }
     res = {r["name"]: r for r in aggregate(comparison, runs)}
     assert list(res) == ["sft", "dpo"]  # the reward model is not a policy
-    assert res["sft"]["gold_reward_mean"] == pytest.approx(0.5) and res["sft"]["gold_reward_mean_std"] == pytest.approx(0.1)
+    # 0.4 and 0.6: sd = sqrt((0.1^2 + 0.1^2) / (2 - 1)) = 0.141421 (the population std would say 0.1)
+    assert res["sft"]["gold_reward_mean"] == pytest.approx(0.5) and res["sft"]["gold_reward_mean_std"] == pytest.approx(
+        0.141421, abs=1e-6
+    )
+    assert res["sft"]["num_seeds"] == 2 and res["dpo"]["num_seeds"] == 1
     assert res["sft"]["kl_to_reference"] == pytest.approx(3.0) and res["sft"]["status"] == "ok"
     assert res["dpo"]["status"] == "failed" and res["dpo"]["errors"] == ["seed 2: boom"]
-    assert res["dpo"]["gold_reward_mean"] == 0.5 and res["dpo"]["gold_reward_mean_std"] == 0.0
+    assert res["dpo"]["gold_reward_mean"] == 0.5 and res["dpo"]["gold_reward_mean_std"] is None  # one seed: no spread
     assert [s["seed"] for s in res["dpo"]["per_seed"]] == [1, 2]
     assert best_rows(list(res.values()), "kl_to_reference") == {"dpo"}  # lower is better for KL
+    assert best_rows(list(res.values()), "kl_to_reference", baseline="sft") == set()  # the baseline's own 0 wins nothing
     assert best_rows(list(res.values()), "gold_reward_mean") == {"sft", "dpo"}  # ties are all marked

@@ -24,7 +24,6 @@ def test_win_rate_counts_ties_half():
     # 1 > 0 win, 2 = 2 tie, 3 < 4 loss, 3 > 1 win -> (1 + 0.5 + 0 + 1) / 4
     assert M.win_rate([1.0, 2.0, 3.0, 3.0], [0.0, 2.0, 4.0, 1.0]) == 0.625
     assert M.win_rate([0.3] * 5, [0.3] * 5) == 0.5
-    assert M.binomial_stderr(0.5, 100) == pytest.approx(0.05)
 
 
 def test_distinct_2_by_hand():
@@ -102,6 +101,20 @@ def test_policy_equal_to_reference_and_baseline(tmp_path, tiny_model):
     assert m["gold_reward_mean"] == pytest.approx(sum(r["gold"] for r in rows) / len(rows))
     assert m["response_length_mean"] == pytest.approx(sum(r["num_tokens"] for r in rows) / len(rows))
     assert m["reward_mean"] is None  # no reward model configured, and none invented
+    assert m["reward_mean_stderr"] is None
+    # sample sizes, and standard errors clustered by prompt recomputed from the rows
+    assert (m["num_prompts"], m["samples_per_prompt"], m["num_pairs"]) == (details["num_prompts"], 2, 20)
+    assert [r["sample_index"] for r in rows[:4]] == [0, 1, 0, 1] and {r["prompt_index"] for r in rows[:2]} == {0}
+    by_prompt: dict[int, list[float]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_index"], []).append(r["gold"])
+    means = [sum(v) / len(v) for v in by_prompt.values()]
+    k = len(means)
+    sd = math.sqrt(sum((x - sum(means) / k) ** 2 for x in means) / (k - 1))
+    assert m["gold_reward_mean_stderr"] == pytest.approx(sd / math.sqrt(k))
+    # against itself: every sample ties the baseline's and has zero KL, so those errors are exactly 0
+    assert all(r["win"] == 0.5 and r["kl_to_reference"] == 0.0 for r in rows)
+    assert m["win_rate_vs_baseline_stderr"] == 0.0 and m["kl_to_reference_stderr"] == 0.0
 
 
 def forward_sum(model, prompt: list[int], response: list[int]) -> float:
@@ -159,3 +172,23 @@ def test_eval_refuses_what_it_cannot_evaluate(tmp_path, tiny_model):
     assert res.returncode == 2 and "data.eval_split" in res.stderr
     res = run_workbench(["eval", str(tmp_path / "nowhere")])
     assert res.returncode == 2 and "not a run directory" in res.stderr
+
+
+def test_quickstart_evaluates_64_distinct_held_out_prompts(tokenizer):
+    """The README's comparison has enough evidence: 64 distinct prompts unseen in training, and over 64 held-out pairs."""
+    import dataclasses
+
+    from workbench.compare import load_comparison, stage_recipe
+    from workbench.config import SyntheticSpec, recipe_from_dict
+    from workbench.data.synthetic import generate
+    from workbench.evaluate import eval_inputs
+
+    comparison = load_comparison("recipes/quickstart.yaml")
+    recipe = recipe_from_dict({**stage_recipe(comparison, comparison.stages["sft"], 42), "train": {}}, source="test")
+    inputs = eval_inputs(dataclasses.replace(recipe, eval=comparison.eval), tokenizer)
+    assert len(inputs.prompts) == 64 == len({tuple(p) for p in inputs.prompt_ids}) and len(inputs.pairs) > 64
+    train_prompts = {r["prompt"] for r in generate(recipe.data.sources[0].synthetic)} - {p for p, _, _ in inputs.pair_texts}
+    assert not set(inputs.prompts) & train_prompts  # held out by prompt
+    # one topic per prompt (the default) keeps the original 80 prompts
+    one = list(generate(SyntheticSpec(num_pairs=400, seed=0)))
+    assert len({r["prompt"] for r in one}) <= 80 and not any(" and " in r["prompt"] for r in one)

@@ -247,6 +247,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             + (f" gold {gold:.3f}" if gold is not None else "")
             + (f" win rate {win:.3f}" if win is not None else "")
             + (f" KL {r['kl_to_reference']:.2f}" if r.get("kl_to_reference") is not None else "")
+            + ("  ⚠ " + ", ".join(f["code"] for f in r["health"]) if r.get("health") else "")
         )
     print(f"report: {out / 'report.md'} (results: {out / 'results.json'}, {out / 'results.csv'})")
     if outcome.failed:

@@ -328,27 +328,56 @@ def run_stage(run: StageRun) -> None:
     write_json(state_path, {"fingerprint": run.fingerprint, "status": run.status, "error": run.error, "seconds": run.seconds})
 
 
-def train_seed(comparison: Comparison, seed: int) -> dict[str, StageRun]:
+def duration(seconds: float) -> str:
+    """0:07, 3:05, 1:02:03: short enough for a progress line."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@dataclass
+class Progress:
+    """Where the comparison stands: stage i of n, time since it began, and an ETA from previous runs' durations."""
+
+    total: int
+    started: float = field(default_factory=time.time)
+    done: int = 0
+
+    def prefix(self, seed: int) -> str:
+        return f"[seed {seed} | stage {self.done + 1}/{self.total} | {duration(time.time() - self.started)}]"
+
+    def eta(self, run: StageRun) -> str:
+        """The stage's duration last time it trained (any fingerprint), when this directory has one."""
+        previous = read_json(run.run_dir / "stage.json").get("seconds")
+        return f" (last run took {duration(previous)}; ETA ~{duration(previous)})" if isinstance(previous, (int, float)) else ""
+
+
+def train_seed(comparison: Comparison, seed: int, progress: Progress | None = None) -> dict[str, StageRun]:
     """Every stage of one seed, in order; a stage whose upstream failed is skipped, the others still run."""
+    progress = progress or Progress(len(comparison.stages))
     runs: dict[str, StageRun] = {}
     for stage in comparison.stages.values():
         recipe = stage_recipe(comparison, stage, seed)
         run = StageRun(stage, seed, recipe, Path(recipe["output_dir"]))
         runs[stage.name] = run
         broken = [u for u in stage.upstream if not runs[u].ok]
+        prefix = progress.prefix(seed)
+        progress.done += 1
         if broken:
             run.status, run.error = "skipped", f"needs stage {broken[0]}, which {runs[broken[0]].status}"
-            print(f"[seed {seed}] {stage.name}: skipped ({run.error})", flush=True)
+            print(f"{prefix} {stage.name}: skipped ({run.error})", flush=True)
             continue
         run.fingerprint = stage_fingerprint(run, {u: runs[u].fingerprint for u in stage.upstream})
         if is_cached(run):
             run.status = "cached"
-            print(f"[seed {seed}] {stage.name} ({run.method}): cached, fingerprint {run.fingerprint}", flush=True)
+            print(f"{prefix} {stage.name} ({run.method}): cached, fingerprint {run.fingerprint}", flush=True)
             continue
-        print(f"[seed {seed}] {stage.name} ({run.method}): training in {run.run_dir} ...", flush=True)
+        print(f"{prefix} {stage.name} ({run.method}): training in {run.run_dir} ...{progress.eta(run)}", flush=True)
         run_stage(run)
         print(
-            f"[seed {seed}] {stage.name}: {run.status} in {run.seconds:.0f}s" + (f" - {run.error}" if run.error else ""),
+            f"{prefix} {stage.name}: {run.status} in {duration(run.seconds)} (total {duration(time.time() - progress.started)})"
+            + (f" - {run.error}" if run.error else ""),
             flush=True,
         )
     return runs
@@ -380,6 +409,29 @@ def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inp
     return stable_hash([run.fingerprint, dataclasses.asdict(cfg), inputs_fp, related])[:16]
 
 
+def evaluate_reward_model(comparison: Comparison, runs: dict[str, StageRun], cfg: EvalConfig, inputs: Any, seed: int) -> None:
+    """The reward stage's model on the same held-out pairs: reward_eval.json in its run directory (cached by fingerprint)."""
+    from workbench import evaluate as ev
+
+    run = runs.get(comparison.reward_stage or "")
+    if run is None or not run.ok or cfg.reward_model is None or not inputs.pairs:
+        return
+    fp = stable_hash([run.fingerprint, dataclasses.asdict(cfg.reward_model), inputs.fingerprint])[:16]
+    path = run.run_dir / "reward_eval.json"
+    if read_json(path).get("fingerprint") == fp:
+        return
+    from workbench.scoring import reward_source
+
+    t0 = time.time()
+    result = ev.reward_model_metrics(reward_source(cfg.reward_model, inputs.max_length), inputs)
+    write_json(path, {"fingerprint": fp, **result})
+    print(
+        f"[seed {seed}] {run.stage.name}: reward model held-out accuracy {result['accuracy']:.3f} on {result['num_pairs']} pairs "
+        f"(length-only rule {result['length_baseline_accuracy']:.3f}), {time.time() - t0:.0f}s",
+        flush=True,
+    )
+
+
 def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) -> None:
     """The shared evaluation of every trained policy of one seed, on one set of prompts and baseline samples."""
     from workbench import evaluate as ev
@@ -392,13 +444,19 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
     first = recipe_from_dict({**policies[0].recipe, "train": {}}, source=f"stage {policies[0].stage.name}")
     tokenizer = load_tokenizer(dataclasses.replace(first.model, name_or_path=str(policies[0].model_dir)))
     inputs = ev.eval_inputs(dataclasses.replace(first, eval=cfg), tokenizer)
+    print(
+        f"[seed {seed}] evaluating {len(policies)} policies on {len(inputs.prompts)} held-out prompts x "
+        f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
+        flush=True,
+    )
+    evaluate_reward_model(comparison, runs, cfg, inputs, seed)
     baseline = None
-    for run in policies:
+    for i, run in enumerate(policies, 1):
         fp = eval_fingerprint(comparison, run, cfg, inputs.fingerprint, runs)
         saved = read_json(run.run_dir / "eval.json")
         if saved.get("details", {}).get("eval_fingerprint") == fp:
             run.evaluation = saved["metrics"]
-            print(f"[seed {seed}] {run.stage.name}: evaluation cached", flush=True)
+            print(f"[seed {seed}] eval {i}/{len(policies)} {run.stage.name}: evaluation cached", flush=True)
             continue
         recipe = recipe_from_dict({**run.recipe, "train": {}}, source=f"stage {run.stage.name}")
         scorers = ev.scorers_for(cfg, recipe, inputs.max_length)
@@ -414,7 +472,7 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
             run.status, run.error = "failed", f"evaluation: {exc}"
             print(f"[seed {seed}] {run.stage.name}: evaluation failed - {exc}", flush=True)
             continue
-        print(f"[seed {seed}] {run.stage.name}: evaluated in {time.time() - t0:.0f}s", flush=True)
+        print(f"[seed {seed}] eval {i}/{len(policies)} {run.stage.name}: evaluated in {duration(time.time() - t0)}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,8 +498,9 @@ def compare(comparison: Comparison) -> Outcome:
     os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs and the report say what W&B would
     comparison.output_dir.mkdir(parents=True, exist_ok=True)
     outcome = Outcome(comparison)
+    progress = Progress(len(comparison.seeds) * len(comparison.stages))
     for seed in comparison.seeds:
-        outcome.runs[seed] = train_seed(comparison, seed)
+        outcome.runs[seed] = train_seed(comparison, seed, progress)
         evaluate_seed(comparison, seed, outcome.runs[seed])
     outcome.results = aggregate(comparison, outcome.runs)
     write_outputs(comparison, outcome)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import metrics as M
+from workbench import stats as S
 from workbench.config import EvalConfig, Recipe, dump_yaml, recipe_from_dict
 from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
@@ -61,6 +62,7 @@ class EvalInputs:
     pairs: list[Any]  # TokenizedPair; empty when the data has no pairs
     fingerprint: str
     max_length: int
+    pair_texts: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (prompt, chosen, rejected) of `pairs`
 
 
 @dataclass
@@ -72,6 +74,17 @@ class Samples:
     finished: list[bool]
     texts: list[str]
     scores: dict[str, list[float]] = field(default_factory=dict)  # scorer name -> one score per response
+    per_sample: dict[str, list[float]] = field(default_factory=dict)  # measured per response: KL, win vs baseline
+
+    @property
+    def sample_index(self) -> list[int]:
+        """Each response's index among its prompt's samples (pairs a policy's sample with the baseline's)."""
+        seen: dict[int, int] = {}
+        out = []
+        for p in self.prompt_index:
+            out.append(seen.get(p, 0))
+            seen[p] = out[-1] + 1
+        return out
 
     def sampled_ids(self, eos_id: int) -> list[list[int]]:
         """The tokens the policy actually sampled: a finished response also sampled its EOS."""
@@ -81,13 +94,17 @@ class Samples:
         return [
             {
                 "prompt_index": p,
+                "sample_index": s,
                 "prompt": prompts[p],
                 "response": text,
                 "num_tokens": len(ids),
                 "finished": done,
                 **{name: values[i] for name, values in self.scores.items()},
+                **{name: values[i] for name, values in self.per_sample.items()},
             }
-            for i, (p, ids, done, text) in enumerate(zip(self.prompt_index, self.token_ids, self.finished, self.texts))
+            for i, (p, s, ids, done, text) in enumerate(
+                zip(self.prompt_index, self.sample_index, self.token_ids, self.finished, self.texts)
+            )
         ]
 
 
@@ -118,8 +135,9 @@ def eval_inputs(recipe: Recipe, tokenizer: Any) -> EvalInputs:
     if not prompts:
         raise WorkbenchError(f"the eval split of `data` is empty (eval_split {data.eval_split}); raise `data.eval_split`")
     pairs = list(records[: cfg.num_pairs]) if prepared.kind == "preference" else []
+    pair_texts = [(r["prompt"], r["chosen"], r["rejected"]) for r in prepared.eval[: len(pairs)]]
     fingerprint = stable_hash([prompt_ids, [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs]])[:16]
-    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length)
+    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length, pair_texts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,8 +207,15 @@ def judge_of(cfg: EvalConfig, scorers: dict[str, Any]) -> str | None:
 def quality_metrics(
     samples: Samples, policy: LogProbs, reference: LogProbs, baseline: Samples | None, judge: str | None
 ) -> dict[str, Any]:
-    """Every quality metric from the samples, their log-probs under policy and reference, and the baseline's samples."""
+    """Every quality metric from the samples, their log-probs under policy and reference, and the baseline's samples.
+
+    Each mean gets `<metric>_stderr`, clustered by prompt (stats.clustered_mean); the per-response values
+    behind KL and win rate are kept in `samples.per_sample` for eval_samples.jsonl.
+    """
     kls = [M.sequence_kl(a, b) for a, b in zip(policy.samples, reference.samples)]
+    lengths = [float(len(t)) for t in samples.token_ids]
+    finished = [float(f) for f in samples.finished]
+    samples.per_sample["kl_to_reference"] = [k3 for _, k3 in kls]
     out: dict[str, Any] = {
         "reward_mean": _mean(samples.scores.get("reward")),
         "gold_reward_mean": _mean(samples.scores.get("gold")),
@@ -198,18 +223,46 @@ def quality_metrics(
         "kl_to_reference": _mean([k3 for _, k3 in kls]),
         "kl_to_reference_k1": _mean([k1 for k1, _ in kls]),
         "preference_accuracy": None,
-        "response_length_mean": _mean([float(len(t)) for t in samples.token_ids]),
+        "response_length_mean": _mean(lengths),
         "distinct_2": M.distinct_n(samples.token_ids, 2),
-        "finished_share": _mean([float(f) for f in samples.finished]),
+        "finished_share": _mean(finished),
     }
     if policy.chosen:
         chosen = M.implicit_rewards(policy.chosen, reference.chosen)
         rejected = M.implicit_rewards(policy.rejected, reference.rejected)
         out["preference_accuracy"] = M.pairwise_accuracy(chosen, rejected)
     if baseline is not None and judge is not None:
+        samples.per_sample["win"] = S.win_indicators(samples.scores[judge], baseline.scores[judge])
         out["win_rate_vs_baseline"] = M.win_rate(samples.scores[judge], baseline.scores[judge])
-        out["win_rate_stderr"] = M.binomial_stderr(out["win_rate_vs_baseline"], len(samples.texts))
+    per_response = {
+        "reward_mean": samples.scores.get("reward"),
+        "gold_reward_mean": samples.scores.get("gold"),
+        "win_rate_vs_baseline": samples.per_sample.get("win"),
+        "kl_to_reference": samples.per_sample["kl_to_reference"],
+        "response_length_mean": lengths,
+        "finished_share": finished,
+    }
+    for key, values in per_response.items():
+        out[f"{key}_stderr"] = S.clustered_mean(values, samples.prompt_index).stderr if values else None
     return out
+
+
+def reward_model_metrics(scorer: Callable[..., list[float]], inputs: EvalInputs) -> dict[str, Any]:
+    """The pipeline's reward model on the held-out pairs the policies are judged with: accuracy, the length-only
+    rule's accuracy on the same pairs (response tokens), and every margin (chosen - rejected score)."""
+    if not inputs.pair_texts:
+        return {}
+    prompts = [p for p, _, _ in inputs.pair_texts]
+    chosen = scorer(prompts, [c for _, c, _ in inputs.pair_texts])
+    rejected = scorer(prompts, [r for _, _, r in inputs.pair_texts])
+    return {
+        "accuracy": M.pairwise_accuracy(chosen, rejected),
+        "length_baseline_accuracy": M.length_baseline_accuracy(
+            [len(p.chosen_ids) for p in inputs.pairs], [len(p.rejected_ids) for p in inputs.pairs]
+        ),
+        "num_pairs": len(chosen),
+        "margins": [c - r for c, r in zip(chosen, rejected)],
+    }
 
 
 def _mean(values: Sequence[float] | None) -> float | None:
@@ -327,6 +380,9 @@ def evaluate_run(
         "name": recipe.tracking.name or run_dir.name,
         "method": recipe.method,
         **quality_metrics(samples, policy_lp, reference_lp, baseline, judge),
+        "num_prompts": len(inputs.prompts),
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "num_pairs": len(inputs.pairs),
         **cost_metrics(run_dir),
     }
     details = {
@@ -337,6 +393,7 @@ def evaluate_run(
         "scorers": sorted(scorers),
         "num_prompts": len(inputs.prompts),
         "num_samples": len(samples.texts),
+        "samples_per_prompt": cfg.samples_per_prompt,
         "num_pairs": len(inputs.pairs),
         "inputs_fingerprint": inputs.fingerprint,
         "settings": dataclasses.asdict(cfg),

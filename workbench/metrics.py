@@ -34,11 +34,6 @@ def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float]) -
     return pairwise_accuracy(policy_scores, baseline_scores)
 
 
-def binomial_stderr(rate: float, n: int) -> float:
-    """Standard error of a rate measured on n independent items (the error bar of one seed's win rate)."""
-    return math.sqrt(rate * (1.0 - rate) / n) if n > 0 and not math.isnan(rate) else float("nan")
-
-
 def distinct_n(sequences: Sequence[Sequence[int]], n: int = 2) -> float:
     """Distinct n-grams over all n-grams of all sequences: 1.0 = no n-gram repeats anywhere (diversity)."""
     grams = [tuple(seq[i : i + n]) for seq in sequences for i in range(len(seq) - n + 1)]

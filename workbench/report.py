@@ -1,19 +1,26 @@
-"""The comparison's outputs: results.json / results.csv, report.md with tables and PNG plots, and W&B.
+"""The comparison's outputs: results.json / results.csv, report.md with findings, tables and PNG plots, and W&B.
 
-Reads only what the stages wrote (eval.json, eval_samples.jsonl, manifest.json, metrics.jsonl),
-so a report can be rebuilt from a finished comparison directory.
+Reads only what the stages wrote (eval.json, eval_samples.jsonl, reward_eval.json, manifest.json,
+metrics.jsonl), so a report can be rebuilt from a finished comparison directory.
+
+Uncertainty: every mean carries a standard error clustered by prompt, recomputed here from the
+samples of every seed pooled by prompt; each policy's difference from the baseline is paired on
+(seed, prompt, sample index) and given a 95% t interval (workbench.stats). The spread between
+seeds is reported separately as a sample standard deviation (n - 1) with the number of seeds.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench import health as H
+from workbench import stats as S
 from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
-from workbench.metrics import mean_std
 
 if TYPE_CHECKING:
     from workbench.compare import Comparison, Outcome, StageRun
@@ -27,12 +34,37 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "preference_accuracy": True,
     "response_length_mean": None,
     "distinct_2": True,
+    "finished_share": None,
     "wall_seconds": False,
     "train_tokens": None,
     "generated_tokens": None,
     "peak_memory_mb": False,
 }
-EXTRA_METRICS = ("kl_to_reference_k1", "win_rate_stderr", "finished_share")
+# Metrics measured against the baseline itself: the baseline's own value (0 KL, 0.5) wins nothing.
+RELATIVE_TO_BASELINE = ("win_rate_vs_baseline", "kl_to_reference", "preference_accuracy")
+EXTRA_METRICS = ("kl_to_reference_k1", "finished_share")
+SIZE_KEYS = ("num_prompts", "samples_per_prompt", "num_pairs")
+# Metric -> the per-response field of eval_samples.jsonl it is the mean of.
+SAMPLE_FIELDS = {
+    "reward_mean": "reward",
+    "gold_reward_mean": "gold",
+    "win_rate_vs_baseline": "win",
+    "kl_to_reference": "kl_to_reference",
+    "response_length_mean": "num_tokens",
+    "finished_share": "finished",
+}
+PAIRED_METRICS = ("reward_mean", "gold_reward_mean", "kl_to_reference", "response_length_mean")
+SHORT = {
+    "reward_mean": "reward",
+    "gold_reward_mean": "gold reward",
+    "win_rate_vs_baseline": "win rate",
+    "kl_to_reference": "KL",
+    "preference_accuracy": "pref. acc.",
+    "response_length_mean": "length",
+    "distinct_2": "distinct-2",
+    "finished_share": "finished",
+}
+WARN = "⚠"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,8 +72,10 @@ EXTRA_METRICS = ("kl_to_reference_k1", "win_rate_stderr", "finished_share")
 
 
 def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> list[dict[str, Any]]:
-    """One object per policy stage: every metric's mean over seeds (and `<metric>_std` with several seeds), plus per-seed values."""
+    """One object per policy stage: every metric's mean over seeds (`<metric>_std`, n - 1, with several seeds),
+    `<metric>_stderr` clustered by prompt, paired differences vs the baseline, sample sizes, health flags, per-seed values."""
     results = []
+    num_seeds = len(comparison.seeds)
     for name, stage in comparison.stages.items():
         per_seed_runs = [runs[seed][name] for seed in comparison.seeds if name in runs[seed]]
         method = per_seed_runs[0].method
@@ -51,14 +85,22 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
         entry: dict[str, Any] = {"name": name, "method": method, "status": overall_status(per_seed_runs)}
         for key in (*QUALITY_METRICS, *COST_METRICS, *EXTRA_METRICS):
             values = [s[key] for s in per_seed if isinstance(s.get(key), (int, float)) and not _nan(s[key])]
-            mean, std = mean_std(values) if values else (None, None)
+            mean, std, n = S.seed_spread(values) if values else (None, None, 0)
             entry[key] = mean
-            if len(comparison.seeds) > 1:
-                entry[f"{key}_std"] = std
+            if key in SAMPLE_FIELDS:
+                entry[f"{key}_stderr"] = None
+            if num_seeds > 1:
+                entry[f"{key}_std"] = None if std is None or _nan(std) else std
+        for key in SIZE_KEYS:
+            entry[key] = next((s[key] for s in per_seed if isinstance(s.get(key), int)), None)
+        if num_seeds > 1:
+            entry["num_seeds"] = sum(1 for r in per_seed_runs if r.evaluation is not None)
         entry["seeds"] = [r.seed for r in per_seed_runs]
         entry["errors"] = [f"seed {r.seed}: {r.error}" for r in per_seed_runs if r.error]
         entry["per_seed"] = per_seed
         results.append(entry)
+    add_uncertainty(comparison, runs, results)
+    add_health(comparison, runs, results)
     return results
 
 
@@ -72,6 +114,146 @@ def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def samples_of(comparison: Comparison, runs: dict[int, dict[str, StageRun]], name: str) -> list[dict[str, Any]]:
+    """Every evaluated response of a stage over all seeds, each tagged with its seed."""
+    rows = []
+    for seed in comparison.seeds:
+        run = runs[seed].get(name)
+        if run is not None and run.evaluation is not None:
+            rows += [{**row, "seed": seed} for row in read_jsonl(run.run_dir / "eval_samples.jsonl")]
+    return rows
+
+
+def _value(row: dict[str, Any], field: str) -> float | None:
+    v = row.get(field)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def clustered(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
+    """The mean of a per-response field with its error clustered by prompt (all seeds' samples of a prompt pooled)."""
+    pairs = [(v, r["prompt_index"]) for r in rows if (v := _value(r, field)) is not None]
+    if len(pairs) < len(rows) or len(pairs) < 2:
+        return None
+    values, clusters = zip(*pairs)
+    return S.clustered_mean(list(values), list(clusters))
+
+
+def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
+    """policy - baseline on the same (seed, prompt, sample index), clustered by prompt."""
+    if any("sample_index" not in r for r in (*rows, *base_rows)):
+        return None  # samples from an older evaluation cannot be paired
+    base = {_key(r): _value(r, field) for r in base_rows}
+    policy, baseline, clusters = [], [], []
+    for r in rows:
+        a, b = _value(r, field), base.get(_key(r))
+        if a is None or b is None:
+            return None
+        policy.append(a)
+        baseline.append(b)
+        clusters.append(r["prompt_index"])
+    return S.paired_difference(policy, baseline, clusters) if len(policy) > 1 else None
+
+
+def _key(row: dict[str, Any]) -> tuple[Hashable, ...]:
+    return (row["seed"], row["prompt_index"], row["sample_index"])
+
+
+def _interval(est: S.Estimate) -> dict[str, float]:
+    return {"difference": est.mean, "stderr": est.stderr, "low": est.low, "high": est.high}
+
+
+def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
+    """`<metric>_stderr` from the samples, and `vs_baseline`: paired differences with 95% t intervals."""
+    baseline = comparison.baseline_stage
+    base_rows = samples_of(comparison, runs, baseline) if baseline else []
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        rows = samples_of(comparison, runs, r["name"])
+        for key, field in SAMPLE_FIELDS.items():
+            est = clustered(rows, field)
+            r[f"{key}_stderr"] = est.stderr if est is not None else None
+        vs: dict[str, Any] = {}
+        if base_rows and r["name"] != baseline:
+            for key in PAIRED_METRICS:
+                est = paired(rows, base_rows, SAMPLE_FIELDS[key])
+                if est is not None:
+                    vs[key] = _interval(est)
+            win = clustered(rows, "win")
+            if win is not None:  # the win rate already pairs each response with the baseline's: its distance from 0.5
+                vs["win_rate_vs_baseline"] = {
+                    "difference": win.mean - 0.5,
+                    "stderr": win.stderr,
+                    "low": win.low - 0.5,
+                    "high": win.high - 0.5,
+                }
+        r["vs_baseline"] = vs
+
+
+def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
+    """The reward stage's held-out accuracy, length-only baseline and margins (every seed's pairs pooled)."""
+    name = comparison.reward_stage
+    if not name:
+        return None
+    evals = [
+        read_json(runs[s][name].run_dir / "reward_eval.json") for s in comparison.seeds if name in runs[s] and runs[s][name].ok
+    ]
+    evals = [e for e in evals if e.get("num_pairs")]
+    if not evals:
+        return None
+    n = sum(e["num_pairs"] for e in evals)
+    logged = [line for e in evals[:1] for line in read_jsonl(runs[comparison.seeds[0]][name].run_dir / "metrics.jsonl")]
+    return {
+        "stage": name,
+        "accuracy": sum(e["accuracy"] * e["num_pairs"] for e in evals) / n,
+        "length_baseline_accuracy": sum(e["length_baseline_accuracy"] * e["num_pairs"] for e in evals) / n,
+        "num_pairs": n,
+        "margins": [m for e in evals for m in e["margins"]],
+        "training_eval_accuracy": (H.series(logged, "eval/accuracy") or [None])[-1],
+    }
+
+
+def uses_reward_model(comparison: Comparison, run: StageRun) -> bool:
+    """Whether the policy was trained on the reward stage's model (RS, PPO)."""
+    rm = (run.recipe.get("reward_model") or {}).get("name_or_path")
+    return bool(comparison.reward_stage and rm and Path(rm).parent.name == comparison.reward_stage)
+
+
+def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
+    """`health`: the flags of each policy (evaluation, training log, and the reward model it was trained on)."""
+    by_name = {r["name"]: r for r in results}
+    base = by_name.get(comparison.baseline_stage or "")
+    rm = reward_model_summary(comparison, runs)
+    rm_flag = H.weak_reward_model(rm["accuracy"], rm["num_pairs"], rm["length_baseline_accuracy"]) if rm else None
+    for r in results:
+        flags: list[dict[str, str]] = []
+        if r["status"] == "ok":
+            vs = r.get("vs_baseline") or {}
+            found = [
+                H.length_cap(r.get("finished_share"), comparison.eval.generation.max_new_tokens),
+                H.kl_blowup(r.get("kl_to_reference"), comparison.eval.kl_warning),
+                None if r is base or base is None else H.diversity_collapse(r.get("distinct_2"), base.get("distinct_2")),
+                H.reward_hacking(_estimate(vs.get("reward_mean")), _estimate(vs.get("gold_reward_mean"))),
+            ]
+            flags += [f for f in found if f is not None]
+        for seed in comparison.seeds:
+            run = runs[seed].get(r["name"])
+            if run is None or not run.ok:
+                continue
+            loss_type = (run.recipe.get("train") or {}).get("loss_type") or ["sigmoid"]
+            loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+            for f in H.training_flags(run.method, read_jsonl(run.run_dir / "metrics.jsonl"), loss_types):
+                prefix = f"seed {seed}: " if len(comparison.seeds) > 1 else ""
+                flags.append({"code": f["code"], "message": prefix + f["message"]})
+            if rm_flag is not None and uses_reward_model(comparison, run) and rm_flag not in flags:
+                flags.append(rm_flag)
+        r["health"] = flags
+
+
+def _estimate(d: dict[str, float] | None) -> S.Estimate | None:
+    return None if d is None else S.Estimate(d["difference"], d["stderr"], d["low"], d["high"], 0, 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Files
 
@@ -80,18 +262,26 @@ def write_outputs(comparison: Comparison, outcome: Outcome) -> None:
     out = comparison.output_dir
     write_json(out / "results.json", outcome.results)
     write_csv(out / "results.csv", outcome.results)
-    plots = make_plots(comparison, outcome)
-    (out / "report.md").write_text(report_markdown(comparison, outcome, plots), encoding="utf-8")
+    rm = reward_model_summary(comparison, outcome.runs)
+    if rm is not None:
+        write_json(out / "reward_model.json", rm)
+    plots = make_plots(comparison, outcome, rm)
+    (out / "report.md").write_text(report_markdown(comparison, outcome, plots, rm), encoding="utf-8")
     log_wandb(comparison, outcome, plots)
 
 
 def csv_columns(results: list[dict[str, Any]]) -> list[str]:
-    keys = ["name", "method", "status"]
+    keys = ["name", "method", "status", *SIZE_KEYS]
     for key in (*QUALITY_METRICS, *EXTRA_METRICS, *COST_METRICS):
         keys.append(key)
-        if any(f"{key}_std" in r for r in results):
-            keys.append(f"{key}_std")
-    return keys
+        keys += [f"{key}_{x}" for x in ("stderr", "std") if any(f"{key}_{x}" in r for r in results)]
+    return [*keys, "health"]
+
+
+def csv_row(r: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    row = {k: ("" if r.get(k) is None else r[k]) for k in columns}
+    row["health"] = " ".join(f["code"] for f in r.get("health") or [])
+    return row
 
 
 def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
@@ -100,40 +290,101 @@ def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in results:
-            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+            writer.writerow(csv_row(r, columns))
 
 
-def best_rows(results: list[dict[str, Any]], key: str) -> set[str]:
-    """Names of the policies with the best value of `key` (ties all marked); none for metrics without a direction."""
+def best_rows(results: list[dict[str, Any]], key: str, baseline: str | None = None) -> set[str]:
+    """Names of the policies with the best value of `key` (ties all marked); none for metrics without a direction.
+
+    For metrics measured against the baseline (KL, win rate, preference accuracy) the baseline competes not.
+    """
     direction = HIGHER_IS_BETTER.get(key)
-    values = {r["name"]: r[key] for r in results if isinstance(r.get(key), (int, float))}
+    values = {
+        r["name"]: r[key]
+        for r in results
+        if isinstance(r.get(key), (int, float)) and not (key in RELATIVE_TO_BASELINE and r["name"] == baseline)
+    }
     if direction is None or len(values) < 2:
         return set()
     best = max(values.values()) if direction else min(values.values())
     return {name for name, v in values.items() if v == best}
 
 
-def fmt(value: Any, std: Any = None) -> str:
-    if value is None:
+def fmt(value: Any, err: Any = None, digits: int = 3) -> str:
+    """Counts as integers, other values to `digits` decimals; `err` after ±."""
+    if value is None or _nan(value):
         return "-"
-    if isinstance(value, float):
-        text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+    if isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, int) or (
+        isinstance(value, float) and err is None and (value.is_integer() and abs(value) >= 10 or abs(value) >= 1000)
+    ):
+        text = f"{round(value):,}"
+    elif isinstance(value, float):
+        text = f"{value:.{digits}f}"
     else:
-        text = f"{value:,}" if isinstance(value, int) else str(value)
-    if isinstance(std, (int, float)):
-        text += f" ± {std:.3f}"
+        text = str(value)
+    if isinstance(err, (int, float)) and not _nan(err):
+        text += f" ± {err:.{digits}f}"
     return text
 
 
-def table(results: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
-    best = {k: best_rows(results, k) for k in keys}
-    lines = ["| policy | method | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+def fmt_interval(d: dict[str, float] | None, digits: int = 3) -> str:
+    if not d:
+        return "-"
+    return f"{d['difference']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def judge_metric(results: list[dict[str, Any]]) -> str:
+    """The metric verdicts rest on: the gold (independent) reward when there is one, else the pipeline's reward."""
+    return "gold_reward_mean" if any(r.get("gold_reward_mean") is not None for r in results) else "reward_mean"
+
+
+def policy_label(r: dict[str, Any]) -> str:
+    return f"{r['name']} {WARN}" if r.get("health") else r["name"]
+
+
+def quality_table(results: list[dict[str, Any]], baseline: str | None, num_seeds: int) -> list[str]:
+    judge = judge_metric(results)
+    keys = [k for k in QUALITY_METRICS if any(r.get(k) is not None for r in results)]
+    best = {k: best_rows(results, k, baseline) for k in keys}
+    head = [
+        "policy",
+        "method",
+        "prompts × samples, pairs",
+        *[SHORT[k] for k in keys],
+        f"Δ {SHORT[judge]} vs {baseline} [95% CI]",
+        "finished",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
+        size = f"{r['num_prompts']} × {r['samples_per_prompt']}, {r['num_pairs']}" if r.get("num_prompts") else "-"
         cells = []
         for k in keys:
-            cell = fmt(r.get(k), r.get(f"{k}_std"))
+            cell = fmt(r.get(k), r.get(f"{k}_stderr"))
+            if num_seeds > 1 and r.get(f"{k}_std") is not None:
+                cell += f" (sd {r[f'{k}_std']:.3f})"
             cells.append(f"**{cell}**" if r["name"] in best[k] else cell)
-        lines.append(f"| {r['name']} | {r['method']} | " + " | ".join(cells) + " |")
+        diff = "(baseline)" if r["name"] == baseline else fmt_interval((r.get("vs_baseline") or {}).get(judge))
+        lines.append(
+            f"| {policy_label(r)} | {r['method']} | {size} | "
+            + " | ".join(cells)
+            + f" | {diff} | {fmt(r.get('finished_share'))} |"
+        )
+    return lines
+
+
+def cost_table(results: list[dict[str, Any]]) -> list[str]:
+    keys = ("wall_seconds", "train_tokens", "generated_tokens", "peak_memory_mb")
+    best = {k: best_rows(results, k) for k in keys}
+    lines = [
+        "| policy | method | wall seconds | train tokens | generated tokens | peak memory (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cells = [fmt(r.get(k), digits=0) if r.get(k) is not None else "-" for k in keys]
+        cells = [f"**{c}**" if r["name"] in best[k] else c for c, k in zip(cells, keys)]
+        lines.append(f"| {policy_label(r)} | {r['method']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -148,43 +399,159 @@ def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
         manifests = [read_json(r.run_dir / "manifest.json") for r in runs if r.ok]
         costs = [{**(m.get("cost") or {}), "wall_seconds": m.get("wall_seconds")} for m in manifests]
 
-        def avg(key: str, costs: list[dict[str, Any]] = costs) -> float | None:
+        def avg(key: str, costs: list[dict[str, Any]] = costs) -> str:
             values = [c[key] for c in costs if isinstance(c.get(key), (int, float))]
-            return sum(values) / len(values) if values else None
+            return f"{round(sum(values) / len(values)):,}" if values else "-"
 
         status = ", ".join(sorted({r.status for r in runs}))
         lines.append(
-            f"| {name} | {runs[0].method} | {status} | {fmt(avg('wall_seconds'))} | {fmt(avg('train_tokens'))} | "
-            f"{fmt(avg('generated_tokens'))} | {fmt(avg('peak_memory_mb'))} |"
+            f"| {name} | {runs[0].method} | {status} | {avg('wall_seconds')} | {avg('train_tokens')} | "
+            f"{avg('generated_tokens')} | {avg('peak_memory_mb')} |"
         )
     return lines
 
 
-def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, str]) -> str:
+def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
+    """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
+    baseline = comparison.baseline_stage
+    judge = judge_metric(results)
+    ok = [r for r in results if r["status"] == "ok"]
+    lines = ["## Findings", ""]
+    sized = next((r for r in ok if r.get("num_prompts")), None)
+    if sized:
+        seeds = len(comparison.seeds)
+        lines.append(
+            f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
+            + (f" for each of {seeds} seeds" if seeds > 1 else "")
+            + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
+            "standard errors clustered by prompt (per-prompt means, then their spread); differences are paired with "
+            f"`{baseline}`'s response to the same prompt and sample index."
+            + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
+        )
+        lines.append("")
+    judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
+    better, worse, noise = [], [], []
+    for r in ok:
+        if r["name"] == baseline:
+            continue
+        d = (r.get("vs_baseline") or {}).get(judge)
+        if not d:
+            continue
+        win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
+        text = f"`{r['name']}` {fmt_interval(d)}"
+        if win:  # a rate: its t interval is shown clipped to [0, 1]
+            lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
+            text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
+        (better if d["low"] > 0 else worse if d["high"] < 0 else noise).append(text)
+    if baseline:
+        lines.append(f"Judged by {judge_name}, difference from `{baseline}`:")
+        lines.append("")
+        lines.append(f"- **Beat `{baseline}`** (interval above zero): " + ("; ".join(better) if better else "none"))
+        lines.append("- **Within noise** (interval includes zero): " + ("; ".join(noise) if noise else "none"))
+        if worse:
+            lines.append(f"- **Worse than `{baseline}`** (interval below zero): " + "; ".join(worse))
+        lines.append("")
+    top = max((r for r in ok if r.get(judge) is not None), key=lambda r: r[judge], default=None)
+    flagged = [r for r in results if r.get("health")]
+    if top is not None and top.get("health"):
+        lines += [
+            f"{WARN} The highest {SHORT[judge]} belongs to `{top['name']}`, which is flagged below: "
+            "do not take its lead at face value.",
+            "",
+        ]
+    if flagged:
+        lines += ["Health warnings:", ""]
+        for r in flagged:
+            for f in r["health"]:
+                lines.append(f"- {WARN} `{r['name']}` — **{f['code']}**: {f['message']}")
+        lines.append("")
+    else:
+        lines += ["No health warnings: every policy finishes its responses, stays diverse and within the KL limit.", ""]
+    if rm is not None:
+        lines.append(
+            f"Reward model `{rm['stage']}`: held-out accuracy {rm['accuracy']:.3f} on {rm['num_pairs']} pairs "
+            f"vs {rm['length_baseline_accuracy']:.3f} for the length-only rule (details below)."
+        )
+        lines.append("")
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        lines += ["Not evaluated: " + ", ".join(f"`{r['name']}` ({r['status']})" for r in failed) + ".", ""]
+    return lines
+
+
+def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    margins = sorted(rm["margins"])
+    n = len(margins)
+
+    def q(p: float) -> float:
+        return margins[min(n - 1, int(p * (n - 1) + 0.5))]
+
+    half = 1.96 * math.sqrt(0.25 / n)
+    lines = [
+        f"## Reward model (`{rm['stage']}`)",
+        "",
+        "Every verdict on `reward` and every RS / PPO policy rests on this model. Scored on the same held-out pairs "
+        "as the policies' preference accuracy:",
+        "",
+        "| held-out pairs | accuracy | length-only rule (longer wins) | accuracy a coin reaches (95%) | accuracy logged in training |",
+        "|---|---|---|---|---|",
+        f"| {n} | {rm['accuracy']:.3f} | {rm['length_baseline_accuracy']:.3f} | 0.5 ± {half:.3f} | "
+        f"{fmt(rm.get('training_eval_accuracy'))} |",
+        "",
+        "Margin (score of chosen − score of rejected, normalized rewards): "
+        f"mean {sum(margins) / n:+.3f}, 5% {q(0.05):+.3f}, 25% {q(0.25):+.3f}, median {q(0.5):+.3f}, "
+        f"75% {q(0.75):+.3f}, 95% {q(0.95):+.3f}; {sum(m < 0 for m in margins) / n:.0%} of pairs ranked the wrong way.",
+        "",
+    ]
+    if "Reward model margins" in plots:
+        lines += [f"![Reward model margins]({plots['Reward model margins']})", ""]
+    return lines
+
+
+def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, str], rm: dict[str, Any] | None = None) -> str:
     results = outcome.results
     seeds = ", ".join(str(s) for s in comparison.seeds)
     base_model = (comparison.base.get("model") or {}).get("name_or_path", "?")
-    lines = [
-        f"# Comparison: {comparison.name}",
+    baseline = comparison.baseline_stage
+    lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm)]
+    lines += [
+        "## Quality",
         "",
         f"Base model `{base_model}`, seeds {seeds}. Every policy is evaluated on the same held-out prompts with the same "
-        "sampling and seed. Best value per column in bold" + (" (mean ± std over seeds)." if len(comparison.seeds) > 1 else "."),
+        "sampling and seed. Values are mean ± standard error clustered by prompt; best value per column in bold "
+        "(the baseline is not ranked on metrics measured against itself). "
+        f"{WARN} marks a policy with health warnings (see Findings).",
         "",
     ]
-    baseline = comparison.baseline_stage
     if baseline:
         lines += [
             f"Win rate is against `{baseline}`'s responses (ties half); `kl_to_reference` and `preference_accuracy` use "
-            f"`{baseline}` as the reference, so `{baseline}` itself reads 0 and 0.5.",
+            f"`{baseline}` as the reference, so `{baseline}` itself reads 0 and 0.5. `finished`: share of responses that "
+            f"end before the {comparison.eval.generation.max_new_tokens}-token cap.",
             "",
         ]
-    lines += ["## Quality", "", *table(results, QUALITY_METRICS), "", "## Cost of training", ""]
-    lines += [*table(results, ("wall_seconds", "train_tokens", "generated_tokens", "peak_memory_mb")), ""]
+    lines += [*quality_table(results, baseline, len(comparison.seeds)), ""]
+    vs_rows = [r for r in results if r.get("vs_baseline")]
+    if vs_rows:
+        keys = [k for k in (*PAIRED_METRICS, "win_rate_vs_baseline") if any(k in r["vs_baseline"] for r in vs_rows)]
+        lines += [f"Paired differences from `{baseline}` (same prompt and sample index), 95% intervals:", ""]
+        lines += [
+            "| policy | " + " | ".join(f"Δ {SHORT[k]}" if k != "win_rate_vs_baseline" else "win rate − 0.5" for k in keys) + " |"
+        ]
+        lines += ["|" + "---|" * (len(keys) + 1)]
+        lines += [
+            f"| {policy_label(r)} | " + " | ".join(fmt_interval(r["vs_baseline"].get(k)) for k in keys) + " |" for r in vs_rows
+        ]
+        lines.append("")
+    if rm is not None:
+        lines += reward_model_section(rm, plots)
+    lines += ["## Cost of training", "", *cost_table(results), ""]
     lines += ["Every stage, including those that are not policies:", "", *stage_cost_rows(comparison, outcome), ""]
     if plots:
         lines += ["## Plots", ""]
         for title, name in plots.items():
-            lines += [f"### {title}", "", f"![{title}]({name})", ""]
+            if title != "Reward model margins":
+                lines += [f"### {title}", "", f"![{title}]({name})", ""]
     failed = outcome.failed
     if failed:
         lines += ["## Failed or skipped stages", ""]
@@ -195,7 +562,7 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
         f"- seed {s}: `{comparison.output_dir / f'seed-{s}'}/STAGE/` (eval.json, eval_samples.jsonl, manifest.json, metrics.jsonl, model/)"
         for s in comparison.seeds
     ]
-    lines += ["- `results.json`, `results.csv`: every metric per policy", ""]
+    lines += ["- `results.json`, `results.csv`: every metric per policy, with standard errors, sample sizes and health flags", ""]
     return "\n".join(lines)
 
 
@@ -203,7 +570,7 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
 # Plots
 
 
-def make_plots(comparison: Comparison, outcome: Outcome) -> dict[str, str]:
+def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | None = None) -> dict[str, str]:
     """Title -> PNG file name in the output directory, for the plots the data supports."""
     import matplotlib
 
@@ -211,55 +578,127 @@ def make_plots(comparison: Comparison, outcome: Outcome) -> dict[str, str]:
     plots: dict[str, str] = {}
     out = comparison.output_dir
     evaluated = [r for r in outcome.results if r["status"] == "ok"]
+    baseline = next((r for r in evaluated if r["name"] == comparison.baseline_stage), None)
     if evaluated:
-        plots["Reward vs KL to the reference"] = frontier_plot(evaluated, out / "reward_vs_kl.png")
+        plots["Reward vs KL to the reference"] = frontier_plot(evaluated, baseline, out / "reward_vs_kl.png")
         if any(r.get("win_rate_vs_baseline") is not None for r in evaluated):
-            plots["Win rate vs the baseline"] = win_rate_plot(evaluated, len(comparison.seeds), out / "win_rate.png")
+            plots["Win rate vs the baseline"] = win_rate_plot(evaluated, comparison.baseline_stage, out / "win_rate.png")
+        if any(r.get("vs_baseline") for r in evaluated):
+            plots["Difference from the baseline"] = difference_plot(
+                evaluated, comparison.baseline_stage, out / "difference_vs_baseline.png"
+            )
         plots["Response lengths"] = length_plot(comparison, outcome, out / "response_lengths.png")
     curves = best_of_n_curves(comparison, outcome)
     if curves:
         plots["Best-of-n expected reward (rejection sampling)"] = best_of_n_plot(curves, out / "best_of_n.png")
+    if rm is not None:
+        plots["Reward model margins"] = margins_plot(rm, out / "reward_margins.png")
     return plots
 
 
-def frontier_plot(results: list[dict[str, Any]], path: Path) -> str:
+INTERVAL_LABEL = "95% interval, clustered by prompt"
+
+
+def _half_width(r: dict[str, Any], key: str) -> float:
+    """Half-width of the 95% t interval of a mean from its clustered standard error."""
+    se, k = r.get(f"{key}_stderr"), r.get("num_prompts")
+    if not isinstance(se, (int, float)) or not k or k < 2 or _nan(se):
+        return 0.0
+    return S.t_quantile(int(k) - 1) * se
+
+
+def frontier_plot(results: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path) -> str:
+    """Judge reward vs KL, both with 95% clustered intervals; names in the legend (labels on points overlap)."""
     import matplotlib.pyplot as plt
 
-    key = "gold_reward_mean" if any(r.get("gold_reward_mean") is not None for r in results) else "reward_mean"
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    key = judge_metric(results)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    markers = "oDs^vP*Xhp"
     for i, r in enumerate(results):
-        points = [(s.get("kl_to_reference"), s.get(key)) for s in r["per_seed"] if s.get(key) is not None]
-        if not points or r.get(key) is None:
+        if r.get(key) is None or r.get("kl_to_reference") is None:
             continue
         color = f"C{i % 10}"
+        points = [(s.get("kl_to_reference"), s.get(key)) for s in r["per_seed"] if s.get(key) is not None]
         if len(points) > 1:  # one faint dot per seed around the mean
             xs, ys = zip(*points)
             ax.scatter(xs, ys, alpha=0.35, color=color)
-        ax.scatter([r["kl_to_reference"]], [r[key]], marker="D", s=60, color=color, label=f"{r['name']} ({r['method']})")
-        ax.annotate(r["name"], (r["kl_to_reference"], r[key]), textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("KL(policy || reference), nats per response")
-    ax.set_ylabel(key.replace("_", " "))
-    ax.set_title("Reward vs KL to the reference")
-    ax.legend(fontsize=8)
+        ax.errorbar(
+            [r["kl_to_reference"]],
+            [r[key]],
+            xerr=[_half_width(r, "kl_to_reference")],
+            yerr=[_half_width(r, key)],
+            fmt=markers[i % len(markers)],
+            markersize=8,
+            capsize=4,
+            color=color,
+            label=f"{policy_label(r)} ({r['method']})",
+        )
+    if baseline is not None and baseline.get(key) is not None:
+        ax.axhline(baseline[key], color="grey", linestyle="--", linewidth=1, label=f"baseline {baseline['name']}")
+    ax.set_xlabel("KL(policy ‖ reference), nats per response")
+    ax.set_ylabel(SHORT[key])
+    ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+    ax.set_title(f"{SHORT[key].capitalize()} vs KL (bars: {INTERVAL_LABEL})", fontsize=10)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
 
 
-def win_rate_plot(results: list[dict[str, Any]], num_seeds: int, path: Path) -> str:
-    """Bars: mean win rate; error bars: std over seeds, or with one seed the standard error over prompts."""
+def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Path) -> str:
+    """Horizontal bars: win rate vs the baseline with 95% clustered intervals; 0.5 = a tie."""
     import matplotlib.pyplot as plt
 
-    names = [r["name"] for r in results]
-    rates = [r.get("win_rate_vs_baseline") or 0.0 for r in results]
-    errors = [(r.get("win_rate_vs_baseline_std") if num_seeds > 1 else r.get("win_rate_stderr")) or 0.0 for r in results]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(names, rates, yerr=errors, capsize=6, color="#4c72b0")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("win rate vs baseline")
-    ax.set_title("Win rate" + (f" (std over {num_seeds} seeds)" if num_seeds > 1 else " (standard error over prompts)"))
+    rows = [r for r in results if r.get("win_rate_vs_baseline") is not None and r["name"] != baseline]  # 0.5 by construction
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
+    ys = list(range(len(rows)))[::-1]
+    rates = [r["win_rate_vs_baseline"] for r in rows]
+    halves = [_half_width(r, "win_rate_vs_baseline") for r in rows]
+    errors = [
+        [min(h, x) for x, h in zip(rates, halves)],
+        [min(h, 1.0 - x) for x, h in zip(rates, halves)],
+    ]  # a rate stays in [0, 1]
+    ax.barh(ys, rates, height=0.5, xerr=errors, capsize=5, color="#4c72b0", label=f"win rate ({INTERVAL_LABEL})")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label=f"tie with {baseline}")
+    ax.set_yticks(ys, [policy_label(r) for r in rows])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"win rate vs {baseline} (ties half)")
+    ax.set_title("Win rate vs the baseline")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: Path) -> str:
+    """Paired difference of the judge metric from the baseline, with its 95% interval, and the zero line."""
+    import matplotlib.pyplot as plt
+
+    key = judge_metric(results)
+    rows = [r for r in results if (r.get("vs_baseline") or {}).get(key)]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows):
+        d = r["vs_baseline"][key]
+        color = "C2" if d["low"] > 0 else "C3" if d["high"] < 0 else "C7"
+        ax.errorbar(
+            [d["difference"]],
+            [y],
+            xerr=[[d["difference"] - d["low"]], [d["high"] - d["difference"]]],
+            fmt="o",
+            capsize=5,
+            color=color,
+        )
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1, label=f"no difference from {baseline}")
+    for color, text in (("C2", "better (interval above 0)"), ("C7", "within noise"), ("C3", "worse (interval below 0)")):
+        ax.errorbar([], [], xerr=[], fmt="o", color=color, label=text)
+    ax.set_yticks(ys, [policy_label(r) for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({INTERVAL_LABEL})")
+    ax.set_title(f"{SHORT[key].capitalize()}: difference from the baseline")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -268,22 +707,51 @@ def win_rate_plot(results: list[dict[str, Any]], num_seeds: int, path: Path) -> 
 
 def length_plot(comparison: Comparison, outcome: Outcome, path: Path) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     data, labels = [], []
     for r in outcome.results:
         if r["status"] != "ok":
             continue
-        lengths = [
-            row["num_tokens"]
-            for seed in comparison.seeds
-            for row in read_jsonl(outcome.runs[seed][r["name"]].run_dir / "eval_samples.jsonl")
-        ]
-        data.append(lengths)
-        labels.append(r["name"])
-    ax.boxplot(data, tick_labels=labels, showmeans=True)
+        data.append([row["num_tokens"] for row in samples_of(comparison, outcome.runs, r["name"])])
+        finished = r.get("finished_share")
+        labels.append(f"{policy_label(r)}\n{finished:.0%} finished" if finished is not None else r["name"])
+    ax.boxplot(
+        data, tick_labels=labels, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "C2", "markeredgecolor": "C2"}
+    )
+    cap = comparison.eval.generation.max_new_tokens
+    ax.axhline(cap, color="C3", linestyle=":", linewidth=1)
+    ax.set_ylim(0, cap * 1.1)
+    handles = [
+        Line2D([], [], color="C1", label="median"),
+        Line2D([], [], marker="^", color="C2", linestyle="", label="mean"),
+        Line2D([], [], color="black", label="box: 25-75%, whiskers: 1.5 IQR"),
+        Line2D([], [], color="C3", linestyle=":", label=f"cap ({cap} new tokens)"),
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="lower left")
     ax.set_ylabel("response length (tokens)")
     ax.set_title("Response length distribution")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def margins_plot(rm: dict[str, Any], path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=f"{rm['num_pairs']} held-out pairs")
+    ax.axvline(0.0, color="C3", linestyle="--", linewidth=1, label="0: left of it the pair is ranked wrong")
+    ax.set_xlabel("score(chosen) − score(rejected)")
+    ax.set_ylabel("pairs")
+    ax.set_title(
+        f"Reward model margins (accuracy {rm['accuracy']:.3f}, length-only rule {rm['length_baseline_accuracy']:.3f})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -313,9 +781,13 @@ def best_of_n_plot(curves: dict[str, dict[int, float]], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ns: set[int] = set()
     for name, curve in curves.items():
         ax.plot(list(curve), list(curve.values()), marker="o", label=name)
+        ns |= set(curve)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])  # integers, not 2^k
+    ax.minorticks_off()
     ax.set_xlabel("n (samples per prompt)")
     ax.set_ylabel("expected best-of-n reward")
     ax.set_title("Best-of-n curve (rejection sampling's reward source)")
@@ -352,7 +824,7 @@ def log_wandb(comparison: Comparison, outcome: Outcome, plots: dict[str, str]) -
         reinit="finish_previous",
     )
     columns = csv_columns(outcome.results)
-    rows = [[r.get(k) for k in columns] for r in outcome.results]
+    rows = [[csv_row(r, columns)["health"] if k == "health" else r.get(k) for k in columns] for r in outcome.results]
     run.log({"results": wandb.Table(columns=columns, data=rows)})
     for title, name in plots.items():
         run.log({f"plots/{Path(name).stem}": wandb.Image(str(comparison.output_dir / name), caption=title)})

@@ -246,6 +246,8 @@ class Tracker:
         self._pending.update(clean)
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
+        if not sys.stderr.isatty() and not getattr(self, "trainer_prints", False):  # off a terminal: a line per logging step
+            print(step_line(step, clean, getattr(self, "total_steps", None)), flush=True)
 
     def flush(self) -> None:
         """Write the pending step's line now (checkpoints call this, so a resumed run loses no line)."""
@@ -296,11 +298,21 @@ def metric_name(key: str) -> str:
     return "train/" + key
 
 
+def step_line(step: int, metrics: dict[str, float], total: int | None = None, width: int = 6) -> str:
+    """`step 10/60 | loss 0.6931 | rewards/margins 0.0123 ...`: the first `width` metrics of one logging step."""
+    shown = [f"{k.removeprefix('train/')} {v:.4g}" for k, v in list(metrics.items())[:width]]
+    return " | ".join([f"step {step}" + (f"/{total}" if total else ""), *shown])
+
+
 def trainer_callback(tracker: Tracker) -> Any:
     """A transformers TrainerCallback forwarding every log to the tracker."""
     from transformers import TrainerCallback
 
     class TrackingCallback(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            tracker.total_steps = state.max_steps
+            tracker.trainer_prints = bool(args.disable_tqdm)  # transformers' PrinterCallback already prints each log
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and state.is_world_process_zero:
                 tracker.log({metric_name(k): v for k, v in logs.items()}, step=state.global_step)

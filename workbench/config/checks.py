@@ -217,6 +217,10 @@ def cross_checks(recipe: Recipe) -> list[str]:
     for i, src in enumerate(recipe.data.sources):
         if (src.path is None) == (src.synthetic is None):
             problems.append(f"`data.sources.{i}` needs exactly one of `path` or `synthetic`")
+        if src.synthetic is not None and src.synthetic.topics_per_prompt not in (1, 2):
+            problems.append(
+                f"`data.sources.{i}.synthetic.topics_per_prompt` must be 1 or 2, got {src.synthetic.topics_per_prompt}"
+            )
         if src.weight <= 0:
             problems.append(f"`data.sources.{i}.weight` must be > 0, got {src.weight}")
         if src.label is not None and src.format not in ("labeled-pair", "auto"):

@@ -126,6 +126,10 @@ class SyntheticSpec:
     task: Literal["vowels"] = _help("The rule: `vowels` prefers the response with the higher share of vowels.", default="vowels")
     num_pairs: int = _help("Number of pairs to generate.", default=512)
     seed: int = _help("Generator seed.", default=0)
+    topics_per_prompt: int = _help(
+        "Topics named in each prompt: 1 gives 80 distinct prompts, 2 gives 1,520 (enough held-out prompts for evaluation).",
+        default=1,
+    )
 
 
 @dataclass
@@ -221,6 +225,10 @@ class EvalConfig:
     )
     gold_reward: RewardModelConfig | None = _help(
         "Independent scorer for `gold_reward_mean` (a reward model or a function).", default=None
+    )
+    kl_warning: float = _help(
+        "KL to the reference (nats per response) above which a policy is flagged `kl_blowup` in the comparison report.",
+        default=20.0,
     )
     judge: Literal["gold", "reward"] = _help(
         "Scorer of the win rate: `gold` (the independent scorer, falling back to the reward model) or `reward`.", default="gold"

@@ -128,12 +128,21 @@ def _response(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
 
 
+def _prompt(rng: random.Random, topics: int) -> str:
+    """One prompt naming `topics` distinct topics (1: the original 80 prompts; 2: 1,520, so held-out prompts abound)."""
+    template, first = rng.choice(TEMPLATES), rng.choice(TOPICS)
+    if topics == 1:
+        return template.format(first)
+    second = rng.choice([t for t in TOPICS if t != first])
+    return template.format(f"{first} and {second}")
+
+
 def generate(spec: Any) -> Iterator[dict[str, Any]]:
     """`spec.num_pairs` rows {prompt, chosen, rejected}, deterministic for `spec.seed`."""
     rng = random.Random(spec.seed)
     made = 0
     while made < spec.num_pairs:
-        prompt = rng.choice(TEMPLATES).format(rng.choice(TOPICS))
+        prompt = _prompt(rng, getattr(spec, "topics_per_prompt", 1))
         a, b = _response(rng), _response(rng)
         sa, sb = vowel_share(a), vowel_share(b)
         if abs(sa - sb) < 0.05:

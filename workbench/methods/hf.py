@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         "save_strategy": "steps",
         "include_num_input_tokens_seen": "non_padding",  # the run's cost in tokens, read by the evaluation
         "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (and stops the run), never hidden as 0.0
+        "disable_tqdm": not sys.stderr.isatty(),  # bars on a terminal; else tracking prints a line per logging step
         **method_fields,
         **train,
         "save_total_limit": None,  # rotation happens after the new checkpoint is marked (checkpoint.rotate)
@@ -46,7 +48,6 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         "report_to": [],
         "run_name": recipe.tracking.name or ctx.run_dir.name,
         "seed": recipe.seed,
-        "disable_tqdm": True,
     }
     if cpu_launched():  # keep the gloo state the launch path built (TrainingArguments would reset it)
         fields["accelerator_config"] = {**(fields.get("accelerator_config") or {}), "use_configured_state": True}

@@ -1,0 +1,152 @@
+"""The comparison report from a finished comparison directory built by hand: sample sizes, clustered errors
+recomputed from eval_samples.jsonl, paired differences, health flags next to their policy, the reward model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from workbench.compare import Comparison, Outcome, Stage, StageRun
+from workbench.config import EvalConfig, GenerationConfig
+from workbench.report import aggregate, fmt, write_outputs
+
+PROMPTS, SAMPLES = 4, 2
+SFT_GOLD = [[0.30, 0.40], [0.50, 0.60], [0.20, 0.20], [0.70, 0.50]]  # [prompt][sample]
+DPO_SHIFT = [0.10, 0.12, 0.08, 0.10]  # per prompt: mean 0.1, sd 0.01633
+PPO_SHIFT = [0.10, -0.10, 0.05, -0.05]  # mean 0: within noise
+
+
+def write_stage(root: Path, name: str, method: str, gold: list[list[float]], finished: bool, **extra) -> StageRun:
+    run_dir = root / "seed-1" / name
+    run_dir.mkdir(parents=True)
+    rows = []
+    for p in range(PROMPTS):
+        for s in range(SAMPLES):
+            g = gold[p][s]
+            rows.append(
+                {
+                    "prompt_index": p,
+                    "sample_index": s,
+                    "num_tokens": 16 if not finished else 6 + p,
+                    "finished": finished,
+                    "gold": g,
+                    "reward": 2 * g,
+                    "kl_to_reference": 0.0 if name == "sft" else 1.0 + p,
+                    "win": 1.0 if g > SFT_GOLD[p][s] else 0.5 if g == SFT_GOLD[p][s] else 0.0,
+                }
+            )
+    (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in extra.pop("metrics", [])))
+    (run_dir / "manifest.json").write_text(
+        json.dumps({"status": "completed", "wall_seconds": 12.0, "cost": {"train_tokens": 3000}})
+    )
+    n = len(rows)
+    evaluation = {
+        "name": name,
+        "method": method,
+        "gold_reward_mean": sum(r["gold"] for r in rows) / n,
+        "reward_mean": sum(r["reward"] for r in rows) / n,
+        "win_rate_vs_baseline": sum(r["win"] for r in rows) / n,
+        "kl_to_reference": sum(r["kl_to_reference"] for r in rows) / n,
+        "response_length_mean": sum(r["num_tokens"] for r in rows) / n,
+        "finished_share": sum(r["finished"] for r in rows) / n,
+        "distinct_2": 0.8,
+        "preference_accuracy": 0.5 if name == "sft" else 0.7,
+        "num_prompts": PROMPTS,
+        "samples_per_prompt": SAMPLES,
+        "num_pairs": 50,
+        "wall_seconds": 12.0,
+        "train_tokens": 3000,
+    }
+    recipe = {"method": method, "train": {}, **extra}
+    run = StageRun(Stage(name, {}), 1, recipe, run_dir, status="completed")
+    run.evaluation = evaluation
+    return run
+
+
+@pytest.fixture(scope="module")
+def finished_comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Comparison, Outcome]:
+    tmp_path = tmp_path_factory.mktemp("comparison")
+    stages = {n: Stage(n, {}) for n in ("sft", "rm", "dpo", "ppo")}
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=16))
+    comparison = Comparison(
+        "hand", tmp_path, [1], {"tracking": {"mode": "disabled"}}, stages, cfg, baseline_stage="sft", reward_stage="rm"
+    )
+    rm_dir = tmp_path / "seed-1" / "rm"
+    rm_dir.mkdir(parents=True)
+    margins = [0.5] * 26 + [-0.5] * 24  # accuracy 0.52 on 50 pairs: a coin
+    (rm_dir / "reward_eval.json").write_text(
+        json.dumps({"accuracy": 0.52, "length_baseline_accuracy": 0.6, "num_pairs": 50, "margins": margins})
+    )
+    (rm_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval/accuracy": 0.55}) + "\n")
+    rm = StageRun(stages["rm"], 1, {"method": "reward"}, rm_dir, status="completed")
+    dpo_gold = [[g + DPO_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
+    ppo_gold = [[g + PPO_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
+    ev_lines = [{"step": i, "train/val/explained_variance": v} for i, v in enumerate([0.1, -0.2, -0.4, -0.6])]
+    runs = {
+        1: {
+            "sft": write_stage(tmp_path, "sft", "sft", SFT_GOLD, True),
+            "rm": rm,
+            "dpo": write_stage(tmp_path, "dpo", "dpo", dpo_gold, True),
+            "ppo": write_stage(
+                tmp_path, "ppo", "ppo", ppo_gold, False, metrics=ev_lines, reward_model={"name_or_path": str(rm_dir / "model")}
+            ),
+        }
+    }
+    outcome = Outcome(comparison, runs)
+    outcome.results = aggregate(comparison, runs)
+    write_outputs(comparison, outcome)
+    return comparison, outcome
+
+
+def test_results_carry_sizes_clustered_errors_and_paired_intervals(finished_comparison):
+    comparison, _ = finished_comparison
+    res = {r["name"]: r for r in json.loads((comparison.output_dir / "results.json").read_text())}
+    assert all((r["num_prompts"], r["samples_per_prompt"], r["num_pairs"]) == (4, 2, 50) for r in res.values())
+    # clustered stderr of sft's gold reward, recomputed from eval_samples.jsonl: prompt means 0.35, 0.55, 0.2, 0.6
+    rows = [
+        json.loads(line) for line in (comparison.output_dir / "seed-1" / "sft" / "eval_samples.jsonl").read_text().splitlines()
+    ]
+    means = [sum(r["gold"] for r in rows if r["prompt_index"] == p) / SAMPLES for p in range(PROMPTS)]
+    assert means == pytest.approx([0.35, 0.55, 0.2, 0.6])
+    m = sum(means) / 4
+    assert res["sft"]["gold_reward_mean_stderr"] == pytest.approx(math.sqrt(sum((x - m) ** 2 for x in means) / 3) / 2)
+    # dpo - sft per prompt: 0.10, 0.12, 0.08, 0.10 -> mean 0.1, se 0.016330 / 2, t(3) = 3.182446
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    assert d["difference"] == pytest.approx(0.1) and d["stderr"] == pytest.approx(0.0081650, abs=1e-6)
+    assert d["low"] == pytest.approx(0.1 - 3.182446 * 0.0081650, abs=1e-5)
+    assert res["ppo"]["vs_baseline"]["gold_reward_mean"]["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert "vs_baseline" in res["sft"] and res["sft"]["vs_baseline"] == {}
+    assert res["ppo"]["finished_share"] == 0.0 and res["dpo"]["finished_share"] == 1.0
+
+
+def test_health_flags_sit_next_to_their_policy(finished_comparison):
+    comparison, _ = finished_comparison
+    res = {r["name"]: r for r in json.loads((comparison.output_dir / "results.json").read_text())}
+    assert [f["code"] for f in res["ppo"]["health"]] == ["length_cap", "value_not_learning", "weak_reward_model"]
+    assert res["dpo"]["health"] == [] and res["sft"]["health"] == []  # dpo trained without the reward model
+    report = (comparison.output_dir / "report.md").read_text()
+    assert report.startswith("# Comparison: hand\n\n## Findings")
+    assert "4 held-out prompts × 2 samples" in report and "50 held-out preference pairs" in report
+    beat = next(line for line in report.splitlines() if line.startswith("- **Beat `sft`**"))
+    noise = next(line for line in report.splitlines() if line.startswith("- **Within noise**"))
+    assert "`dpo` +0.100 [+0.074, +0.126]" in beat and "`ppo`" in noise and "ppo" not in beat
+    assert "- ⚠ `ppo` — **length_cap**: only 0% of responses end before the 16-token cap" in report
+    assert "| ppo ⚠ | ppo | 4 × 2, 50 |" in report and "| dpo | dpo | 4 × 2, 50 |" in report
+    assert "## Reward model (`rm`)" in report and "| 50 | 0.520 | 0.600 | 0.5 ± 0.139 | 0.550 |" in report
+    assert "48% of pairs ranked the wrong way" in report
+    # the baseline's own zero KL is not "best"; dpo's 2.500 is
+    sft_row = next(line for line in report.splitlines() if line.startswith("| sft |"))
+    assert "**0.000" not in sft_row and "**2.500 ±" in next(line for line in report.splitlines() if line.startswith("| dpo |"))
+    for png in ("reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "reward_margins.png"):
+        assert (comparison.output_dir / png).read_bytes()[:4] == b"\x89PNG"
+    csv_head, ppo_row = (comparison.output_dir / "results.csv").read_text().splitlines()[0::3][:2]
+    assert "gold_reward_mean_stderr" in csv_head and ppo_row.endswith("length_cap value_not_learning weak_reward_model")
+
+
+def test_integers_print_as_integers():
+    assert fmt(3000.0) == "3,000" and fmt(16.0) == "16" and fmt(12) == "12" and fmt(0.5) == "0.500"
+    assert fmt(0.25, 0.01) == "0.250 ± 0.010" and fmt(None) == "-" and fmt(float("nan")) == "-"
