@@ -27,6 +27,9 @@ TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "dpo": ("trl", "DPOConfig"),
     "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
     "ppo": ("workbench.train_configs", "PPOConfig"),
+    "kto": ("trl", "KTOConfig"),
+    "grpo": ("trl", "GRPOConfig"),
+    "rloo": ("trl", "RLOOConfig"),
 }
 
 # `train:` keys the workbench owns, with where the user sets them instead.
@@ -128,8 +131,10 @@ class SourceConfig:
         default=None,
     )
     synthetic: SyntheticSpec | None = _help("Generate the data instead of reading `path`.", default=None)
-    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair", "sft", "prompt"] = _help(
-        "Row layout. `auto` detects it from the columns. `sft`: (prompt, completion); `prompt`: prompts only.", default="auto"
+    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair", "sft", "prompt", "unpaired"] = _help(
+        "Row layout. `auto` detects it from the columns. `sft`: (prompt, completion); `prompt`: prompts only; "
+        "`unpaired`: (prompt, completion, label) with a true/false or 1/0 label (KTO).",
+        default="auto",
     )
     columns: dict[str, str] = _help(
         "Renames applied first, canonical name -> source column, e.g. {prompt: question}.", default_factory=dict
@@ -232,7 +237,9 @@ class TrackingConfig:
 class Recipe:
     """A whole recipe. `train` holds the method's training-argument fields, checked by name."""
 
-    method: Literal["sft", "reward", "dpo", "rejection_sampling", "ppo"] = _help("Alignment method.", default="dpo")
+    method: Literal["sft", "reward", "dpo", "rejection_sampling", "ppo", "kto", "grpo", "rloo"] = _help(
+        "Alignment method.", default="dpo"
+    )
     model: ModelConfig = _help("Model to train.", default_factory=ModelConfig)
     reference: ReferenceConfig = _help("Reference model.", default_factory=ReferenceConfig)
     reward_model: RewardModelConfig | None = _help("Reward source.", default=None)
@@ -558,7 +565,7 @@ def cross_checks(recipe: Recipe) -> list[str]:
         problems.append(f"`data.eval_split` must be in [0, 1), got {recipe.data.eval_split}")
     if recipe.data.max_prompt_length is not None and recipe.data.max_prompt_length >= recipe.data.max_length:
         problems.append("`data.max_prompt_length` must be smaller than `data.max_length` (responses need room)")
-    if recipe.method in ("rejection_sampling", "ppo"):
+    if recipe.method in ("rejection_sampling", "ppo", "grpo", "rloo"):
         rm = recipe.reward_model
         if rm is None or (rm.name_or_path is None) == (rm.function is None):
             problems.append(f"`reward_model` needs exactly one of `name_or_path` or `function` for method {recipe.method}")
