@@ -95,3 +95,52 @@ def online_batch(train: dict[str, Any], defaults: dict[str, Any], processes: int
     if generation_batch is None:
         generation_batch = per_device * processes * int(steps or accumulation)
     return OnlineBatch(per_device, accumulation, processes, int(get("num_generations")), int(generation_batch))
+
+
+def validate_trl_method(recipe: Any, processes: int) -> tuple[list[str], list[str]]:
+    """(report lines, problems) for `workbench validate` of a TRL-backed method: sampling settings mapped,
+    TRL's own checks of the `train:` values, and for GRPO / RLOO the completions per step."""
+    import tempfile
+
+    from workbench.config import train_config_class, train_field_defaults
+
+    lines: list[str] = []
+    problems: list[str] = []
+    fields: dict[str, Any] = {}
+    if recipe.method in ONLINE_METHODS:
+        fields, problems = trl_generation_fields(recipe.generation, recipe.train)
+        lines.append(
+            "sampling (TRL fields): "
+            + ", ".join(f"{k}={v}" for k, v in {**fields, **recipe.train}.items() if k in dict(GENERATION_TO_TRL).values())
+        )
+    cls = train_config_class(recipe.method)
+    for key, value in recipe.train.items():
+        choices = declared_choices(cls, key)
+        if isinstance(value, str) and choices and value not in choices:
+            problems.append(f"`train.{key}` must be one of {', '.join(choices)} ({cls.__name__}), got {value!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            precision = {"bf16": False, "fp16": False}  # the machine decides at run time; checked here without a GPU
+            cls(output_dir=tmp, report_to=[], **precision, **{**fields, **recipe.train})
+        except (ValueError, TypeError) as exc:
+            problems.append(f"`train`: {cls.__name__} rejects these values: {str(exc).splitlines()[0]}")
+    if recipe.method in ONLINE_METHODS:
+        batch = online_batch({**fields, **recipe.train}, train_field_defaults(cls), processes)
+        lines.append(f"completions per step: {batch.describe()}")
+        problems.extend(batch.problems())
+    return lines, problems
+
+
+def declared_choices(cls: type, name: str) -> list[str]:
+    """The values a TRL config field declares (its `choices` metadata, or the "Supported values are 'a', 'b'" of its help)."""
+    import dataclasses
+    import re
+
+    found = [f for f in dataclasses.fields(cls) if f.name == name]
+    if not found:
+        return []
+    meta = found[0].metadata
+    if meta.get("choices"):
+        return [str(c) for c in meta["choices"]]
+    match = re.search(r"Supported values are ([^.]*)\.", meta.get("help", ""))
+    return re.findall(r"'([\w-]+)'", match.group(1)) if match else []

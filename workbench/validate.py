@@ -65,7 +65,13 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
         problems.extend(gb.warnings)
     except WorkbenchError as exc:
         problems.append(str(exc))
-    if not any(p.startswith(("`model.", "`data.sources")) for p in problems):
+    if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
+        from workbench.online import validate_trl_method
+
+        lines, more = validate_trl_method(recipe, gb.processes if "gb" in locals() else 1)
+        sections.extend(lines)
+        problems.extend(more)
+    if recipe.method != "kto" and not any(p.startswith(("`model.", "`data.sources")) for p in problems):
         try:
             sections.append(example_pair(recipe))
         except WorkbenchError as exc:
