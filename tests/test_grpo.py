@@ -42,6 +42,25 @@ def online_recipe(tmp_path, model, name, method="grpo", **train):
     return path
 
 
+def reward_model_dir(tmp_path, tiny_model, mean=0.0, std=1.0):
+    """A sequence-classification reward model on the tiny backbone, with the stats `normalize` reads."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    rm.config.reward_mean, rm.config.reward_std = mean, std
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "rm")
+    return tmp_path / "rm"
+
+
+def use_reward_model(path, rm_dir):
+    recipe = yaml.safe_load(path.read_text())
+    recipe["reward_model"] = {"name_or_path": str(rm_dir), "normalize": True}
+    path.write_text(yaml.safe_dump(recipe))
+
+
 # ----------------------------------------------------------------------------------------------
 # Pure parts
 
@@ -159,18 +178,8 @@ def test_grpo_trains_logs_exports_and_resumes(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_rloo_scores_with_a_normalized_reward_model_directory(tmp_path, tiny_model):
     """The reward is the trained reward model through scoring.py: normalized by the mean/std stored in it."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
-    rm.config.reward_mean, rm.config.reward_std = 100.0, 1e-3  # normalized scores are hugely negative
-    rm.save_pretrained(tmp_path / "rm")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "rm")
     path = online_recipe(tmp_path, tiny_model, "rloo", method="rloo", max_steps=2, save_steps=100)
-    recipe = yaml.safe_load(path.read_text())
-    recipe["reward_model"] = {"name_or_path": str(tmp_path / "rm"), "normalize": True}
-    path.write_text(yaml.safe_dump(recipe))
+    use_reward_model(path, reward_model_dir(tmp_path, tiny_model, mean=100.0, std=1e-3))  # normalized: hugely negative
     run_ok(["train", str(path)])
     metrics = [m for m in read_metrics(tmp_path / "rloo") if "train/reward" in m]
     assert len(metrics) == 2 and all(m["train/reward"] < -5e4 for m in metrics)  # (raw - 100) / 1e-3
