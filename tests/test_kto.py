@@ -132,3 +132,11 @@ def test_kto_with_one_class_only_warns_with_the_counts(tmp_path, tiny_model):
     path = kto_recipe(tmp_path, tiny_model, "one", {"path": str(write_jsonl(tmp_path / "u.jsonl", rows))}, max_steps=1)
     res = run_ok(["train", str(path)])
     assert "KTO data has 16 desirable and 0 undesirable examples" in res.stderr
+
+
+def test_a_pairs_two_halves_land_in_the_split_dpo_puts_the_pair_in():
+    data = DataConfig(sources=[SourceConfig(synthetic=SyntheticSpec(num_pairs=60))], eval_split=0.3, split_by="pair")
+    pairs = prepare(data, 0, kind="preference")
+    records = prepare(data, 0, kind="unpaired")
+    assert len(records.train) == 2 * len(pairs.train) and len(records.eval) == 2 * len(pairs.eval) > 0
+    assert sorted(r["line"] for r in records.eval) == sorted(2 * [p["line"] for p in pairs.eval])

@@ -17,7 +17,7 @@ from typing import Any
 
 from workbench.config import LabelSpec, SourceConfig
 from workbench.data import synthetic
-from workbench.data.schema import KIND_FIELDS, Message, Reject, preference_problem, record_problem, unpaired_label
+from workbench.data.schema import KIND_FIELDS, Message, Reject, pair_id, preference_problem, record_problem, unpaired_label
 from workbench.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -391,10 +391,11 @@ def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> di
         pair = to_preference(row, fmt, src)
         if isinstance(pair, str) or kind == "preference":
             return pair
-        if kind == "unpaired":
+        if kind == "unpaired":  # both halves split with the pair's id, as DPO on the same data splits them
+            split_id = pair_id(pair)
             return [
-                {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
-                {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False},
+                {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True, "split_id": split_id},
+                {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False, "split_id": split_id},
             ]
         record = {"prompt": pair["prompt"], "completion": pair["chosen"]} if kind == "sft" else {"prompt": pair["prompt"]}
     return record_problem(record, kind) or record

@@ -71,6 +71,12 @@ def reward_model_for_trl(ctx: RunContext, device: Any) -> Any:
 def online_args(ctx: RunContext) -> Any:
     """TRL's config from `train:` plus the `generation:` settings it does not set itself."""
     fields, problems = trl_generation_fields(ctx.recipe.generation, ctx.recipe.train)
+    ref = ctx.recipe.reference
+    if ref.name_or_path or ref.precompute_log_probs:
+        problems.append(
+            f"`reference` is not used by method {ctx.recipe.method}: TRL's trainer keeps a frozen copy of the initial policy "
+            "(or disables the LoRA adapters) as its reference; remove the `reference:` settings"
+        )
     if problems:
         raise RecipeError(ctx.recipe.output_dir + "/recipe.yaml", problems)
     # TRL counts prompt + completion tokens itself; the Trainer's own count looks for input_ids it never gets
