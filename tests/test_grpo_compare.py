@@ -45,7 +45,7 @@ def test_comparison_rows_for_grpo_rloo_and_kto(tmp_path, tiny_model):
         },
     }
     path = tmp_path / "mini.yaml"
-    path.write_text(yaml.safe_dump(comparison))
+    path.write_text(yaml.safe_dump(comparison, sort_keys=False))  # stages run in order: reward first
     run_ok(["compare", str(path)], timeout=1200)
     out = tmp_path / "mini"
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
