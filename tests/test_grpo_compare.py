@@ -1,4 +1,5 @@
-"""A comparison with GRPO, RLOO and KTO stages gives them policy rows with the metrics every policy gets."""
+"""A comparison with GRPO and KTO stages gives them policy rows with the metrics every policy gets (RLOO shares
+GRPO's code path, `methods/trl_online.py`, and is run in test_grpo.py and the distributed tests)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 SMALL = {"max_steps": 2, "per_device_train_batch_size": 8, "logging_steps": 1, "save_steps": 100, "learning_rate": 1e-3}
 
 
-def test_comparison_rows_for_grpo_rloo_and_kto(tmp_path, tiny_model):
+def test_comparison_rows_for_grpo_and_kto(tmp_path, tiny_model):
     comparison = {
         "name": "mini",
         "output_dir": str(tmp_path / "mini"),
@@ -41,7 +42,6 @@ def test_comparison_rows_for_grpo_rloo_and_kto(tmp_path, tiny_model):
             "reward": {"method": "reward", "train": SMALL},
             "kto": {"method": "kto", "train": SMALL},
             "grpo": {"method": "grpo", "train": {**SMALL, "num_generations": 4}},  # reward: the reward stage
-            "rloo": {"method": "rloo", "train": {**SMALL, "num_generations": 4}},
         },
     }
     path = tmp_path / "mini.yaml"
@@ -49,9 +49,9 @@ def test_comparison_rows_for_grpo_rloo_and_kto(tmp_path, tiny_model):
     run_ok(["compare", str(path)], timeout=1200)
     out = tmp_path / "mini"
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
-    assert sorted(rows) == ["grpo", "kto", "rloo"] and all(r["status"] == "ok" for r in rows.values())
+    assert sorted(rows) == ["grpo", "kto"] and all(r["status"] == "ok" for r in rows.values())
     keys = set(rows["kto"])
-    for name in ("grpo", "rloo"):
+    for name in ("grpo",):
         assert set(rows[name]) == keys
         for metric in ("reward_mean", "gold_reward_mean", "win_rate_vs_baseline", "kl_to_reference", "preference_accuracy"):
             assert isinstance(rows[name][metric], float), (name, metric)
@@ -62,6 +62,6 @@ def test_comparison_rows_for_grpo_rloo_and_kto(tmp_path, tiny_model):
         recipe["reward_model"]["name_or_path"] == str(out / "seed-1" / "reward" / "model") and recipe["reward_model"]["normalize"]
     )
     csv_names = [line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]]
-    assert sorted(csv_names) == ["grpo", "kto", "rloo"]
+    assert sorted(csv_names) == ["grpo", "kto"]
     report = (out / "report.md").read_text()
-    assert all(f"| {name} |" in report for name in ("grpo", "kto", "rloo"))
+    assert all(f"| {name} |" in report for name in ("grpo", "kto"))
