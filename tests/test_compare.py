@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import run_ok, run_workbench
 
-POLICIES = ["sft", "dpo", "dpo_rpo", "rejection_sampling", "ppo"]
+POLICIES = ["sft", "dpo", "dpo_rpo", "rejection_sampling", "ppo", "grpo", "kto"]
 
 
 def results(out: Path) -> dict[str, dict]:

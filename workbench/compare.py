@@ -200,7 +200,11 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if stage.model_from:
         recipe.setdefault("model", {})["name_or_path"] = str(seed_dir / stage.model_from / "model")
     reward_from = stage.reward_from
-    if reward_from is None and recipe.get("method") in ("rejection_sampling", "ppo") and not recipe.get("reward_model"):
+    if (
+        reward_from is None
+        and recipe.get("method") in ("rejection_sampling", "ppo", "grpo", "rloo")
+        and not recipe.get("reward_model")
+    ):
         reward_from = comparison.reward_stage
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}

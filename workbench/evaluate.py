@@ -50,7 +50,7 @@ QUALITY_METRICS = (
     "distinct_2",
 )
 COST_METRICS = ("wall_seconds", "train_tokens", "generated_tokens", "peak_memory_mb")
-POLICY_METHODS = ("sft", "dpo", "rejection_sampling", "ppo")
+POLICY_METHODS = ("sft", "dpo", "rejection_sampling", "ppo", "kto", "grpo", "rloo")
 
 
 @dataclass

@@ -67,21 +67,52 @@ def import_function(spec: str) -> Any:
 
 
 def checked_scores(name: str, scores: Any, expected: int) -> list[float]:
-    """Rewards must be one finite number per completion: anything else is the user's bug, named."""
+    """Rewards must be one finite number per completion: anything else is the user's bug, named in one sentence.
+
+    The one check every online method (rejection sampling, PPO, GRPO, RLOO) applies to its reward source.
+    """
     import math
+    import numbers
 
     from workbench.errors import WorkbenchError
 
-    values = list(scores) if not isinstance(scores, (str, bytes)) else None
-    if values is None or len(values) != expected:
+    if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__len__"):
         raise WorkbenchError(
-            f"reward source {name} returned {type(scores).__name__} of length {len(values) if values is not None else '?'}, expected {expected} numbers"
+            f"reward source {name} returned {type(scores).__name__} {_short(scores)}, expected a list of {expected} numbers (one per completion)"
         )
-    out = [float(v) for v in values]
-    bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
-    if bad:
-        raise WorkbenchError(f"reward source {name} returned a non-finite score for completion {bad[0]} ({out[bad[0]]})")
-    return out
+    values = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+    if len(values) != expected:
+        raise WorkbenchError(
+            f"reward source {name} returned {len(values)} scores for {expected} completions, expected {expected} numbers (one per completion)"
+        )
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise WorkbenchError(
+                f"reward source {name} returned a non-number for completion {i} ({type(value).__name__} {_short(value)}); return floats"
+            )
+        if not math.isfinite(value):
+            raise WorkbenchError(f"reward source {name} returned a non-finite score for completion {i} ({value})")
+    return [float(v) for v in values]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def called_scores(name: str, scorer: Any, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """Call a reward source and check what it returned; an exception inside it is reported naming it."""
+    from workbench.errors import WorkbenchError
+
+    try:
+        scores = scorer(prompts, completions, **kwargs)
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise WorkbenchError(
+            f"reward source {name} raised {type(exc).__name__} on a batch of {len(completions)} completions: {exc}"
+        ) from exc
+    return checked_scores(name, scores, len(completions))
 
 
 class RewardModelScorer:
@@ -129,6 +160,7 @@ def reward_source(cfg: Any, max_length: int) -> Any:
     )
 
     def call(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        return checked_scores(name, scorer(prompts, completions, **kwargs), len(completions))
+        return called_scores(name, scorer, prompts, completions, **kwargs)
 
+    call.scorer = scorer  # type: ignore[attr-defined]  # the loaded model, for callers that place it on a device
     return call

@@ -246,12 +246,18 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         problems.extend(accelerate_problems(recipe, accelerate_config))
     except WorkbenchError as exc:
         problems.append(str(exc))
+    if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
+        from workbench.online import validate_trl_method
+
+        lines, more = validate_trl_method(recipe, gb.processes if "gb" in locals() else 1)
+        sections.extend(lines)
+        problems.extend(more)
     problems.extend(reward_problems(recipe))
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
         sections.append(scan.describe())
         problems.extend(data_problems)
-        if example and not data_problems and not any(p.startswith("`model.") for p in problems):
+        if example and recipe.method != "kto" and not data_problems and not any(p.startswith("`model.") for p in problems):
             try:
                 sections.append(example_text(recipe, scan))
             except WorkbenchError as exc:

@@ -229,7 +229,7 @@ def cross_checks(recipe: Recipe) -> list[str]:
         problems.append(f"`data.eval_split` must be in [0, 1), got {recipe.data.eval_split}")
     if recipe.data.max_prompt_length is not None and recipe.data.max_prompt_length >= recipe.data.max_length:
         problems.append("`data.max_prompt_length` must be smaller than `data.max_length` (responses need room)")
-    if recipe.method in ("rejection_sampling", "ppo"):
+    if recipe.method in ("rejection_sampling", "ppo", "grpo", "rloo"):
         rm = recipe.reward_model
         if rm is None or (rm.name_or_path is None) == (rm.function is None):
             problems.append(f"`reward_model` needs exactly one of `name_or_path` or `function` for method {recipe.method}")

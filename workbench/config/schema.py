@@ -15,6 +15,9 @@ TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "dpo": ("trl", "DPOConfig"),
     "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
     "ppo": ("workbench.train_configs", "PPOConfig"),
+    "kto": ("trl", "KTOConfig"),
+    "grpo": ("trl", "GRPOConfig"),
+    "rloo": ("trl", "RLOOConfig"),
 }
 
 # Method -> the records its data must hold: pairs, (prompt, completion) examples, or prompts only.
@@ -23,7 +26,7 @@ METHOD_DATA_KINDS: dict[str, str] = {
     "sft": "sft",
     "reward": "preference",
     "dpo": "preference",
-    "kto": "preference",
+    "kto": "unpaired",
     "rejection_sampling": "prompt",
     "ppo": "prompt",
     "grpo": "prompt",
@@ -142,8 +145,10 @@ class SourceConfig:
         default=None,
     )
     synthetic: SyntheticSpec | None = _help("Generate the data instead of reading `path`.", default=None)
-    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair", "sft", "prompt"] = _help(
-        "Row layout. `auto` detects it from the columns. `sft`: (prompt, completion); `prompt`: prompts only.", default="auto"
+    format: Literal["auto", "preference", "conversational", "hh-rlhf", "labeled-pair", "sft", "prompt", "unpaired"] = _help(
+        "Row layout. `auto` detects it from the columns. `sft`: (prompt, completion); `prompt`: prompts only; "
+        "`unpaired`: (prompt, completion, label) with a true/false or 1/0 label (KTO).",
+        default="auto",
     )
     columns: dict[str, str] = _help(
         "Renames applied first, canonical name -> source column, e.g. {prompt: question}.", default_factory=dict
@@ -255,7 +260,9 @@ class TrackingConfig:
 class Recipe:
     """A whole recipe. `train` holds the method's training-argument fields, checked by name."""
 
-    method: Literal["sft", "reward", "dpo", "rejection_sampling", "ppo"] = _help("Alignment method.", default="dpo")
+    method: Literal["sft", "reward", "dpo", "rejection_sampling", "ppo", "kto", "grpo", "rloo"] = _help(
+        "Alignment method.", default="dpo"
+    )
     model: ModelConfig = _help("Model to train.", default_factory=ModelConfig)
     reference: ReferenceConfig = _help("Reference model.", default_factory=ReferenceConfig)
     reward_model: RewardModelConfig | None = _help("Reward source.", default=None)

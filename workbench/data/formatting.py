@@ -195,7 +195,7 @@ def tokenize_rows(
     tokenizer: Any, rows: Sequence[dict[str, Any]], settings: TokenizationSettings, kind: str = "preference"
 ) -> list[Any]:
     """Tokenize records of one kind: preference -> TokenizedPair, sft -> TokenizedSFT, prompt -> TokenizedPrompt."""
-    if kind == "sft":
+    if kind in ("sft", "unpaired"):
         return [tokenize_sft(tokenizer, row, settings) for row in rows]
     if kind == "prompt":
         return [tokenize_prompt(tokenizer, row["prompt"], settings.max_prompt_length) for row in rows]

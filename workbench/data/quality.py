@@ -79,7 +79,9 @@ def unit_interval(hex_digest: str) -> float:
 
 
 def split_key(row: dict[str, Any], by: str) -> str:
-    return row["pair_id"] if by == "pair" else prompt_id(row["prompt"])
+    if by == "pair":
+        return row.get("split_id") or row["pair_id"]  # split_id: the pair an unpaired (KTO) record came from
+    return prompt_id(row["prompt"])
 
 
 def is_eval(row: dict[str, Any], eval_split: float, by: str) -> bool:

@@ -17,7 +17,12 @@ from typing import Any
 ROLES = ("system", "user", "assistant", "tool")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 # The fields of each record kind: preference pairs, SFT examples, prompts (generation).
-KIND_FIELDS = {"preference": PREFERENCE_FIELDS, "sft": ("prompt", "completion"), "prompt": ("prompt",)}
+KIND_FIELDS = {
+    "preference": PREFERENCE_FIELDS,
+    "sft": ("prompt", "completion"),
+    "prompt": ("prompt",),
+    "unpaired": ("prompt", "completion", "label"),  # KTO: one completion, desirable (True) or not
+}
 
 Message = dict[str, str]
 Content = str | list[Message]
@@ -102,11 +107,20 @@ def record_problem(row: dict[str, Any], kind: str) -> str | None:
     """Why a canonical record of `kind` is invalid, or None."""
     if kind == "preference":
         return preference_problem(row)
-    for name in KIND_FIELDS[kind]:
+    for name in ("prompt", "completion") if kind == "unpaired" else KIND_FIELDS[kind]:
         problem = field_problem(row, name)
         if problem:
             return problem
     return None if text_of(row["prompt"]).strip() else "empty prompt"
+
+
+def unpaired_label(value: Any) -> bool | str:
+    """An unpaired record's label as a bool (true/false or 1/0), or why it is not one."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    return f"field 'label' must be true/false or 1/0, got {value!r}"
 
 
 def empty_response_warning(row: dict[str, Any]) -> str | None:
@@ -123,6 +137,8 @@ def normalize(value: Content) -> Any:
     """Whitespace-folded form used for ids and dedup (trailing/duplicate spaces never make pairs differ)."""
     if isinstance(value, str):
         return _WS.sub(" ", value).strip()
+    if not isinstance(value, list):  # labels
+        return value
     return [{"role": m["role"], "content": _WS.sub(" ", m["content"]).strip()} for m in value]
 
 

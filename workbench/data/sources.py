@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.config import LabelSpec, SourceConfig
 from workbench.data import synthetic
-from workbench.data.schema import KIND_FIELDS, Message, Reject, preference_problem, record_problem
+from workbench.data.schema import KIND_FIELDS, Message, Reject, pair_id, preference_problem, record_problem, unpaired_label
 from workbench.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -418,6 +418,8 @@ def detect_format(row: dict[str, Any], src: SourceConfig) -> str:
             return "conversational"
         if isinstance(row["chosen"], str) and row["chosen"].lstrip("\n").startswith("Human:"):
             return "hh-rlhf"
+    if {"prompt", "completion", "label"} <= keys:
+        return "unpaired"
     if {"prompt", "completion"} <= keys:
         return "sft"
     if "prompt" in keys:
@@ -483,21 +485,38 @@ class Loaded:
     source_index: int
 
 
-def to_record(row: dict[str, Any], fmt: str, src: SourceConfig, kind: str) -> dict[str, Any] | str | Reject:
-    """One raw row -> a canonical record of `kind` (preference, sft or prompt), or why it is invalid.
+def to_record(
+    row: dict[str, Any], fmt: str, src: SourceConfig, kind: str
+) -> dict[str, Any] | list[dict[str, Any]] | str | Reject:
+    """One raw row -> a canonical record of `kind` (preference, sft, prompt or unpaired), or why it is invalid.
 
-    Preference layouts also serve the other kinds: SFT takes (prompt, chosen), generation takes prompts.
+    Preference layouts also serve the other kinds: SFT takes (prompt, chosen), generation takes prompts,
+    and `unpaired` (KTO) takes both responses as two records: chosen desirable, rejected undesirable.
     """
-    if fmt in ("sft", "prompt"):
-        if kind == "preference" or (kind == "sft" and fmt == "prompt"):
+    if fmt in ("sft", "prompt", "unpaired"):
+        needs = {"preference": "chosen/rejected", "sft": "completion", "unpaired": "completion and label"}
+        if kind == "preference" or (kind != "prompt" and fmt == "prompt") or (kind == "unpaired" and fmt == "sft"):
+            raise DataError(f"{src.path}: a `{fmt}` source has no {needs[kind]} for a {kind} method")
+        if kind == "sft" and fmt == "unpaired":
             raise DataError(
-                f"{src.path}: a `{fmt}` source has no {'chosen/rejected' if kind == 'preference' else 'completion'} for a {kind} method"
+                f"{src.path}: rows with a `label` are unpaired (KTO) data; set `format: sft` to fine-tune on every completion"
             )
         record = {name: row.get(name) for name in KIND_FIELDS[kind]}
+        if kind == "unpaired":
+            label = unpaired_label(row.get("label"))
+            if isinstance(label, str):
+                return label
+            record["label"] = label
     else:
         pair = to_preference(row, fmt, src)
         if isinstance(pair, (str, Reject)) or kind == "preference":
             return pair
+        if kind == "unpaired":  # both halves split with the pair's id, as DPO on the same data splits them
+            split_id = pair_id(pair)
+            return [
+                {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True, "split_id": split_id},
+                {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False, "split_id": split_id},
+            ]
         record = {"prompt": pair["prompt"], "completion": pair["chosen"]} if kind == "sft" else {"prompt": pair["prompt"]}
     return record_problem(record, kind) or record
 
@@ -542,4 +561,5 @@ def load_source(src: SourceConfig, source_index: int, kind: str = "preference") 
         elif isinstance(result, str):
             yield Reject(item.source, item.line, result, item.row)
         else:
-            yield Loaded(item.source, item.line, result, source_index)
+            for record in result if isinstance(result, list) else [result]:
+                yield Loaded(item.source, item.line, record, source_index)

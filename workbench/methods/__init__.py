@@ -13,6 +13,9 @@ METHOD_MODULES = {
     "sft": "workbench.methods.sft",
     "rejection_sampling": "workbench.methods.rejection_sampling",
     "ppo": "workbench.methods.ppo",
+    "kto": "workbench.methods.kto",
+    "grpo": "workbench.methods.grpo",
+    "rloo": "workbench.methods.rloo",
 }
 
 

@@ -1,0 +1,21 @@
+"""GRPO on TRL's GRPOTrainer: group-relative advantages over `num_generations` completions per prompt.
+
+Prompts, reward, sampling settings, tracking and export are shared with RLOO (`methods/trl_online.py`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workbench.methods.trl_online import DATA_KIND, run_online
+
+if TYPE_CHECKING:
+    from workbench.runner import RunContext, RunResult
+
+__all__ = ["DATA_KIND", "run"]
+
+
+def run(ctx: RunContext) -> RunResult:
+    from trl import GRPOTrainer
+
+    return run_online(ctx, GRPOTrainer)

@@ -1,0 +1,146 @@
+"""Settings of the TRL-backed online methods (GRPO, RLOO): one source of truth for sampling, and the batch they imply.
+
+The workbench's `generation:` block (shared with rejection sampling, PPO and evaluation) maps onto
+TRL's own fields; `train:` may set TRL's names instead, but a recipe that sets both to different
+values is refused rather than one silently winning. Pure functions: validate uses them without
+loading anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.config import GenerationConfig
+
+ONLINE_METHODS = ("grpo", "rloo")
+
+# workbench `generation:` field -> TRL GRPOConfig / RLOOConfig field
+GENERATION_TO_TRL = (
+    ("num_samples", "num_generations"),
+    ("max_new_tokens", "max_completion_length"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("top_k", "top_k"),
+)
+
+
+def trl_generation_fields(generation: GenerationConfig, train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(TRL fields taken from `generation:`, problems). A TRL field the recipe's `train:` sets is left to it;
+    a `generation:` value changed from its default that disagrees with it is a problem."""
+    defaults = GenerationConfig()
+    fields: dict[str, Any] = {}
+    problems: list[str] = []
+    for ours, theirs in GENERATION_TO_TRL:
+        value = getattr(generation, ours)
+        if theirs not in train:
+            fields[theirs] = value
+        elif value != getattr(defaults, ours) and value != train[theirs]:
+            problems.append(
+                f"`generation.{ours}` ({value}) and `train.{theirs}` ({train[theirs]}) both set the same sampling setting; "
+                f"keep one (`generation.{ours}` is shared with rejection sampling, PPO and evaluation)"
+            )
+    if fields.get("temperature", train.get("temperature", 1.0)) <= 0:
+        problems.append("GRPO / RLOO compare several sampled completions per prompt: the temperature must be > 0")
+    return fields, problems
+
+
+@dataclass
+class OnlineBatch:
+    """What one optimizer step and one generation round of GRPO / RLOO hold (TRL counts completions)."""
+
+    per_device: int  # completions per process per micro-batch
+    accumulation: int
+    processes: int
+    num_generations: int
+    generation_batch: int  # completions generated per round, all processes
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.per_device * self.accumulation * self.processes
+
+    @property
+    def prompts_per_generation(self) -> float:
+        return self.generation_batch / self.num_generations
+
+    def describe(self) -> str:
+        return (
+            f"{self.per_device} (completions per device) x {self.accumulation} (accumulation) x {self.processes} (processes) "
+            f"= {self.completions_per_step} completions per optimizer step; each generation round samples "
+            f"{self.generation_batch} completions = {self.prompts_per_generation:g} prompts x {self.num_generations} generations"
+        )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.num_generations < 2:
+            out.append(f"`num_generations` is {self.num_generations}: GRPO / RLOO need at least 2 completions per prompt")
+        elif self.generation_batch % self.num_generations:
+            out.append(
+                f"{self.generation_batch} completions per generation round are not whole groups of num_generations={self.num_generations}; "
+                "make per_device_train_batch_size x gradient_accumulation_steps x processes a multiple of it"
+            )
+        return out
+
+
+def online_batch(train: dict[str, Any], defaults: dict[str, Any], processes: int) -> OnlineBatch:
+    """The batch TRL will form from the (effective) `train:` fields on `processes` processes."""
+
+    def get(key: str) -> Any:
+        return train.get(key, defaults.get(key))
+
+    per_device = int(get("per_device_train_batch_size"))
+    accumulation = int(get("gradient_accumulation_steps") or 1)
+    steps = get("steps_per_generation")
+    generation_batch = get("generation_batch_size")
+    if generation_batch is None:
+        generation_batch = per_device * processes * int(steps or accumulation)
+    return OnlineBatch(per_device, accumulation, processes, int(get("num_generations")), int(generation_batch))
+
+
+def validate_trl_method(recipe: Any, processes: int) -> tuple[list[str], list[str]]:
+    """(report lines, problems) for `workbench validate` of a TRL-backed method: sampling settings mapped,
+    TRL's own checks of the `train:` values, and for GRPO / RLOO the completions per step."""
+    import tempfile
+
+    from workbench.config import train_config_class, train_field_defaults
+
+    lines: list[str] = []
+    problems: list[str] = []
+    fields: dict[str, Any] = {}
+    if recipe.method in ONLINE_METHODS:
+        fields, problems = trl_generation_fields(recipe.generation, recipe.train)
+        lines.append(
+            "sampling (TRL fields): "
+            + ", ".join(f"{k}={v}" for k, v in {**fields, **recipe.train}.items() if k in dict(GENERATION_TO_TRL).values())
+        )
+    cls = train_config_class(recipe.method)
+    for key, value in recipe.train.items():
+        choices = declared_choices(cls, key)
+        if isinstance(value, str) and choices and value not in choices:
+            problems.append(f"`train.{key}` must be one of {', '.join(choices)} ({cls.__name__}), got {value!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            precision = {"bf16": False, "fp16": False}  # the machine decides at run time; checked here without a GPU
+            cls(output_dir=tmp, report_to=[], **precision, **{**fields, **recipe.train})
+        except (ValueError, TypeError) as exc:
+            problems.append(f"`train`: {cls.__name__} rejects these values: {str(exc).splitlines()[0]}")
+    if recipe.method in ONLINE_METHODS:
+        batch = online_batch({**fields, **recipe.train}, train_field_defaults(cls), processes)
+        lines.append(f"completions per step: {batch.describe()}")
+        problems.extend(batch.problems())
+    return lines, problems
+
+
+def declared_choices(cls: type, name: str) -> list[str]:
+    """The values a TRL config field declares (its `choices` metadata, or the "Supported values are 'a', 'b'" of its help)."""
+    import dataclasses
+    import re
+
+    found = [f for f in dataclasses.fields(cls) if f.name == name]
+    if not found:
+        return []
+    meta = found[0].metadata
+    if meta.get("choices"):
+        return [str(c) for c in meta["choices"]]
+    match = re.search(r"Supported values are ([^.]*)\.", meta.get("help", ""))
+    return re.findall(r"'([\w-]+)'", match.group(1)) if match else []
