@@ -54,28 +54,65 @@ def fixed_rollouts(n: int = 16, seed: int = 0) -> tuple[list[list[int]], list[li
     return prompts, responses, scores
 
 
-def one_update(learner: Any, tokenizer: Any, rows: list[int], step: int = 1) -> dict[str, float] | None:
+def one_update(
+    learner: Any, tokenizer: Any, rows: list[int], step: int = 1, scratch: Path | None = None
+) -> dict[str, float] | None:
     from workbench.logprobs import rollout_tensors
 
     prompts, responses, scores = fixed_rollouts()
     batch = rollout_tensors([prompts[i] for i in rows], [responses[i] for i in rows], tokenizer.pad_token_id, learner.acc.device)
     exp = learner.experience(batch, [scores[i] for i in rows], kl_coef=0.05)
-    return learner.update(step, exp, kl_coef=0.05)
+    return learner.update(step, exp, kl_coef=0.05, scratch=scratch)
+
+
+def nan_on_one_rank(model_dir: Path, out: Path, rank: int, world: int) -> None:
+    """Only the last rank sees a NaN loss, in the second mini-batch of an update: every rank must undo it."""
+
+    from workbench import losses
+
+    per = 16 // world
+    learner, tokenizer = make_learner(model_dir, per_device_train_batch_size=per, ppo_epochs=1, num_mini_batches=2)
+    rows = list(range(rank * per, (rank + 1) * per))
+    assert one_update(learner, tokenizer, rows, 1, out.parent / "scratch") is not None
+    before = {k: v.detach().cpu().clone() for k, v in learner.unwrapped.state_dict().items()}
+    real, calls = losses.clipped_value_loss, []
+
+    def nan_late(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        loss, frac = real(*a, **kw)
+        return (loss * float("nan") if len(calls) == 2 and rank == world - 1 else loss), frac
+
+    losses.clipped_value_loss = nan_late
+    result = one_update(learner, tokenizer, rows, 2, out.parent / "scratch")
+    losses.clipped_value_loss = real
+    after = {k: v.detach().cpu().clone() for k, v in learner.unwrapped.state_dict().items()}
+    diff = max(float((before[k] - after[k]).abs().max()) for k in before)
+    (out.parent / f"nan-rank{rank}.json").write_text(f'{{"skipped": {str(result is None).lower()}, "max_diff": {diff}}}')
 
 
 def main() -> None:
     import torch
 
     model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-    from accelerate import PartialState
+    from workbench.launch import init_distributed_state
 
-    world, rank = PartialState().num_processes, PartialState().process_index
+    state = init_distributed_state()  # gloo on CPU, as `workbench train` does
+    world, rank = state.num_processes, state.process_index
+    if sys.argv[3:] == ["nan"]:
+        return nan_on_one_rank(model_dir, out, rank, world)
     per = 16 // world
-    learner, tokenizer = make_learner(model_dir, per_device_train_batch_size=per, ppo_epochs=1, num_mini_batches=1)
+    print(f"rank {rank} of {world}: rows {per}", flush=True)
+    learner, tokenizer = make_learner(model_dir, per_device_train_batch_size=per, ppo_epochs=2, num_mini_batches=1)
+    names = {id(p): n for n, p in learner.unwrapped.named_parameters()}
+    grads: list[dict[str, Any]] = []  # Adam's first step is sign(g): compare the gradients themselves too
+    base = getattr(learner.optimizer, "optimizer", learner.optimizer)
+    base.register_step_pre_hook(
+        lambda opt, *a: grads.append({names[id(p)]: p.grad.clone() for g in opt.param_groups for p in g["params"]})
+    )
     assert one_update(learner, tokenizer, list(range(rank * per, (rank + 1) * per))) is not None
-    state = {k: v.detach().cpu().clone() for k, v in learner.unwrapped.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in learner.unwrapped.state_dict().items()}
     if rank == 0:
-        torch.save(state, out)
+        torch.save({"weights": weights, "grads": grads}, out)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ removed PPOTrainer):
   truncated distribution has -inf log-probs for tokens the new policy may move into. Generation uses
   a complete GenerationConfig built from the recipe (nothing inherited from the checkpoint), written
   to `generation_config.json` in the run dir. A response keeps the EOS id that actually ended it.
-- Frozen models: the reference and a reward model are whole plain copies on every process under
-  every launch config (never created inside ZeRO-3's partitioned init); under LoRA the reference is
-  the policy with its adapters disabled. The value model is trained, so it is part of the prepared
-  engine and sharded like the policy under ZeRO-3.
+- Frozen models: a reward model is a whole plain copy on every process under every launch config
+  (never created inside ZeRO-3's partitioned init, which left it with size-0 weights). The reference
+  is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
+  (a plain copy otherwise); under LoRA it is the policy with its adapters disabled. The value model is
+  trained, so it is part of the prepared engine and sharded like the policy under ZeRO-3.
 - Value model: a separate critic (AutoModelForTokenClassification, from the policy or the reward
   model) for full fine-tuning; under LoRA by default a value head on the policy's own backbone
   (one forward for both, no second backbone copy; the value loss also trains the shared adapters).
@@ -162,6 +163,24 @@ def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[Po
     return model, reference, {"reference": ref_kind, "value_model": described}
 
 
+def frozen_engine(model: Any, accelerator: Any) -> Any:
+    """Under ZeRO-3 a frozen model becomes a DeepSpeed inference engine sharded like the policy; otherwise a plain copy on the device.
+
+    Every process must then call it the same number of times (it gathers shards collectively).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return model.to(accelerator.device)
+    import deepspeed
+
+    config = copy.deepcopy(plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    config["zero_optimization"] = {**config["zero_optimization"], "stage": 3}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.eval()
+
+
 def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
     """The frozen reference's logits: a separate model, or the LoRA policy with its adapters disabled."""
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
@@ -235,9 +254,7 @@ class Learner:
             num_training_steps=args.max_steps * steps_per_update,
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.reference = reference
-        if reference is not None:
-            reference.to(accelerator.device)
+        self.reference = frozen_engine(reference, accelerator) if reference is not None else None
         self.moments = losses.RunningMoments()
 
     def reduce_sum(self, t: Any) -> Any:
@@ -433,6 +450,8 @@ class PPOLoop:
         accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
         model, reference, described = build_models(recipe, ctx.tokenizer, args)
         self.learner = Learner(accelerator, model, reference, args, recipe.seed, recipe.generation.temperature)
+        if self.learner.reference is not None and self.learner.reference is not reference:
+            described["reference"] += ", sharded by a DeepSpeed ZeRO-3 inference engine"
         counts = {
             "policy_parameters": sum(p.numel() for p in model.policy.parameters()),
             "value_parameters": sum(p.numel() for p in (model.value or model.value_head).parameters()),
