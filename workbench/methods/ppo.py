@@ -178,7 +178,8 @@ def frozen_engine(model: Any, accelerator: Any) -> Any:
         config.pop(key, None)
     config["zero_optimization"] = {**config["zero_optimization"], "stage": 3}
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
 
 
 def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
