@@ -303,11 +303,18 @@ class Learner:
                 raise WorkbenchError("internal: a DeepSpeed PPO update needs a scratch directory for its snapshot")
             self.acc.save_state(str(scratch))
             return scratch
-        return (
-            {k: v.detach().clone() for k, v in self.unwrapped.state_dict().items()},
-            copy.deepcopy(self.optimizer.state_dict()),
-            copy.deepcopy(self.scheduler.state_dict()),
-        )
+        import torch
+
+        def to_cpu(x: Any) -> Any:  # a copy in host memory, so the snapshot costs no accelerator memory
+            if isinstance(x, torch.Tensor):
+                return x.detach().to("cpu", copy=True)
+            if isinstance(x, dict):
+                return {k: to_cpu(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [to_cpu(v) for v in x]
+            return copy.deepcopy(x)
+
+        return to_cpu(self.unwrapped.state_dict()), to_cpu(self.optimizer.state_dict()), to_cpu(self.scheduler.state_dict())
 
     def restore(self, snap: Any) -> None:
         import torch
