@@ -166,3 +166,26 @@ def test_diagnosis_flags_each_unhealthy_pattern_and_nothing_in_a_healthy_run():
         "entropy_collapse"
     ]
     assert diagnose(history(3), warmup=0, kl_limit=10.0) == []  # too short to judge
+
+
+def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model):
+    """Actor and critic are clipped separately: scores x 1e4 blow up the value loss, the policy's gradient is unchanged
+    (advantages are whitened); clipped together, it would shrink by the value gradient's norm."""
+    from workbench.logprobs import rollout_tensors
+
+    norms = {}
+    for scale in (1.0, 1e4):
+        learner, tok = make_learner(tiny_model, reward_normalization="none", ppo_epochs=1, per_device_train_batch_size=8)
+        actor = {id(p) for p in learner.actor_params}
+        seen = []
+        learner.optimizer.optimizer.register_step_pre_hook(
+            lambda opt, *a, seen=seen, actor=actor: seen.append(
+                sum(float(p.grad.pow(2).sum()) for g in opt.param_groups for p in g["params"] if id(p) in actor) ** 0.5
+            )
+        )
+        prompts, responses, scores = fixed_rollouts(8)
+        batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
+        exp = learner.experience(batch, [s * scale for s in scores], kl_coef=0.0)
+        assert learner.update(1, exp, kl_coef=0.0) is not None
+        norms[scale] = seen[0]
+    assert norms[1e4] == pytest.approx(norms[1.0], rel=1e-3) and norms[1.0] > 0
