@@ -26,7 +26,7 @@ def make_learner(model_dir: Path, temperature: float = 1.0, **overrides: Any) ->
     from accelerate import Accelerator
 
     from workbench.config import recipe_from_dict
-    from workbench.methods.ppo import Learner, build_models
+    from workbench.methods.ppo_learner import Learner, build_models
     from workbench.models import load_tokenizer
 
     data = yaml.safe_load((REPO / "recipes" / "ppo.yaml").read_text())
