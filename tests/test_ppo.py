@@ -92,18 +92,15 @@ def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
 def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
-    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16, lr_scheduler_type="linear", warmup_steps=3)
+    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16, warmup_steps=3)
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
     assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
     assert_learned(tmp_path / config)
     # one schedule for every launch: stepped once per optimizer step, warmup counted in updates
     args = yaml.safe_load(path.read_text())["train"]
     per_update = args["ppo_epochs"] * args["num_mini_batches"]
-    total, warm = args["max_steps"] * per_update, 3 * per_update
-    lr = args["learning_rate"]
-    expected = [
-        lr * (s * per_update / warm if s * per_update < warm else (total - s * per_update) / (total - warm)) for s in range(1, 31)
-    ]
+    warm, lr = 3 * per_update, args["learning_rate"]
+    expected = [lr * min(1.0, s * per_update / warm) for s in range(1, 31)]  # constant after a linear warmup
     assert [m["train/learning_rate"] for m in read_metrics(tmp_path / config)] == pytest.approx(expected, rel=1e-6)
 
 
