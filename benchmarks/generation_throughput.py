@@ -36,8 +36,8 @@ def naive(model, tokenizer, prompts, cfg, n) -> int:  # noqa: ANN001 - a baselin
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos),
             )
-            ids, finished = cut_at_eos(out[0, len(p) :].tolist(), eos, tokenizer.pad_token_id)
-            tokens += len(ids) + finished
+            ids, eos_id = cut_at_eos(out[0, len(p) :].tolist(), eos)
+            tokens += len(ids) + (eos_id is not None)
     return tokens
 
 

@@ -59,16 +59,19 @@ import torch  # noqa: E402
 
 from workbench.losses import (  # noqa: E402
     AdaptiveKLController,
+    RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,
     gae,
     kl_per_token,
+    leave_one_out_baseline,
     masked_mean,
     masked_var,
     masked_whiten,
     shaped_rewards,
+    token_mean,
 )
 
 
@@ -177,3 +180,50 @@ def test_adaptive_kl_controller():
     again = AdaptiveKLController(1.0, 1.0, 1)
     again.load_state_dict(ctl.state_dict())
     assert again.state_dict() == ctl.state_dict()
+
+
+def test_masked_whiten_uses_the_statistics_of_every_process():
+    """Rows split over two 'processes' whose sums are added: masked values 1, 2 | 4 -> mean 7/3, unbiased var 7/3,
+    so 1 -> (1 - 7/3) / sqrt(7/3) = -0.8729 in the first shard, the same as whitening the whole batch."""
+    shards = [(X[:1], M[:1]), (X[1:], M[1:])]
+
+    def reduce_sum(t):  # what an all-reduce(sum) returns on each process: the sum over both shards
+        other = [s for s in shards if s[0] is not current[0]][0]
+        x, m = other
+        if t.dim() == 1:  # (sum, count)
+            return t + torch.stack([(x * m).sum(), m.sum()]).double()
+        return t + ((x.double() - mean_seen[0]) ** 2 * m).sum()
+
+    whole = masked_whiten(X, M)
+    for current in shards:
+        mean_seen = [torch.tensor(7 / 3, dtype=torch.float64)]
+        part = masked_whiten(current[0], current[1], reduce_sum=reduce_sum)
+        rows = slice(0, 1) if current is shards[0] else slice(1, 2)
+        assert torch.allclose(part, whole[rows], atol=1e-6)
+    assert whole[0, 0].item() == pytest.approx((1 - 7 / 3) / math.sqrt(7 / 3), abs=1e-5)
+
+
+def test_token_mean_divides_by_the_global_token_count():
+    """Masked values 1, 2, 4 sum to 7: over their own 3 tokens 7/3, as a share of 10 global tokens 0.7."""
+    assert token_mean(X, M).item() == pytest.approx(7 / 3)
+    assert token_mean(X, M, torch.tensor(10.0)).item() == pytest.approx(0.7)
+
+
+def test_leave_one_out_baseline_by_hand():
+    """Groups (1, 2, 6) and (4, 4, 1): 1 - (2 + 6) / 2 = -3, 2 - 3.5 = -1.5, 6 - 1.5 = 4.5; 4 - 2.5 = 1.5, 1.5, 1 - 4 = -3."""
+    scores = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0, 1.0])
+    assert leave_one_out_baseline(scores, 3).tolist() == pytest.approx([-3.0, -1.5, 4.5, 1.5, 1.5, -3.0])
+    assert leave_one_out_baseline(scores, 1).tolist() == scores.tolist()
+
+
+def test_running_moments_merge_batches_exactly():
+    """1, 2, 3 then 4, 10: mean 4, population variance (9 + 4 + 1 + 0 + 36) / 5 = 10."""
+    m = RunningMoments()
+    m.update([1.0, 2.0, 3.0])
+    assert (m.mean, m.var, m.count) == pytest.approx((2.0, 2 / 3, 3))
+    m.update([4.0, 10.0])
+    assert (m.mean, m.var, m.count) == pytest.approx((4.0, 10.0, 5))
+    assert m.normalize([4.0 + math.sqrt(10.0)]) == pytest.approx([1.0])
+    again = RunningMoments()
+    again.load_state_dict(m.state_dict())
+    assert again.std == pytest.approx(math.sqrt(10.0))

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from conftest import REPO, kill_when, run_ok, run_workbench
+from test_reward import reward_recipe
 from test_train import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -48,19 +49,29 @@ def test_ppo_raises_the_reward_single_process(single):
     assert_learned(single)
     keys = read_metrics(single)[0].keys()
     for key in (
+        "train/loss",
         "train/objective/entropy",
         "train/objective/rlhf_reward",
         "train/policy/approxkl",
         "train/policy/clipfrac",
+        "train/policy/entropy",
         "train/loss/policy",
         "train/loss/value",
         "train/val/clipfrac",
         "train/val/explained_variance",
         "train/response_length",
-        "train/generation_tokens_per_second",
-        "train/training_tokens_per_second",
+        "train/finished_share",
+        "train/time/generate",
+        "train/time/score",
+        "train/time/learn",
+        "train/generated_tokens_per_second",
+        "train/learn_tokens_per_second",
     ):
         assert key in keys
+    manifest = json.loads((single / "manifest.json").read_text())
+    assert isinstance(manifest["diagnosis"], list)
+    generation = json.loads((single / "generation_config.json").read_text())  # what sampling used, all of it
+    assert generation["repetition_penalty"] == 1.0 and generation["top_k"] == 0 and generation["max_new_tokens"] == 12
 
 
 def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
@@ -81,10 +92,58 @@ def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
 def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
-    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16)
+    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16, warmup_steps=3)
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
     assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
     assert_learned(tmp_path / config)
+    # one schedule for every launch: stepped once per optimizer step, warmup counted in updates
+    args = yaml.safe_load(path.read_text())["train"]
+    per_update = args["ppo_epochs"] * args["num_mini_batches"]
+    warm, lr = 3 * per_update, args["learning_rate"]
+    expected = [lr * min(1.0, s * per_update / warm) for s in range(1, 31)]  # constant after a linear warmup
+    assert [m["train/learning_rate"] for m in read_metrics(tmp_path / config)] == pytest.approx(expected, rel=1e-6)
+
+
+def run_fixed(tmp_path, tiny_model, out, config=None, *extra):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(REPO / "tests" / "ppo_fixed.py"), str(tiny_model), str(out), *extra]
+    if config:
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "accelerate_configs" / f"{config}.yaml"),
+            *cmd[1:],
+        ]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.distributed
+def test_one_process_of_16_and_two_of_8_make_the_same_update(tmp_path, tiny_model):
+    """Whitening, reward normalization and loss normalization use the whole global batch (per-process
+    whitening moves the weights 4e-3 apart here)."""
+    import torch
+
+    run_fixed(tmp_path, tiny_model, tmp_path / "one.pt")
+    run_fixed(tmp_path, tiny_model, tmp_path / "two.pt", "cpu_ddp")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert len(one["grads"]) == len(two["grads"]) == 2
+    for a, b in zip(one["grads"], two["grads"]):
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in one["weights"]) < 1e-5
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
+def test_a_nan_on_one_process_undoes_the_update_on_every_process(tmp_path, tiny_model, config):
+    run_fixed(tmp_path, tiny_model, tmp_path / "x", config, "nan")
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"nan-rank{rank}.json").read_text())
+        assert result == {"skipped": True, "max_diff": 0.0}
 
 
 def test_killed_ppo_resumes_to_the_same_end(tmp_path, tiny_model):
@@ -111,27 +170,40 @@ def test_non_finite_updates_stop_the_run_and_no_nan_weights_are_saved(tmp_path, 
     )
     res = run_workbench(["train", str(path)])
     assert res.returncode == 2, res.stderr[-3000:]
-    assert "PPO stopped: 2 updates in a row had a non-finite" in res.stderr
-    assert not (tmp_path / "nan" / "model").exists()
+    assert "PPO stopped: 2 updates in a row had a non-finite" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "nan" / "model").exists() and not list((tmp_path / "nan").glob("checkpoints/checkpoint-*"))
     assert json.loads((tmp_path / "nan" / "manifest.json").read_text())["status"] == "failed"
 
 
+@pytest.fixture(scope="module")
+def trained_rm(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("rm")
+    run_ok(["train", str(reward_recipe(tmp, tiny_model, "rm", max_steps=4))])
+    return tmp / "rm" / "model"
+
+
 @pytest.mark.distributed
-def test_ppo_under_zero3_gathers_for_generation_and_exports(tmp_path, tiny_model):
-    path = ppo_recipe(tmp_path, tiny_model, "zero3", max_steps=3, per_device_train_batch_size=8, save_steps=0)
+def test_ppo_under_zero3_with_a_trained_reward_model(tmp_path, tiny_model, trained_rm):
+    """The reward model (and the critic initialized from it) load whole under ZeRO-3 (used to crash in its first forward)."""
+    path = ppo_recipe(
+        tmp_path, tiny_model, "zero3", max_steps=3, per_device_train_batch_size=8, save_steps=0, value_init="reward"
+    )
+    recipe = yaml.safe_load(path.read_text())
+    recipe["reward_model"] = {"name_or_path": str(trained_rm)}
+    path.write_text(yaml.safe_dump(recipe))
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_zero3.yaml")])
     manifest = json.loads((tmp_path / "zero3" / "manifest.json").read_text())
+    assert manifest["reference"].endswith("sharded by a DeepSpeed ZeRO-3 inference engine")
+    assert manifest["value_model"] == f"separate critic initialized from {trained_rm}"
     assert (
         manifest["world_size"] == 2 and manifest["export_check"]["ok"] and manifest["export_check"]["max_abs_logit_diff"] <= 1e-4
     )
     metrics = read_metrics(tmp_path / "zero3")
     assert [m["step"] for m in metrics] == [1, 2, 3] and metrics[0]["train/objective/kl"] == pytest.approx(0.0, abs=1e-6)
-    for m in metrics:  # the time split of every update is logged
-        assert (
-            m["train/time/generation_seconds"] > 0
-            and m["train/time/training_seconds"] > 0
-            and m["train/time/scoring_seconds"] >= 0
-        )
+    for m in metrics:  # the time split of every update is logged; the reward model really scored
+        assert m["train/time/generate"] > 0 and m["train/time/learn"] > 0 and m["train/time/score"] > 0
+    scores = [m["train/objective/scores"] for m in metrics]
+    assert all(abs(s) < 1e3 for s in scores) and len(set(scores)) == 3
 
 
 def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path, tiny_model):
@@ -143,6 +215,8 @@ def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path
     run = tmp_path / "lora"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["reference"] == "policy base with adapters disabled" and manifest["export_check"]["ok"]
+    # the critic is a value head on the policy's backbone, not a second backbone copy
+    assert manifest["value_model"] == "value head on the policy's backbone" and manifest["value_parameters"] == 64 + 1
     kls = [m["train/objective/kl"] for m in read_metrics(run)]
     assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0  # adapters start as a no-op, then move away
     assert (run / "model" / "adapter_model.safetensors").is_file()

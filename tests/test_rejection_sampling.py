@@ -17,8 +17,9 @@ from workbench.scoring import checked_scores, reward_source
 
 
 def test_cut_at_eos():
-    assert cut_at_eos([5, 6, 2, 7], {2}, 0) == ([5, 6], True)
-    assert cut_at_eos([5, 6, 0, 0], {2}, 0) == ([5, 6], False)
+    assert cut_at_eos([5, 6, 2, 7], {2}) == ([5, 6], 2)
+    assert cut_at_eos([5, 9, 2, 7], {2, 9}) == ([5], 9)  # which of several EOS ids ended it
+    assert cut_at_eos([5, 6, 0, 0], {2}) == ([5, 6, 0, 0], None)  # pad sampled at the cap is kept
 
 
 def test_selection_rules_on_hand_made_groups():

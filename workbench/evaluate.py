@@ -74,6 +74,7 @@ class Samples:
     finished: list[bool]
     texts: list[str]
     scores: dict[str, list[float]] = field(default_factory=dict)  # scorer name -> one score per response
+    eos_ids: list[int | None] = field(default_factory=list)  # the EOS id that ended each response (None: cut)
     per_sample: dict[str, list[float]] = field(default_factory=dict)  # measured per response: KL, win vs baseline
 
     @property
@@ -87,8 +88,9 @@ class Samples:
         return out
 
     def sampled_ids(self, eos_id: int) -> list[list[int]]:
-        """The tokens the policy actually sampled: a finished response also sampled its EOS."""
-        return [ids + ([eos_id] if done else []) for ids, done in zip(self.token_ids, self.finished)]
+        """The tokens the policy actually sampled: a finished response also sampled the EOS that ended it."""
+        ends = self.eos_ids or [eos_id if done else None for done in self.finished]
+        return [ids + ([end] if end is not None else []) for ids, end in zip(self.token_ids, ends)]
 
     def to_rows(self, prompts: Sequence[Any]) -> list[dict[str, Any]]:
         return [
@@ -153,6 +155,7 @@ def sample_responses(model: Any, tokenizer: Any, inputs: EvalInputs, cfg: EvalCo
         [c.token_ids for c in made],
         [c.finished for c in made],
         [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in made],
+        eos_ids=[c.eos_id for c in made],
     )
 
 

@@ -26,6 +26,12 @@ class Completion:
     sample: int
     token_ids: list[int]  # up to, not including, the first EOS
     finished: bool  # ended with EOS (False: hit max_new_tokens)
+    eos_id: int | None = None  # the EOS id that ended it (a model may have several); None when cut by the cap
+
+    @property
+    def sampled_ids(self) -> list[int]:
+        """Every token the policy sampled, the ending EOS included (what log-probs must be computed on)."""
+        return self.token_ids + ([self.eos_id] if self.eos_id is not None else [])
 
 
 @dataclass
@@ -38,16 +44,16 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
 
-def cut_at_eos(ids: Sequence[int], eos_ids: set[int], pad_id: int) -> tuple[list[int], bool]:
-    """Tokens before the first EOS (trailing padding dropped) and whether an EOS was reached."""
-    out: list[int] = []
-    for token in ids:
+def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], int | None]:
+    """Tokens before the first EOS, and which EOS id ended them (None: cut by the length cap).
+
+    A row that never reached an EOS ran every decoding step, so all its tokens were sampled: a pad
+    token among them (pad not an EOS) is kept, not stripped as padding.
+    """
+    for i, token in enumerate(ids):
         if token in eos_ids:
-            return out, True
-        out.append(token)
-    while out and out[-1] == pad_id and pad_id not in eos_ids:
-        out.pop()
-    return out, False
+            return list(ids[:i]), int(token)
+    return list(ids), None
 
 
 def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
@@ -59,12 +65,21 @@ def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
 
 
 def sampling_kwargs(cfg: GenerationConfig, num_samples: int) -> dict[str, Any]:
+    """The recipe's sampling settings, and explicitly neutral values for every other logits processor."""
     sample = cfg.temperature > 0
     kwargs: dict[str, Any] = {
         "max_new_tokens": cfg.max_new_tokens,
+        "min_new_tokens": 0,
         "do_sample": sample,
+        "num_beams": 1,
         "num_return_sequences": num_samples,
         "use_cache": True,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "typical_p": 1.0,
+        "epsilon_cutoff": 0.0,
+        "eta_cutoff": 0.0,
+        "renormalize_logits": False,
     }
     if sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
@@ -75,27 +90,42 @@ def sampling_kwargs(cfg: GenerationConfig, num_samples: int) -> dict[str, Any]:
     return kwargs
 
 
+def hf_generation_config(cfg: GenerationConfig, num_samples: int, pad_id: int, eos_ids: set[int]) -> Any:
+    """A complete transformers GenerationConfig built from the recipe alone.
+
+    `generate` fills every unset field from the checkpoint's generation_config.json (which may carry
+    repetition_penalty, typical_p, suppress_tokens, ...); `generate_batch` therefore installs this
+    config as the model's own for the call, so nothing the recipe did not ask for is applied.
+    """
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    return HFGenerationConfig(pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling_kwargs(cfg, num_samples))
+
+
 def generate_batch(
     model: Any, tokenizer: Any, prompts: list[list[int]], cfg: GenerationConfig, num_samples: int, seed: int
-) -> list[list[tuple[list[int], bool]]]:
-    """For each prompt, `num_samples` (tokens, finished) completions."""
+) -> list[list[tuple[list[int], int | None]]]:
+    """For each prompt, `num_samples` (tokens, ending EOS id or None) completions."""
     import torch
 
     pad_id = tokenizer.pad_token_id
     ids, mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor(ids, device=device),
-            attention_mask=torch.tensor(mask, device=device),
-            pad_token_id=pad_id,
-            eos_token_id=sorted(eos_ids_of(model, tokenizer)),
-            **sampling_kwargs(cfg, num_samples),
-        )
-    new = out[:, len(ids[0]) :].tolist()  # (batch * num_samples, new tokens)
     eos = eos_ids_of(model, tokenizer)
-    flat = [cut_at_eos(row, eos, pad_id) for row in new]
+    config = hf_generation_config(cfg, num_samples, pad_id, eos)
+    saved, model.generation_config = model.generation_config, config  # nothing inherited from the checkpoint
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor(ids, device=device),
+                attention_mask=torch.tensor(mask, device=device),
+                generation_config=config,
+            )
+    finally:
+        model.generation_config = saved
+    new = out[:, len(ids[0]) :].tolist()  # (batch * num_samples, new tokens)
+    flat = [cut_at_eos(row, eos) for row in new]
     return [flat[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
@@ -129,9 +159,9 @@ def generate(
         t0 = time.perf_counter()
         outputs = generate_batch(model, tokenizer, [list(prompts[i]) for i in batch], cfg, n, seed + b)
         made = [
-            Completion(i, s, tokens, finished)
+            Completion(i, s, tokens, eos_id is not None, eos_id)
             for i, samples in zip(batch, outputs)
-            for s, (tokens, finished) in enumerate(samples)
+            for s, (tokens, eos_id) in enumerate(samples)
         ]
         if stats is not None:
             stats.seconds += time.perf_counter() - t0

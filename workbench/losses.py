@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from math import comb
 from typing import Any
 
@@ -75,13 +75,24 @@ def masked_var(x: Any, mask: Any, unbiased: bool = True) -> Any:
     return var
 
 
-def masked_whiten(x: Any, mask: Any, shift_mean: bool = True, eps: float = 1e-8) -> Any:
-    """(x - mean) / std over masked positions; with shift_mean=False the mean is added back (reward whitening)."""
+def masked_whiten(
+    x: Any, mask: Any, shift_mean: bool = True, eps: float = 1e-8, reduce_sum: Callable[[Any], Any] | None = None
+) -> Any:
+    """(x - mean) / std over masked positions; with shift_mean=False the mean is added back (reward whitening).
+
+    `reduce_sum` sums a tensor over every process, so the mean and (Bessel-corrected) variance are
+    those of the whole global batch, not of this process's share.
+    """
     import torch
 
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    white = (x - mean) * torch.rsqrt(var + eps)
-    return (white if shift_mean else white + mean) * mask
+    total = reduce_sum or (lambda t: t)
+    sums = total(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    n = sums[1].clamp(min=1)
+    mean = sums[0] / n
+    sq = total(((x.double() - mean) ** 2 * mask).sum())
+    var = sq / (n - 1).clamp(min=1)
+    white = ((x.double() - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+    return (white if shift_mean else white + mean.to(x.dtype)) * mask
 
 
 def kl_per_token(logprobs: Any, ref_logprobs: Any, estimator: str = "k1") -> Any:
@@ -139,7 +150,18 @@ def gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tuple
     return advantages, (advantages + values) * mask
 
 
-def clipped_policy_loss(logprobs: Any, old_logprobs: Any, advantages: Any, mask: Any, cliprange: float) -> tuple[Any, Any, Any]:
+def token_mean(x: Any, mask: Any, num_tokens: Any = None) -> Any:
+    """Sum of x over masked positions divided by `num_tokens` (default: the masked count here).
+
+    Passing the token count of the whole global mini-batch makes the loss of a shard a fixed share
+    of the global loss, so splitting rows over processes or micro-batches does not change the update.
+    """
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+def clipped_policy_loss(
+    logprobs: Any, old_logprobs: Any, advantages: Any, mask: Any, cliprange: float, num_tokens: Any = None
+) -> tuple[Any, Any, Any]:
     """PPO's clipped surrogate. Returns (loss, clip fraction, approx KL = mean 0.5 * (log ratio)^2)."""
     import torch
 
@@ -147,20 +169,22 @@ def clipped_policy_loss(logprobs: Any, old_logprobs: Any, advantages: Any, mask:
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    loss = token_mean(torch.max(unclipped, clipped), mask, num_tokens)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approxkl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clipfrac, approxkl
 
 
-def clipped_value_loss(values: Any, old_values: Any, returns: Any, mask: Any, cliprange_value: float) -> tuple[Any, Any]:
+def clipped_value_loss(
+    values: Any, old_values: Any, returns: Any, mask: Any, cliprange_value: float, num_tokens: Any = None
+) -> tuple[Any, Any]:
     """Value loss with the new values kept within cliprange_value of the old. Returns (loss, clip fraction)."""
     import torch
 
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * token_mean(torch.max(loss_unclipped, loss_clipped), mask, num_tokens)
     clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
     return loss, clipfrac
 
@@ -195,3 +219,46 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.value, self.target, self.horizon = state["value"], state["target"], int(state["horizon"])
+
+
+def leave_one_out_baseline(scores: Any, group_size: int) -> Any:
+    """Each score minus the mean of the other samples of the same prompt (RLOO's baseline), (N,) -> (N,).
+
+    Rows are grouped consecutively, `group_size` per prompt; with group_size 1 the scores are returned as they are.
+    """
+    if group_size <= 1:
+        return scores
+    groups = scores.view(-1, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+class RunningMoments:
+    """Running mean and standard deviation of every score seen (Chan et al.'s parallel merge), for reward normalization."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 0  # var: population variance of everything seen
+
+    def update(self, values: Sequence[float]) -> None:
+        n = len(values)
+        if n == 0:
+            return
+        batch_mean = sum(values) / n
+        batch_var = sum((v - batch_mean) ** 2 for v in values) / n
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    @property
+    def std(self) -> float:
+        return self.var**0.5
+
+    def normalize(self, values: Sequence[float], eps: float = 1e-8) -> list[float]:
+        return [(v - self.mean) / max(self.std, eps) for v in values]
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], int(state["count"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +114,33 @@ def load_causal_lm(cfg: ModelConfig, tokenizer: Any) -> Any:
     return _sync_pad(model, tokenizer)
 
 
-def load_reward_model(cfg: ModelConfig, tokenizer: Any) -> Any:
-    """A one-label sequence-classification model (decoder or encoder backbone) with pad_token_id set."""
+@contextlib.contextmanager
+def plain_loading() -> Iterator[None]:
+    """Load a whole, unpartitioned model even while a ZeRO-3 run is active.
+
+    Under ZeRO-3 transformers creates every model inside DeepSpeed's partitioned init; a frozen
+    model that is not then wrapped in a DeepSpeed engine would hold empty (size-0) parameters.
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer: Any, frozen: bool = False) -> Any:
+    """A one-label sequence-classification model (decoder or encoder backbone) with pad_token_id set.
+
+    frozen=True (scoring, not training): a whole copy on this process under every launch config.
+    """
     from transformers import AutoModelForSequenceClassification
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.name_or_path, num_labels=1, **_common_kwargs(cfg))
+        with plain_loading() if frozen else contextlib.nullcontext():
+            model = AutoModelForSequenceClassification.from_pretrained(cfg.name_or_path, num_labels=1, **_common_kwargs(cfg))
     except OSError as exc:
         raise WorkbenchError(f"cannot load reward model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
     return _sync_pad(model, tokenizer)
@@ -162,7 +185,12 @@ def apply_lora(model: Any, cfg: ModelConfig, task_type: str) -> Any:
 
 
 def load_policy(name_or_path: str, tokenizer: Any, dtype: str = "auto") -> Any:
-    """A trained policy for inference: a full model, or a LoRA adapter directory merged into its base."""
+    """A trained policy for inference (whole, under every launch config): a full model, or a LoRA adapter merged into its base."""
+    with plain_loading():
+        return _load_policy(name_or_path, tokenizer, dtype)
+
+
+def _load_policy(name_or_path: str, tokenizer: Any, dtype: str) -> Any:
     if (Path(name_or_path) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 

@@ -118,14 +118,16 @@ def called_scores(name: str, scorer: Any, prompts: list[Any], completions: list[
 class RewardModelScorer:
     """A sequence-classification reward model with its own tokenizer and the data layer's formatting."""
 
-    def __init__(self, name_or_path: str, dtype: str, normalize: bool, batch_size: int, max_length: int):
+    def __init__(self, name_or_path: str, dtype: str, normalize: bool, batch_size: int, max_length: int, device: Any = None):
         from workbench.config import ModelConfig
         from workbench.data.formatting import TokenizationSettings
         from workbench.models import load_reward_model, load_tokenizer
 
         cfg = ModelConfig(name_or_path=name_or_path, dtype=dtype)  # type: ignore[arg-type]
         self.tokenizer = load_tokenizer(cfg)
-        self.model = load_reward_model(cfg, self.tokenizer).eval()
+        self.model = load_reward_model(cfg, self.tokenizer, frozen=True).eval()  # whole, even under ZeRO-3
+        if device is not None:
+            self.model.to(device)
         self.settings = TokenizationSettings(max_length=max_length, max_prompt_length=max_length // 2)
         self.batch_size = batch_size
         config = self.model.config
@@ -150,13 +152,13 @@ class RewardModelScorer:
         return [(r - self.shift) / self.scale for r in raw]
 
 
-def reward_source(cfg: Any, max_length: int) -> Any:
-    """The recipe's `reward_model:` as one callable f(prompts, completions, **kwargs) -> list[float]."""
+def reward_source(cfg: Any, max_length: int, device: Any = None) -> Any:
+    """The recipe's `reward_model:` as one callable f(prompts, completions, **kwargs) -> list[float] (a model on `device`)."""
     name = cfg.function or cfg.name_or_path
     scorer = (
         import_function(cfg.function)
         if cfg.function
-        else RewardModelScorer(cfg.name_or_path, cfg.dtype, cfg.normalize, cfg.batch_size, max_length)
+        else RewardModelScorer(cfg.name_or_path, cfg.dtype, cfg.normalize, cfg.batch_size, max_length, device)
     )
 
     def call(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:

@@ -48,30 +48,59 @@ def _h(text: str, default: object) -> object:
 class PPOConfig:
     """PPO's `train:` section: TrainingArguments names where they mean the same thing, plus PPO's own."""
 
-    learning_rate: float = _h("Learning rate of policy and value model.", 1e-6)  # type: ignore[assignment]
+    learning_rate: float = _h("Learning rate of the policy (the actor).", 1e-6)  # type: ignore[assignment]
+    critic_learning_rate: float | None = _h("Learning rate of the value model (None: learning_rate).", None)  # type: ignore[assignment]
     max_steps: int = _h("Number of PPO updates (one rollout each).", 100)  # type: ignore[assignment]
-    per_device_train_batch_size: int = _h("Prompts per rollout per process.", 8)  # type: ignore[assignment]
+    per_device_train_batch_size: int = _h("Completions per rollout per process (prompts x num_generations).", 8)  # type: ignore[assignment]
+    num_generations: int = _h(
+        "Completions sampled per prompt (must divide per_device_train_batch_size); > 1 enables score_baseline: prompt.", 1
+    )  # type: ignore[assignment]
     gradient_accumulation_steps: int = _h("Micro-batches accumulated per optimizer step within a mini-batch.", 1)  # type: ignore[assignment]
-    gradient_checkpointing: bool = _h("Recompute activations in the backward pass.", False)  # type: ignore[assignment]
+    gradient_checkpointing: bool = _h("Recompute activations in the backward pass (policy and value model).", False)  # type: ignore[assignment]
     logging_steps: int = _h("Log every N updates.", 1)  # type: ignore[assignment]
     save_steps: int = _h("Checkpoint every N updates (0: never).", 50)  # type: ignore[assignment]
-    lr_scheduler_type: Literal["constant", "linear", "cosine"] = _h("Learning-rate schedule over max_steps.", "constant")  # type: ignore[assignment]
-    warmup_steps: int = _h("Linear warmup updates.", 0)  # type: ignore[assignment]
-    max_grad_norm: float = _h("Gradient clipping norm.", 1.0)  # type: ignore[assignment]
-    ppo_epochs: int = _h("Passes over each rollout.", 4)  # type: ignore[assignment]
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = _h(
+        "Learning-rate schedule over all optimizer steps (max_steps x ppo_epochs x num_mini_batches).", "constant"
+    )  # type: ignore[assignment]
+    warmup_steps: int = _h("Linear warmup, in updates (overrides warmup_ratio when > 0).", 0)  # type: ignore[assignment]
+    warmup_ratio: float = _h("Linear warmup as a share of max_steps.", 0.0)  # type: ignore[assignment]
+    max_grad_norm: float = _h(
+        "Gradient clipping norm, applied to actor and critic separately (under DeepSpeed: to the engine's gradients).", 1.0
+    )  # type: ignore[assignment]
+    ppo_epochs: int = _h("Passes over each rollout.", 2)  # type: ignore[assignment]
     num_mini_batches: int = _h("Mini-batches per pass (each one optimizer step).", 1)  # type: ignore[assignment]
     cliprange: float = _h("Policy ratio clip range.", 0.2)  # type: ignore[assignment]
     cliprange_value: float = _h("Value clip range around the rollout's values.", 0.2)  # type: ignore[assignment]
     vf_coef: float = _h("Weight of the value loss.", 0.1)  # type: ignore[assignment]
     gamma: float = _h("Discount.", 1.0)  # type: ignore[assignment]
     lam: float = _h("GAE lambda.", 0.95)  # type: ignore[assignment]
-    kl_coef: float = _h("Per-token KL penalty beta (the initial value when target_kl is set).", 0.05)  # type: ignore[assignment]
+    kl_coef: float = _h("KL penalty beta (the initial value when target_kl is set).", 0.05)  # type: ignore[assignment]
     kl_estimator: Literal["k1", "k3"] = _h("KL estimator: k1 (log ratio) or k3 (non-negative, lower variance).", "k1")  # type: ignore[assignment]
+    kl_in: Literal["reward", "loss"] = _h(
+        "Where the KL penalty goes: reward (per-token, shaped into the returns) or loss (added to the policy loss, as GRPO).",
+        "reward",
+    )  # type: ignore[assignment]
     target_kl: float | None = _h("Adapt kl_coef toward this sequence KL (None: fixed kl_coef).", None)  # type: ignore[assignment]
     kl_horizon: int = _h("Samples over which the adaptive KL controller reacts.", 10000)  # type: ignore[assignment]
-    whiten_rewards: bool = _h("Whiten the shaped rewards before GAE.", False)  # type: ignore[assignment]
+    reward_normalization: Literal["running", "none"] = _h(
+        "running: scale scores by the running mean/std of every score seen (OpenRLHF's normalize_reward); none: raw.", "running"
+    )  # type: ignore[assignment]
+    score_baseline: Literal["none", "prompt"] = _h(
+        "prompt: subtract from each score the mean score of the other completions of its prompt (needs num_generations > 1).",
+        "none",
+    )  # type: ignore[assignment]
+    whiten_rewards: bool = _h("Whiten the shaped rewards before GAE (global batch statistics).", False)  # type: ignore[assignment]
     missing_eos_penalty: float | None = _h("Subtracted from the score of a response that never ended.", None)  # type: ignore[assignment]
     value_init: Literal["reward", "policy"] = _h(
         "Initialize the value model from the reward model (a model reward) or the policy.", "policy"
     )  # type: ignore[assignment]
-    max_nonfinite_updates: int = _h("Stop after this many updates in a row with a non-finite loss or KL.", 3)  # type: ignore[assignment]
+    value_model: Literal["auto", "separate", "shared"] = _h(
+        "auto: a separate critic for full fine-tuning, a value head on the policy's backbone under LoRA (no second "
+        "backbone copy); separate / shared force one.",
+        "auto",
+    )  # type: ignore[assignment]
+    critic_warmup_steps: int = _h("First updates that train only the value model (the policy is left unchanged).", 0)  # type: ignore[assignment]
+    max_nonfinite_updates: int = _h(
+        "Stop after this many updates in a row with a non-finite loss or KL (each such update is undone).", 3
+    )  # type: ignore[assignment]
+    diagnose_kl: float = _h("End-of-run diagnosis: flag a final sequence KL above this.", 10.0)  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from workbench.checkpoint import assert_finite_weights, completion_callback, non
 from workbench.config import train_config_class
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
+from workbench.models import plain_loading
 from workbench.tracking import trainer_callback
 
 if TYPE_CHECKING:
@@ -153,19 +154,6 @@ def check_export(model: Any, accelerator: Any, ctx: RunContext, model_dir: Path,
         raise WorkbenchError(
             f"export check failed: {model_dir} gives logits {check['max_abs_logit_diff']:.3g} away from the trained model's (tolerance {check['tolerance']})"
         )
-
-
-@contextlib.contextmanager
-def plain_loading() -> Iterator[None]:
-    """Load a full, unpartitioned model on one process even while a ZeRO-3 run is active."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_export(model_dir: Path, head: str, is_peft: bool, dtype: Any) -> Any:

@@ -1,29 +1,61 @@
 """PPO for RLHF, ours (TRL removed its PPO trainer): actor-critic on accelerate + DeepSpeed.
 
-One update = rollout (shared generation) -> score (shared reward source) -> per-token KL to the
-frozen reference -> shaped rewards -> GAE -> `ppo_epochs` passes of clipped policy and value
-losses over mini-batches. The math lives in `workbench/losses.py`. Policy and value model are
-wrapped in one module so accelerate / DeepSpeed prepare a single engine.
+One update = rollout (workbench/rollout.py: generate -> score) -> one no-grad forward of policy,
+value model and reference -> per-token KL -> shaped rewards -> GAE -> `ppo_epochs` passes of
+clipped policy and value losses over mini-batches. The math lives in `workbench/losses.py`.
+
+Design choices (after OpenRLHF, "The N+ implementation details of RLHF with PPO" and TRL's
+removed PPOTrainer):
+- Sampled distribution: every log-prob (rollout, ratio, reference, entropy, KL) is taken from
+  logits / temperature, the distribution generation sampled; top_k / top_p are refused because a
+  truncated distribution has -inf log-probs for tokens the new policy may move into. Generation uses
+  a complete GenerationConfig built from the recipe (nothing inherited from the checkpoint), written
+  to `generation_config.json` in the run dir. A response keeps the EOS id that actually ended it.
+- Module layout: the run loop is here; models, experience and the clipped updates are in
+  `methods/ppo_learner.py`, the math in `losses.py`, sampling in `rollout.py`.
+- Frozen models: a reward model is a whole plain copy on every process under every launch config
+  (never created inside ZeRO-3's partitioned init, which left it with size-0 weights). The reference
+  is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
+  (a plain copy otherwise); under LoRA it is the policy with its adapters disabled. The value model is
+  trained, so it is part of the prepared engine and sharded like the policy under ZeRO-3.
+- Value model: a separate critic (AutoModelForTokenClassification, from the policy or the reward
+  model) for full fine-tuning; under LoRA by default a value head on the policy's own backbone
+  (one forward for both, no second backbone copy; the value loss also trains the shared adapters).
+- Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
+  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing.
+  Under DeepSpeed the engine owns clipping: `max_grad_norm` is its `gradient_clipping` (one norm).
+- Rewards: the score (optionally minus the leave-one-out mean of its prompt's other samples, and
+  normalized by the running mean/std of all scores) on the last token; KL either as a per-token
+  reward penalty (k1/k3) or as a loss term. Advantages (and rewards, when whitened) are whitened with
+  statistics of the whole global batch; losses are token sums over the global mini-batch's token
+  count, so 1 process x 16 rows and 2 processes x 8 rows give the same update.
+- Dropout is disabled (on-policy log-probs must be deterministic); models are in train mode while
+  learning so gradient checkpointing engages.
+- The LR schedule is stepped by us once per optimizer step (accelerate would step it once per
+  process under DDP but not under DeepSpeed); warmup is given in updates.
+- Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
+  all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
+  from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from workbench import losses
 from workbench.checkpoint import mark_complete
-from workbench.config import ModelConfig, train_config_class, train_field_defaults
+from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
-from workbench.generation import GenerationStats, generate
-from workbench.logprobs import response_logprobs, rollout_tensors
+from workbench.generation import hf_generation_config
 from workbench.methods import hf
-from workbench.models import apply_lora, load_causal_lm
+from workbench.methods.ppo_learner import Experience, Learner, build_models
+from workbench.rollout import completion_batch, refuse_unmodelled_sampling, sample_and_score
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
@@ -34,293 +66,239 @@ DATA_KIND = "prompt"
 
 
 def ppo_args(ctx: RunContext) -> SimpleNamespace:
-    return SimpleNamespace(**{**train_field_defaults(train_config_class("ppo")), **ctx.recipe.train})
+    args = SimpleNamespace(**{**train_field_defaults(train_config_class("ppo")), **ctx.recipe.train})
+    if args.per_device_train_batch_size % args.num_generations:
+        raise WorkbenchError(
+            f"train.num_generations ({args.num_generations}) must divide train.per_device_train_batch_size ({args.per_device_train_batch_size})"
+        )
+    if args.score_baseline == "prompt" and args.num_generations < 2:
+        raise WorkbenchError("train.score_baseline: prompt needs train.num_generations >= 2 (samples of the same prompt)")
+    return args
 
 
-def build_models(ctx: RunContext, args: SimpleNamespace) -> tuple[Any, Any]:
-    """(policy + value wrapper, frozen reference)."""
-    import torch
-    from transformers import AutoModelForTokenClassification
-
-    from workbench.models import torch_dtype
-
-    recipe = ctx.recipe
-    policy = load_causal_lm(recipe.model, ctx.tokenizer)
-    reference = None  # under LoRA: the policy with its adapters disabled, no second copy
-    if recipe.model.lora is not None:
-        policy = apply_lora(policy, recipe.model, task_type="CAUSAL_LM")
-    else:
-        with hf.plain_loading():  # never partitioned: the frozen reference is not wrapped in a DeepSpeed engine
-            reference = load_causal_lm(
-                ModelConfig(name_or_path=recipe.reference.name_or_path or recipe.model.name_or_path, dtype=recipe.model.dtype),
-                ctx.tokenizer,
-            )
-        reference.eval().requires_grad_(False)
-    rm = recipe.reward_model
-    value_from = (
-        rm.name_or_path if args.value_init == "reward" and rm is not None and rm.name_or_path else recipe.model.name_or_path
-    )
-    value = AutoModelForTokenClassification.from_pretrained(
-        value_from, num_labels=1, dtype=torch_dtype("float32" if recipe.model.dtype == "auto" else recipe.model.dtype)
-    )
-    value.config.pad_token_id = ctx.tokenizer.pad_token_id
-    if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        value.gradient_checkpointing_enable()
-
-    class PolicyAndValue(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.policy, self.value = policy, value
-
-        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> tuple[Any, Any]:
-            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-            values = self.value(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.squeeze(-1)
-            return logits, values  # (B, L, V), (B, L)
-
-    ref_kind = (
-        f"frozen copy of {reference.config._name_or_path}" if reference is not None else "policy base with adapters disabled"
-    )
-    ctx.tracker.update_manifest(reference=ref_kind, value_model=f"initialized from {value_from}")
-    return PolicyAndValue(), reference
-
-
-def response_values(values: Any, batch: dict[str, Any]) -> Any:
-    """V(state before each response token), (B, R)."""
-    p = batch["prompt_width"]
-    return values[:, p - 1 : p - 1 + batch["response_mask"].shape[1]].float()
-
-
-def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
-    """The frozen reference's logits: a separate model, or the LoRA policy with its adapters disabled."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
-    if reference is not None:
-        return reference(**kwargs).logits
-    with policy.disable_adapter():
-        return policy(**kwargs).logits
-
-
-def select_rows(batch: dict[str, Any], rows: Any) -> dict[str, Any]:
-    return {k: (v[rows] if hasattr(v, "shape") else v) for k, v in batch.items()}
-
-
-def save_checkpoint(accelerator: Any, ctx: RunContext, step: int, controller: Any, position: int, tokens: dict[str, int]) -> None:
+def save_checkpoint(loop: PPOLoop, step: int) -> None:
+    acc, ctx = loop.learner.acc, loop.ctx
     path = ctx.run_dir / "checkpoints" / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    acc.save_state(str(path))
     if ctx.is_main:
         ctx.tracker.flush()
-        state = {"step": step, "kl": controller.state_dict(), "position": position, "tokens": tokens}
+        state = {
+            "step": step,
+            "kl": loop.controller.state_dict(),
+            "position": loop.position,
+            "tokens": loop.tokens,
+            "scheduler": loop.learner.scheduler.state_dict(),
+            "moments": loop.learner.moments.state_dict(),
+            "history": loop.history,
+        }
         (path / "ppo_state.json").write_text(json.dumps(state))
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     if ctx.is_main:
         mark_complete(path)
-    accelerator.wait_for_everyone()
-
-
-@dataclass
-class Rollout:
-    """One update's experience: tensors (B, R) over response tokens, plus what was logged about it."""
-
-    batch: dict[str, Any]
-    old_logprobs: Any
-    old_values: Any
-    advantages: Any
-    returns: Any
-    kl: Any
-    scores: Any
-    entropy: Any
-    seconds: dict[str, float]
-    generation_tokens_per_second: float
+    acc.wait_for_everyone()
 
 
 class PPOLoop:
-    """State shared by the steps of one PPO run (models, optimizer, reward, data order, KL controller)."""
+    """One PPO run: data order, rollouts, the learner, KL controller, logging and checkpoints."""
 
     def __init__(self, ctx: RunContext):
-        import torch
         from accelerate import Accelerator
-        from transformers import get_scheduler
 
         self.ctx, self.args, recipe = ctx, ppo_args(ctx), ctx.recipe
         args = self.args
-        self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
-        plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is not None:  # no Trainer to fill DeepSpeed's "auto" batch fields
-            micro = max(1, args.per_device_train_batch_size // (args.num_mini_batches * args.gradient_accumulation_steps))
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
-            plugin.deepspeed_config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
-        model, self.reference = build_models(ctx, args)
-        if self.reference is not None:
-            self.reference.to(self.accelerator.device)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-        total = args.max_steps * args.ppo_epochs * args.num_mini_batches
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=total)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.score = reward_source(recipe.reward_model, recipe.data.max_length)
+        refuse_unmodelled_sampling(recipe.generation, "PPO")
+        accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+        model, reference, described = build_models(recipe, ctx.tokenizer, args)
+        self.learner = Learner(accelerator, model, reference, args, recipe.seed, recipe.generation.temperature)
+        if self.learner.reference is not None and self.learner.reference is not reference:
+            described["reference"] += ", sharded by a DeepSpeed ZeRO-3 inference engine"
+        counts = {
+            "policy_parameters": sum(p.numel() for p in model.policy.parameters()),
+            "value_parameters": sum(p.numel() for p in (model.value or model.value_head).parameters()),
+        }
+        self.score = reward_source(recipe.reward_model, recipe.data.max_length, accelerator.device)
         self.controller = losses.AdaptiveKLController(args.kl_coef, args.target_kl or 1.0, args.kl_horizon)
         self.tokenized = [t.prompt_ids for t in ctx.data.tokenized["train"]]
+        import torch
+
         self.order = torch.randperm(len(self.tokenized), generator=torch.Generator().manual_seed(recipe.seed)).tolist()
-        self.global_batch = args.per_device_train_batch_size * self.accelerator.num_processes
+        self.prompts_per_process = args.per_device_train_batch_size // args.num_generations
         self.seed = recipe.seed if recipe.generation.seed is None else recipe.generation.seed
         self.start, self.position = 0, 0
         self.tokens = {"train": 0, "generated": 0}  # all processes, for the run's cost
+        self.history: list[dict[str, float]] = []  # per update, for the end-of-run diagnosis
+        gen = hf_generation_config(recipe.generation, args.num_generations, ctx.tokenizer.pad_token_id, set())
+        if ctx.is_main:
+            gen_dict = gen.to_diff_dict()
+            gen_dict.pop("eos_token_id", None)  # the policy's EOS ids are added at generation time
+            (ctx.run_dir / "generation_config.json").write_text(json.dumps(gen_dict, indent=2, sort_keys=True))
+        ctx.tracker.update_manifest(**described, **counts)
 
     def resume(self, checkpoint: Path) -> None:
-        self.accelerator.load_state(str(checkpoint))
+        self.learner.acc.load_state(str(checkpoint))
         state = json.loads((checkpoint / "ppo_state.json").read_text())
         self.start, self.position = state["step"], state["position"]
         self.controller.load_state_dict(state["kl"])
         self.tokens = state.get("tokens", self.tokens)
+        if "scheduler" in state:
+            self.learner.scheduler.load_state_dict(state["scheduler"])
+            self.learner.moments.load_state_dict(state["moments"])
+            self.history = state["history"]
 
-    def rollout(self, step: int) -> Rollout:
-        """Generate for this process's prompts, score, and compute KL, rewards, values and advantages."""
-        import torch
-
-        acc, args, tok = self.accelerator, self.args, self.ctx.tokenizer
-        picks = [self.order[(self.position + i) % len(self.order)] for i in range(self.global_batch)]
-        self.position += self.global_batch
+    def rollout(self, step: int) -> Experience:
+        """Generate for this process's prompts, score, and turn it into experience."""
+        acc, args, tok = self.learner.acc, self.args, self.ctx.tokenizer
+        global_prompts = self.prompts_per_process * acc.num_processes
+        picks = [self.order[(self.position + i) % len(self.order)] for i in range(global_prompts)]
+        self.position += global_prompts
         mine = picks[acc.process_index :: acc.num_processes]
-        policy = acc.unwrap_model(self.model).policy
-        stats = GenerationStats()
-        t0 = time.perf_counter()
+        policy = self.learner.unwrapped.policy
         with gathered_for_generation(policy, acc):
-            seed = self.seed + step * 1000 + acc.process_index
-            completions = generate(
-                policy, tok, [self.tokenized[i] for i in mine], self.ctx.recipe.generation, seed, num_samples=1, stats=stats
+            samples = sample_and_score(
+                policy,
+                tok,
+                [self.tokenized[i] for i in mine],
+                [self.ctx.data.train[i]["prompt"] for i in mine],
+                self.ctx.recipe.generation,
+                self.seed + step * 1000 + acc.process_index,
+                self.score,
+                num_samples=args.num_generations,
             )
-        completions.sort(key=lambda c: c.prompt_index)
-        t1 = time.perf_counter()
-        texts = [tok.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-        raw = self.score([self.ctx.data.train[i]["prompt"] for i in mine], texts)
+        raw = samples.scores
         if args.missing_eos_penalty is not None:
-            raw = [s - (0.0 if c.finished else args.missing_eos_penalty) for s, c in zip(raw, completions)]
-        t2 = time.perf_counter()
-        responses = [c.token_ids + ([tok.eos_token_id] if c.finished else []) for c in completions]
-        batch = rollout_tensors([self.tokenized[i] for i in mine], responses, tok.pad_token_id, acc.device)
-        mask = batch["response_mask"]
-        with torch.no_grad():
-            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-            old_logprobs = response_logprobs(logits, batch) * mask
-            old_values = response_values(values, batch) * mask
-            entropy = losses.masked_mean(losses.entropy_from_logits(logits[:, batch["prompt_width"] - 1 : -1].float()), mask)
-            ref_logprobs = response_logprobs(reference_logits(self.reference, policy, batch), batch) * mask
-            kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
-            scores = torch.tensor(raw, device=acc.device, dtype=torch.float32)
-            rewards = losses.shaped_rewards(scores, kl, mask, self.controller.value)
-            if args.whiten_rewards:
-                rewards = losses.masked_whiten(rewards, mask, shift_mean=False)
-            advantages, returns = losses.gae(rewards, old_values, mask, args.gamma, args.lam)
-            advantages = losses.masked_whiten(advantages, mask)
-        seconds = {"generation": t1 - t0, "scoring": t2 - t1, "training": 0.0}
-        return Rollout(
-            batch, old_logprobs, old_values, advantages, returns, kl, scores, entropy, seconds, stats.tokens_per_second
-        )
-
-    def optimize(self, step: int, ro: Rollout) -> dict[str, float] | None:
-        """`ppo_epochs` passes of clipped policy + value losses over mini-batches; None if a loss was not finite."""
-        import torch
-
-        acc, args = self.accelerator, self.args
+            raw = [s - (0.0 if c.finished else args.missing_eos_penalty) for s, c in zip(raw, samples.completions)]
         t0 = time.perf_counter()
-        acc_metrics: dict[str, list[float]] = {k: [] for k in ("policy", "value", "clipfrac", "approxkl", "vclipfrac")}
-        rng = torch.Generator().manual_seed(self.ctx.recipe.seed + step)
-        size = ro.batch["input_ids"].shape[0]
-        mb_size = max(1, size // args.num_mini_batches)
-        micro_size = max(1, mb_size // args.gradient_accumulation_steps)
-        for _ in range(args.ppo_epochs):
-            perm = torch.randperm(size, generator=rng)
-            for mb_start in range(0, mb_size * args.num_mini_batches, mb_size):
-                mb_rows = perm[mb_start : mb_start + mb_size]
-                for mc_start in range(0, len(mb_rows), micro_size):
-                    rows = mb_rows[mc_start : mc_start + micro_size].to(acc.device)
-                    values = self.micro_step(ro, rows)
-                    if values is None:
-                        self.optimizer.zero_grad()
-                        return None
-                    for key, value in zip(acc_metrics, values):
-                        acc_metrics[key].append(value)
-        ro.seconds["training"] = time.perf_counter() - t0
-        return {key: sum(v) / len(v) for key, v in acc_metrics.items()}
+        batch = completion_batch([self.tokenized[i] for i in mine], samples.completions, tok.pad_token_id, acc.device)
+        exp = self.learner.experience(batch, raw, self.controller.value)
+        exp.seconds = {**samples.seconds, "learn": time.perf_counter() - t0}
+        exp.batch["finished"] = [c.finished for c in samples.completions]
+        return exp
 
-    def micro_step(self, ro: Rollout, rows: Any) -> tuple[float, ...] | None:
-        """One forward/backward on a micro-batch (optimizer step when accumulation completes)."""
+    def metrics(self, exp: Experience, opt: dict[str, float], mean_kl: float) -> dict[str, float]:
         import torch
 
-        acc, args = self.accelerator, self.args
-        mb = select_rows(ro.batch, rows)
-        with acc.accumulate(self.model):
-            logits, values = self.model(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
-            m = mb["response_mask"]
-            new_logprobs = response_logprobs(logits, mb) * m
-            pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
-                new_logprobs, ro.old_logprobs[rows], ro.advantages[rows], m, args.cliprange
-            )
-            vf_loss, vclipfrac = losses.clipped_value_loss(
-                response_values(values, mb), ro.old_values[rows], ro.returns[rows], m, args.cliprange_value
-            )
-            loss = pg_loss + args.vf_coef * vf_loss
-            if not bool(acc.reduce(torch.isfinite(loss).float(), "min")):
-                return None
-            acc.backward(loss)
-            if acc.sync_gradients and args.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad()
-        return float(pg_loss), float(vf_loss), float(clipfrac), float(approxkl), float(vclipfrac)
-
-    def metrics(self, ro: Rollout, opt: dict[str, float], mean_kl: float) -> dict[str, float]:
-        acc = self.accelerator
-        mean_score = float(acc.gather(ro.scores).mean())
-        mask = ro.batch["response_mask"]
+        acc = self.learner.acc
+        mean = lambda t: float(acc.reduce(t, "mean")) if acc.num_processes > 1 else float(t)  # noqa: E731
+        mask = exp.batch["response_mask"]
+        mean_score = float((acc.gather(exp.scores) if acc.num_processes > 1 else exp.scores).mean())
+        finished = torch.tensor([float(f) for f in exp.batch["finished"]], device=acc.device).mean()
+        seconds = exp.seconds
+        tokens = float(mask.sum()) * acc.num_processes
+        coef = self.controller.value
         return {
+            "train/loss": opt["loss"],
             "train/objective/scores": mean_score,
             "train/objective/kl": mean_kl,
-            "train/objective/entropy": float(acc.reduce(ro.entropy, "mean")),
-            "train/objective/rlhf_reward": mean_score - self.controller.value * mean_kl,
+            "train/objective/entropy": mean(losses.masked_mean(exp.entropy, mask)),
+            "train/objective/rlhf_reward": mean_score - coef * mean_kl,
             "train/policy/approxkl": opt["approxkl"],
             "train/policy/clipfrac": opt["clipfrac"],
+            "train/policy/entropy": mean(losses.masked_mean(exp.entropy, mask)),
             "train/loss/policy": opt["policy"],
             "train/loss/value": opt["value"],
+            "train/loss/kl": opt["kl_loss"],
             "train/val/clipfrac": opt["vclipfrac"],
-            "train/val/explained_variance": float(losses.explained_variance(ro.old_values, ro.returns, mask)),
-            "train/response_length": float(acc.reduce(mask.sum(1).mean(), "mean")),
-            "train/kl_coef": self.controller.value,
-            "train/generation_tokens_per_second": ro.generation_tokens_per_second,
-            "train/training_tokens_per_second": float(ro.batch["attention_mask"].sum())
+            "train/val/explained_variance": float(losses.explained_variance(exp.old_values, exp.returns, mask)),
+            "train/response_length": mean(mask.sum(1).mean()),
+            "train/finished_share": mean(finished),
+            "train/kl_coef": coef,
+            "train/reward_running_mean": self.learner.moments.mean,
+            "train/reward_running_std": self.learner.moments.std,
+            "train/learning_rate": self.learner.scheduler.get_last_lr()[0],
+            "train/time/generate": seconds["generate"],
+            "train/time/score": seconds["score"],
+            "train/time/learn": seconds["learn"],
+            "train/generated_tokens_per_second": tokens / max(seconds["generate"], 1e-9),
+            "train/learn_tokens_per_second": float(exp.batch["attention_mask"].sum())
+            * acc.num_processes
             * self.args.ppo_epochs
-            / max(ro.seconds["training"], 1e-9),
-            "train/learning_rate": self.scheduler.get_last_lr()[0],
-            **{f"train/time/{k}_seconds": v for k, v in ro.seconds.items()},
+            / max(seconds["learn"], 1e-9),
         }
 
-    def count_tokens(self, ro: Rollout) -> None:
-        mask = ro.batch["attention_mask"]
-        self.tokens["train"] += int(self.accelerator.reduce(mask.sum(), "sum")) * self.args.ppo_epochs
-        self.tokens["generated"] += int(self.accelerator.reduce(ro.batch["response_mask"].sum(), "sum"))
+    def count_tokens(self, exp: Experience) -> None:
+        acc = self.learner.acc
+        red = (lambda t: int(acc.reduce(t, "sum"))) if acc.num_processes > 1 else int
+        self.tokens["train"] += red(exp.batch["attention_mask"].sum()) * self.args.ppo_epochs
+        self.tokens["generated"] += red(exp.batch["response_mask"].sum())
 
     def train(self) -> None:
         import torch
 
-        args, nonfinite = self.args, 0
+        args, acc, nonfinite = self.args, self.learner.acc, 0
+        scratch = self.ctx.run_dir / "checkpoints" / ".before-update" if self.learner.deepspeed else None
         for step in range(self.start + 1, args.max_steps + 1):
-            ro = self.rollout(step)
-            if not bool(self.accelerator.reduce(torch.isfinite(ro.kl.sum()).float(), "min")):
-                nonfinite = guard_nonfinite(nonfinite, args, step, "KL")
-                continue
-            opt = self.optimize(step, ro)
+            exp = self.rollout(step)
+            bad_kl = self.learner.reduce_sum((~torch.isfinite(exp.kl.sum())).float().reshape(1))
+            opt = None if float(bad_kl.sum()) > 0 else self.learner.update(step, exp, self.controller.value, scratch)
             if opt is None:
-                nonfinite = guard_nonfinite(nonfinite, args, step, "loss")
+                nonfinite = guard_nonfinite(nonfinite, args, step, "KL" if float(bad_kl.sum()) > 0 else "loss")
                 continue
             nonfinite = 0
-            self.count_tokens(ro)
-            mean_kl = float(self.accelerator.reduce(ro.kl.sum(1).mean(), "mean"))  # sequence KL
+            self.count_tokens(exp)
+            seq_kl = exp.kl.sum(1).mean()
+            mean_kl = float(acc.reduce(seq_kl, "mean")) if acc.num_processes > 1 else float(seq_kl)
             if args.target_kl is not None:
-                self.controller.update(mean_kl, self.global_batch)
+                self.controller.update(mean_kl, args.per_device_train_batch_size * acc.num_processes)
+            metrics = self.metrics(exp, opt, mean_kl)
+            self.history.append({k: metrics[k] for k in HISTORY_KEYS})
             if step % args.logging_steps == 0 or step == args.max_steps:
-                self.ctx.tracker.log(self.metrics(ro, opt, mean_kl), step=step)
+                self.ctx.tracker.log(metrics, step=step)
             if args.save_steps and step % args.save_steps == 0:
-                save_checkpoint(self.accelerator, self.ctx, step, self.controller, self.position, self.tokens)
+                save_checkpoint(self, step)
+        if scratch is not None and self.ctx.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+HISTORY_KEYS = (
+    "train/objective/scores",
+    "train/objective/kl",
+    "train/policy/entropy",
+    "train/val/explained_variance",
+    "train/finished_share",
+)
+
+
+def diagnose(history: list[dict[str, float]], warmup: int, kl_limit: float) -> list[dict[str, str]]:
+    """Short end-of-run findings when the training signals look unhealthy (pure: per-update metrics in, messages out)."""
+    if len(history) < 4:
+        return []
+    k = max(1, len(history) // 5)
+    first, last = history[:k], history[-k:]
+    avg = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    out = []
+    after = history[warmup:][-k:] or last
+    if avg(after, "train/val/explained_variance") < 0:
+        out.append(
+            {
+                "code": "value_not_learning",
+                "message": "explained variance is below 0 at the end: the critic predicts returns worse than their mean (raise critic_learning_rate, add critic_warmup_steps)",
+            }
+        )
+    if avg(last, "train/objective/kl") > kl_limit:
+        out.append(
+            {
+                "code": "kl_high",
+                "message": f"sequence KL to the reference ended at {avg(last, 'train/objective/kl'):.3g} (> {kl_limit}): raise kl_coef or set target_kl",
+            }
+        )
+    f0, f1 = avg(first, "train/finished_share"), avg(last, "train/finished_share")
+    if f0 >= 0.2 and f1 < 0.5 * f0:
+        out.append(
+            {
+                "code": "finished_collapse",
+                "message": f"the share of responses that end on their own fell from {f0:.2f} to {f1:.2f}: the policy learned to run to the length cap (set missing_eos_penalty)",
+            }
+        )
+    s0, s1 = avg(first, "train/objective/scores"), avg(last, "train/objective/scores")
+    e0, e1 = avg(first, "train/policy/entropy"), avg(last, "train/policy/entropy")
+    if s1 > s0 and e0 > 0 and e1 < 0.25 * e0:
+        out.append(
+            {
+                "code": "entropy_collapse",
+                "message": f"reward rose while entropy collapsed ({e0:.2f} -> {e1:.2f}): likely reward hacking or a degenerate policy",
+            }
+        )
+    return out
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -330,17 +308,21 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    model_dir = export_policy(loop.model, loop.accelerator, ctx)
+    findings = diagnose(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
+    for f in findings:
+        log.warning("PPO diagnosis: %s", f["message"])
+    ctx.tracker.update_manifest(diagnosis=findings)
+    model_dir = export_policy(loop.learner, ctx)
     return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
 
 
 def guard_nonfinite(count: int, args: SimpleNamespace, step: int, what: str) -> int:
-    """Skip an update whose loss or KL is not finite; stop after `max_nonfinite_updates` in a row."""
+    """Count an undone update whose loss or KL was not finite; stop after `max_nonfinite_updates` in a row."""
     count += 1
-    log.warning("update %d: non-finite %s, update skipped (%d in a row); the last good weights are kept", step, what, count)
+    log.warning("update %d: non-finite %s on some process; the update was undone (%d in a row)", step, what, count)
     if count >= args.max_nonfinite_updates:
         raise WorkbenchError(
-            f"PPO stopped: {count} updates in a row had a non-finite {what}; lower the learning rate or check the reward (the last good state is in checkpoints/)"
+            f"PPO stopped: {count} updates in a row had a non-finite {what} (train.max_nonfinite_updates); lower train.learning_rate or check the reward (the last good state is in checkpoints/)"
         )
     return count
 
@@ -364,18 +346,19 @@ class gathered_for_generation:
             self.ctx.__exit__(*exc)
 
 
-def export_policy(model: Any, accelerator: Any, ctx: RunContext) -> Path:
+def export_policy(learner: Learner, ctx: RunContext) -> Path:
     """model/: the policy alone, gathered from every process, loadable with from_pretrained."""
+    accelerator, model = learner.acc, learner.model
     model_dir = ctx.run_dir / "model"
     state = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
     if ctx.is_main:
         policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-        unwrapped.policy.save_pretrained(str(model_dir), state_dict=policy_state, safe_serialization=True)
-        ctx.tokenizer.save_pretrained(str(model_dir))
         bad = [k for k, v in policy_state.items() if not bool(v.isfinite().all())]
         if bad:
-            raise WorkbenchError(f"refusing to keep a policy with non-finite weights ({bad[0]}, ...)")
+            raise WorkbenchError(f"refusing to save a policy with non-finite weights ({bad[0]}, ...)")
+        unwrapped.policy.save_pretrained(str(model_dir), state_dict=policy_state, safe_serialization=True)
+        ctx.tokenizer.save_pretrained(str(model_dir))
     accelerator.wait_for_everyone()
     with gathered_for_generation(unwrapped.policy, accelerator):
         hf.check_export(unwrapped.policy, accelerator, ctx, model_dir)

@@ -1,0 +1,191 @@
+"""The shared rollout path and PPO's learner on fixed rollouts: sampled distribution, EOS ids, generation
+settings, the non-finite guard, gradient checkpointing, LR schedule (fast, one process)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ppo_fixed import fixed_rollouts, make_learner, one_update
+
+from workbench.config import GenerationConfig
+
+
+def load(tiny_model, tokenizer):
+    from workbench.models import load_policy
+
+    return load_policy(str(tiny_model), tokenizer).eval()
+
+
+def test_generation_ignores_sampling_settings_from_the_checkpoint(tiny_model, tokenizer):
+    from workbench.generation import generate
+
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, batch_size=8)
+    prompts = [tokenizer("hello there")["input_ids"], tokenizer("a b c d")["input_ids"]] * 8
+    clean = generate(load(tiny_model, tokenizer), tokenizer, prompts, cfg, seed=3)
+    model = load(tiny_model, tokenizer)
+    gc = model.generation_config  # what a checkpoint's generation_config.json may carry
+    gc.typical_p, gc.repetition_penalty, gc.no_repeat_ngram_size, gc.min_new_tokens = 0.2, 1.5, 2, 4
+    gc.suppress_tokens = list(range(10, 40))
+    dirty = generate(model, tokenizer, prompts, cfg, seed=3)
+    assert [c.token_ids for c in dirty] == [c.token_ids for c in clean]
+    assert model.generation_config.typical_p == 0.2  # the model's own config is left as it was
+
+
+def test_each_response_keeps_the_eos_id_that_ended_it(tiny_model, tokenizer):
+    from workbench.generation import generate
+    from workbench.rollout import completion_batch
+
+    model = load(tiny_model, tokenizer)
+    eos_list = [tokenizer.eos_token_id, *range(20, 28)]  # a 9-id EOS list, as some chat models ship
+    model.generation_config.eos_token_id = eos_list
+    cfg = GenerationConfig(max_new_tokens=16, temperature=1.0, batch_size=32)
+    prompts = [tokenizer("hello")["input_ids"]] * 32
+    made = generate(model, tokenizer, prompts, cfg, seed=0)
+    ended = [c for c in made if c.finished]
+    assert ended and all(c.eos_id in eos_list for c in ended)
+    assert any(c.eos_id != tokenizer.eos_token_id for c in ended)  # the case the old code got wrong
+    assert all(c.eos_id is None and len(c.token_ids) == 16 for c in made if not c.finished)
+    batch = completion_batch(prompts, made, tokenizer.pad_token_id, "cpu")
+    p = batch["prompt_width"]
+    for row, c in enumerate(made):  # the token trained on at the end is the one sampled
+        n = int(batch["response_mask"][row].sum())
+        assert batch["input_ids"][row, p : p + n].tolist() == c.token_ids + ([c.eos_id] if c.finished else [])
+
+
+@pytest.mark.parametrize("setting", [{"top_p": 0.9}, {"top_k": 20}, {"temperature": 0.0}])
+def test_ppo_refuses_sampling_it_cannot_model(setting):
+    from workbench.errors import WorkbenchError
+    from workbench.rollout import refuse_unmodelled_sampling
+
+    with pytest.raises(WorkbenchError, match="generation"):
+        refuse_unmodelled_sampling(GenerationConfig(**setting), "PPO")
+
+
+def test_log_probs_entropy_and_kl_are_those_of_the_tempered_distribution(tiny_model):
+    import torch
+
+    from workbench.logprobs import rollout_tensors
+
+    learner, tok = make_learner(tiny_model, temperature=0.5)
+    prompts, responses, scores = fixed_rollouts(8)
+    batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
+    exp = learner.experience(batch, scores, kl_coef=0.05)
+    with torch.no_grad():
+        logits = learner.unwrapped.policy(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
+    p, r = batch["prompt_width"], batch["response_mask"].shape[1]
+    z = logits[:, p - 1 : p - 1 + r] / 0.5
+    expected = torch.log_softmax(z, -1).gather(-1, batch["input_ids"][:, p : p + r, None]).squeeze(-1) * batch["response_mask"]
+    assert float((exp.old_logprobs - expected).abs().max()) < 1e-5
+    untempered = torch.log_softmax(z * 0.5, -1).gather(-1, batch["input_ids"][:, p : p + r, None]).squeeze(-1)
+    assert float(((exp.old_logprobs - untempered) * batch["response_mask"]).abs().max()) > 0.05
+    probs = torch.softmax(z, -1)
+    entropy = -(probs * torch.log_softmax(z, -1)).sum(-1) * batch["response_mask"]
+    assert float((exp.entropy - entropy).abs().max()) < 1e-4
+    assert float(exp.kl.abs().max()) < 1e-6  # the reference is the same tempered distribution before training
+
+
+def test_a_non_finite_update_is_undone_exactly(tiny_model, monkeypatch):
+    import torch
+
+    from workbench import losses
+
+    learner, tok = make_learner(tiny_model, ppo_epochs=2, num_mini_batches=2, per_device_train_batch_size=8)
+    assert one_update(learner, tok, list(range(8)), step=1) is not None  # optimizer state exists
+    before = {k: v.clone() for k, v in learner.unwrapped.state_dict().items()}
+    opt_before = {k: v["exp_avg"].clone() for k, v in enumerate(learner.optimizer.state_dict()["state"].values())}
+    lr_before = learner.scheduler.state_dict()
+    real, calls = losses.clipped_value_loss, []
+
+    def nan_on_third(*a, **kw):  # three mini-batches go fine (two optimizer steps applied), the fourth is NaN
+        calls.append(1)
+        loss, frac = real(*a, **kw)
+        return (loss * float("nan") if len(calls) == 4 else loss), frac
+
+    monkeypatch.setattr(losses, "clipped_value_loss", nan_on_third)
+    assert one_update(learner, tok, list(range(8)), step=2) is None
+    assert len(calls) == 4
+    after = learner.unwrapped.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    opt_after = {k: v["exp_avg"] for k, v in enumerate(learner.optimizer.state_dict()["state"].values())}
+    assert all(torch.equal(opt_before[k], opt_after[k]) for k in opt_before)
+    assert learner.scheduler.state_dict() == lr_before
+
+
+def test_gradient_checkpointing_recomputes_in_the_learning_phase(tiny_model):
+    counts = {}
+    for on in (False, True):
+        learner, tok = make_learner(tiny_model, gradient_checkpointing=on, ppo_epochs=1, per_device_train_batch_size=8)
+        layer = learner.unwrapped.policy.model.layers[0].mlp  # inside the checkpointed layer
+        calls = []
+        handle = layer.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))  # recompute may stop early
+        one_update(learner, tok, list(range(8)))
+        handle.remove()
+        counts[on] = len(calls)
+    # one experience forward + one training forward; with checkpointing the backward runs the layer again
+    assert counts == {False: 2, True: 3}
+
+
+def test_warmup_and_schedule_count_updates(tiny_model):
+    learner, tok = make_learner(
+        tiny_model, warmup_steps=2, max_steps=4, ppo_epochs=1, num_mini_batches=2, per_device_train_batch_size=8
+    )
+    lrs = []
+    for step in (1, 2, 3):
+        one_update(learner, tok, list(range(8)), step=step)
+        lrs.append(learner.scheduler.get_last_lr()[0])
+    # 2 optimizer steps per update, warmup over 2 updates = 4 steps, then constant 1e-3
+    assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3])
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3) and not math.isnan(lrs[0])
+
+
+def history(n, **trend):
+    """n per-update rows; each key moves linearly from its (start, end)."""
+    base = {
+        "train/objective/scores": (0.4, 0.4),
+        "train/objective/kl": (0.0, 1.0),
+        "train/policy/entropy": (6.0, 5.5),
+        "train/val/explained_variance": (0.0, 0.5),
+        "train/finished_share": (0.4, 0.4),
+        **trend,
+    }
+    return [{k: a + (b - a) * i / (n - 1) for k, (a, b) in base.items()} for i in range(n)]
+
+
+def test_diagnosis_flags_each_unhealthy_pattern_and_nothing_in_a_healthy_run():
+    from workbench.methods.ppo import diagnose
+
+    assert diagnose(history(20), warmup=0, kl_limit=10.0) == []
+    codes = lambda h: [f["code"] for f in diagnose(h, warmup=0, kl_limit=10.0)]  # noqa: E731
+    assert codes(history(20, **{"train/val/explained_variance": (0.0, -2.0)})) == ["value_not_learning"]
+    assert codes(history(20, **{"train/objective/kl": (0.0, 40.0)})) == ["kl_high"]
+    assert codes(history(20, **{"train/finished_share": (0.6, 0.0)})) == ["finished_collapse"]
+    assert codes(history(20, **{"train/objective/scores": (0.4, 0.9), "train/policy/entropy": (6.0, 0.5)})) == [
+        "entropy_collapse"
+    ]
+    assert diagnose(history(3), warmup=0, kl_limit=10.0) == []  # too short to judge
+
+
+def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model):
+    """Actor and critic are clipped separately: scores x 1e4 blow up the value loss, the policy's gradient is unchanged
+    (advantages are whitened); clipped together, it would shrink by the value gradient's norm."""
+    from workbench.logprobs import rollout_tensors
+
+    norms = {}
+    for scale in (1.0, 1e4):
+        learner, tok = make_learner(tiny_model, reward_normalization="none", ppo_epochs=1, per_device_train_batch_size=8)
+        actor = {id(p) for p in learner.actor_params}
+        seen = []
+        learner.optimizer.optimizer.register_step_pre_hook(
+            lambda opt, *a, seen=seen, actor=actor: seen.append(
+                sum(float(p.grad.pow(2).sum()) for g in opt.param_groups for p in g["params"] if id(p) in actor) ** 0.5
+            )
+        )
+        prompts, responses, scores = fixed_rollouts(8)
+        batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
+        exp = learner.experience(batch, [s * scale for s in scores], kl_coef=0.0)
+        assert learner.update(1, exp, kl_coef=0.0) is not None
+        norms[scale] = seen[0]
+    assert norms[1e4] == pytest.approx(norms[1.0], rel=1e-3) and norms[1.0] > 0

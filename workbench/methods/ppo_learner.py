@@ -1,0 +1,368 @@
+"""PPO's learner: policy + value module, frozen reference, experience and clipped updates (see methods/ppo.py).
+
+Kept apart from the run loop so tests can drive it with fixed rollouts, without a run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from workbench import losses
+from workbench.config import ModelConfig
+from workbench.errors import WorkbenchError
+from workbench.models import apply_lora, load_causal_lm, plain_loading
+from workbench.rollout import logprobs_and_entropy
+
+
+def disable_dropout(model: Any) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _module_base() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
+class PolicyAndValue(_module_base()):  # type: ignore[misc]
+    """Policy and value model as one module, so accelerate / DeepSpeed prepare one engine.
+
+    `value` is a separate critic, or None for a value head on the policy's last hidden state.
+    """
+
+    def __init__(self, policy: Any, value: Any | None) -> None:
+        import torch
+
+        super().__init__()
+        self.policy, self.value = policy, value
+        if value is None:
+            self.value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> tuple[Any, Any]:
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if self.value is None:
+            out = self.policy(**kw, output_hidden_states=True)
+            return out.logits, self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
+        return self.policy(**kw).logits, self.value(**kw).logits.squeeze(-1)  # (B, L, V), (B, L)
+
+    def critic_parameters(self) -> list[Any]:
+        part = self.value_head if self.value is None else self.value
+        return [p for p in part.parameters() if p.requires_grad]
+
+    def actor_parameters(self) -> list[Any]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+
+def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[PolicyAndValue, Any, dict[str, str]]:
+    """(policy + value, frozen reference or None under LoRA, what was built for the manifest)."""
+    from transformers import AutoModelForTokenClassification
+
+    from workbench.models import torch_dtype
+
+    policy = load_causal_lm(recipe.model, tokenizer)
+    reference = None  # under LoRA: the policy with its adapters disabled, no second copy
+    if recipe.model.lora is not None:
+        policy = apply_lora(policy, recipe.model, task_type="CAUSAL_LM")
+    else:
+        with plain_loading():  # frozen: a whole copy per process, never partitioned
+            reference = load_causal_lm(
+                ModelConfig(name_or_path=recipe.reference.name_or_path or recipe.model.name_or_path, dtype=recipe.model.dtype),
+                tokenizer,
+            )
+        reference.eval().requires_grad_(False)
+        disable_dropout(reference)
+    shared = args.value_model == "shared" or (args.value_model == "auto" and recipe.model.lora is not None)
+    value, described = None, "value head on the policy's backbone"
+    if not shared:
+        rm = recipe.reward_model
+        value_from = (
+            rm.name_or_path if args.value_init == "reward" and rm is not None and rm.name_or_path else recipe.model.name_or_path
+        )
+        dtype = torch_dtype("float32" if recipe.model.dtype == "auto" else recipe.model.dtype)
+        value = AutoModelForTokenClassification.from_pretrained(value_from, num_labels=1, dtype=dtype)
+        value.config.pad_token_id = tokenizer.pad_token_id
+        described = f"separate critic initialized from {value_from}"
+    model = PolicyAndValue(policy, value)
+    disable_dropout(model)
+    if args.gradient_checkpointing:
+        for part in (policy, value):
+            if part is not None:
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                part.config.use_cache = False
+    ref_kind = (
+        f"frozen copy of {reference.config._name_or_path}" if reference is not None else "policy base with adapters disabled"
+    )
+    return model, reference, {"reference": ref_kind, "value_model": described}
+
+
+def frozen_engine(model: Any, accelerator: Any) -> Any:
+    """Under ZeRO-3 a frozen model becomes a DeepSpeed inference engine sharded like the policy; otherwise a plain copy on the device.
+
+    Every process must then call it the same number of times (it gathers shards collectively).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return model.to(accelerator.device)
+    import deepspeed
+
+    config = copy.deepcopy(plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    config["zero_optimization"] = {**config["zero_optimization"], "stage": 3}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
+
+
+def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
+    """The frozen reference's logits: a separate model, or the LoRA policy with its adapters disabled."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    if reference is not None:
+        return reference(**kwargs).logits
+    with policy.disable_adapter():
+        return policy(**kwargs).logits
+
+
+def response_values(values: Any, batch: dict[str, Any]) -> Any:
+    """V(state before each response token), (B, R)."""
+    p = batch["prompt_width"]
+    return values[:, p - 1 : p - 1 + batch["response_mask"].shape[1]].float()
+
+
+def select_rows(batch: dict[str, Any], rows: Any) -> dict[str, Any]:
+    return {k: (v[rows] if hasattr(v, "shape") else v) for k, v in batch.items()}
+
+
+@dataclass
+class Experience:
+    """One update's experience on this process: tensors (B, R) over response tokens."""
+
+    batch: dict[str, Any]
+    old_logprobs: Any
+    ref_logprobs: Any
+    old_values: Any
+    advantages: Any
+    returns: Any
+    kl: Any
+    entropy: Any
+    scores: Any  # (B,) raw scores, before normalization and baseline
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Learner:
+    """Everything in PPO that touches gradients: experience from rollouts, and the clipped updates.
+
+    Built from models and arguments alone (no run directory), so tests can feed it fixed rollouts.
+    """
+
+    def __init__(
+        self, accelerator: Any, model: PolicyAndValue, reference: Any, args: SimpleNamespace, seed: int, temperature: float
+    ):
+        import torch
+        from transformers import get_scheduler
+
+        self.acc, self.args, self.seed, self.temperature = accelerator, args, seed, temperature
+        self.deepspeed = accelerator.state.deepspeed_plugin is not None
+        if self.deepspeed:  # no Trainer to fill DeepSpeed's "auto" fields
+            ds = accelerator.state.deepspeed_plugin.deepspeed_config
+            micro = max(1, args.per_device_train_batch_size // (args.num_mini_batches * args.gradient_accumulation_steps))
+            ds["train_micro_batch_size_per_gpu"] = micro
+            ds["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+            ds["gradient_clipping"] = args.max_grad_norm or 0.0
+        self.actor_params, self.critic_params = model.actor_parameters(), model.critic_parameters()
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": self.actor_params, "lr": args.learning_rate},
+                {"params": self.critic_params, "lr": args.critic_learning_rate or args.learning_rate},
+            ],
+            weight_decay=0.0,
+        )
+        steps_per_update = args.ppo_epochs * args.num_mini_batches
+        warmup = args.warmup_steps or int(args.warmup_ratio * args.max_steps)
+        kind = "constant_with_warmup" if args.lr_scheduler_type == "constant" and warmup else args.lr_scheduler_type
+        self.scheduler = get_scheduler(  # stepped by us once per optimizer step, on the base optimizer
+            kind,
+            optimizer,
+            num_warmup_steps=warmup * steps_per_update,
+            num_training_steps=args.max_steps * steps_per_update,
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.reference = frozen_engine(reference, accelerator) if reference is not None else None
+        self.moments = losses.RunningMoments()
+
+    def reduce_sum(self, t: Any) -> Any:
+        return self.acc.reduce(t, "sum") if self.acc.num_processes > 1 else t
+
+    @property
+    def unwrapped(self) -> PolicyAndValue:
+        return self.acc.unwrap_model(self.model)
+
+    def experience(self, batch: dict[str, Any], scores: list[float], kl_coef: float) -> Experience:
+        """Old log-probs, values, reference log-probs, KL, rewards and global-whitened advantages (no grad)."""
+        import torch
+
+        args, acc, temp = self.args, self.acc, self.temperature
+        mask = batch["response_mask"]
+        self.model.eval()
+        with torch.no_grad():
+            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            old_logprobs, entropy = logprobs_and_entropy(logits, batch, temp)
+            del logits
+            ref_logprobs, _ = logprobs_and_entropy(
+                reference_logits(self.reference, self.unwrapped.policy, batch), batch, temp, False
+            )
+            old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
+            old_values = response_values(values, batch) * mask
+            kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
+            raw = torch.tensor(scores, device=acc.device, dtype=torch.float32)
+            shaped = losses.leave_one_out_baseline(raw, args.num_generations) if args.score_baseline == "prompt" else raw
+            if args.reward_normalization == "running":
+                everyone = acc.gather(shaped) if acc.num_processes > 1 else shaped
+                self.moments.update(everyone.tolist())
+                shaped = (shaped - self.moments.mean) / max(self.moments.std, 1e-8)
+            rewards = losses.shaped_rewards(shaped, kl, mask, kl_coef if args.kl_in == "reward" else 0.0)
+            if args.whiten_rewards:
+                rewards = losses.masked_whiten(rewards, mask, shift_mean=False, reduce_sum=self.reduce_sum)
+            advantages, returns = losses.gae(rewards, old_values, mask, args.gamma, args.lam)
+            advantages = losses.masked_whiten(advantages, mask, reduce_sum=self.reduce_sum)
+        return Experience(batch, old_logprobs, ref_logprobs, old_values, advantages, returns, kl, entropy * mask, raw)
+
+    # -- the update, undone as a whole when any process sees a non-finite loss -------------------
+
+    def snapshot(self, scratch: Path | None) -> Any:
+        if self.deepspeed:
+            if scratch is None:
+                raise WorkbenchError("internal: a DeepSpeed PPO update needs a scratch directory for its snapshot")
+            self.acc.save_state(str(scratch))
+            return scratch
+        import torch
+
+        def to_cpu(x: Any) -> Any:  # a copy in host memory, so the snapshot costs no accelerator memory
+            if isinstance(x, torch.Tensor):
+                return x.detach().to("cpu", copy=True)
+            if isinstance(x, dict):
+                return {k: to_cpu(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [to_cpu(v) for v in x]
+            return copy.deepcopy(x)
+
+        return to_cpu(self.unwrapped.state_dict()), to_cpu(self.optimizer.state_dict()), to_cpu(self.scheduler.state_dict())
+
+    def restore(self, snap: Any) -> None:
+        import torch
+
+        self.optimizer.zero_grad()
+        if self.deepspeed:
+            self.acc.load_state(str(snap))
+            sched = json.loads((Path(snap) / "ppo_scheduler.json").read_text())
+            self.scheduler.load_state_dict(sched)
+            return
+        weights, opt, sched = snap
+        with torch.no_grad():
+            for k, v in self.unwrapped.state_dict().items():
+                v.copy_(weights[k])
+        self.optimizer.load_state_dict(opt)
+        self.scheduler.load_state_dict(sched)
+
+    def update(self, step: int, exp: Experience, kl_coef: float, scratch: Path | None = None) -> dict[str, float] | None:
+        """`ppo_epochs` passes over mini-batches; None (and nothing changed) when any loss on any process was non-finite."""
+        import torch
+
+        acc, args = self.acc, self.args
+        snap = None
+        if self.deepspeed and scratch is not None:
+            self.snapshot(scratch)
+            (scratch / "ppo_scheduler.json").write_text(json.dumps(self.scheduler.state_dict()))
+            snap = scratch
+        elif not self.deepspeed:
+            snap = self.snapshot(None)
+        t0 = time.perf_counter()
+        self.model.train()
+        size = exp.batch["input_ids"].shape[0]
+        mb_size = max(1, size // args.num_mini_batches)
+        micro_size = max(1, mb_size // args.gradient_accumulation_steps)
+        rng = torch.Generator().manual_seed(self.seed + step)
+        acc_metrics: dict[str, list[float]] = {
+            k: [] for k in ("policy", "value", "kl_loss", "loss", "clipfrac", "approxkl", "vclipfrac")
+        }
+        actor_on = step > args.critic_warmup_steps
+        for _ in range(args.ppo_epochs):
+            perm = torch.randperm(size, generator=rng)
+            for mb_start in range(0, mb_size * args.num_mini_batches, mb_size):
+                mb_rows = perm[mb_start : mb_start + mb_size].to(acc.device)
+                mb_tokens = self.reduce_sum(exp.batch["response_mask"][mb_rows].sum()).clamp(min=1)
+                scale = acc.num_processes * args.gradient_accumulation_steps  # DDP averages, accumulation divides
+                for mc_start in range(0, len(mb_rows), micro_size):
+                    values = self.micro_step(exp, mb_rows[mc_start : mc_start + micro_size], mb_tokens / scale, kl_coef, actor_on)
+                    if values is None:
+                        if snap is not None:
+                            self.restore(snap)
+                        self.model.eval()
+                        return None
+                    for key, value in zip(acc_metrics, values):
+                        acc_metrics[key].append(value)
+        self.model.eval()
+        exp.seconds["learn"] = time.perf_counter() - t0
+        return {key: sum(v) / len(v) for key, v in acc_metrics.items()}
+
+    def micro_step(self, exp: Experience, rows: Any, num_tokens: Any, kl_coef: float, actor_on: bool) -> tuple[float, ...] | None:
+        """One forward/backward on a micro-batch (optimizer and LR step when accumulation completes)."""
+        import torch
+
+        acc, args = self.acc, self.args
+        mb = select_rows(exp.batch, rows)
+        m = mb["response_mask"]
+        with acc.accumulate(self.model):
+            logits, values = self.model(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+            new_logprobs, _ = logprobs_and_entropy(logits, mb, self.temperature, with_entropy=False)
+            new_logprobs = new_logprobs * m
+            pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
+                new_logprobs, exp.old_logprobs[rows], exp.advantages[rows], m, args.cliprange, num_tokens
+            )
+            kl_loss = torch.zeros_like(pg_loss)
+            if args.kl_in == "loss" and kl_coef:
+                kl_loss = losses.token_mean(
+                    losses.kl_per_token(new_logprobs, exp.ref_logprobs[rows], args.kl_estimator), m, num_tokens
+                )
+            vf_loss, vclipfrac = losses.clipped_value_loss(
+                response_values(values, mb), exp.old_values[rows], exp.returns[rows], m, args.cliprange_value, num_tokens
+            )
+            actor_loss = (pg_loss + kl_coef * kl_loss) * float(actor_on)
+            loss = actor_loss + args.vf_coef * vf_loss
+            bad = self.reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
+            if float(bad.sum()) > 0:  # some process saw a non-finite loss: every process stops here
+                self.optimizer.zero_grad()
+                return None
+            acc.backward(loss)
+            if (
+                acc.sync_gradients and args.max_grad_norm and not self.deepspeed
+            ):  # separately: a huge value loss cannot starve the policy
+                acc.clip_grad_norm_(self.actor_params, args.max_grad_norm)
+                acc.clip_grad_norm_(self.critic_params, args.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad()
+        total = float(loss.detach()) / float(m.sum().clamp(min=1)) * float(num_tokens)
+        share = float(num_tokens) / float(m.sum().clamp(min=1))  # back to a per-token mean over this shard
+        return (
+            float(pg_loss.detach()) * share,
+            float(vf_loss.detach()) * share,
+            float(kl_loss.detach()) * share,
+            total,
+            float(clipfrac),
+            float(approxkl),
+            float(vclipfrac),
+        )
