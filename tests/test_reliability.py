@@ -415,6 +415,48 @@ def test_enospc_at_the_write_layer_fails_the_run_with_one_sentence(tmp_path, tin
     assert [step(p) for p in marked(run)] == [2] and not (run / "checkpoints" / "checkpoint-4").exists()
 
 
+# Loaded by every child Python (sitecustomize); only in the rank-1 process (RANK=1, set by the launcher) does
+# torch.save raise ENOSPC, and only for that rank's own file of checkpoint-4 (its RNG state).
+ENOSPC_ON_RANK_1 = """
+import errno, os
+if os.environ.get("RANK") == "1":
+    import torch
+    _save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f) and os.path.basename(str(f)).startswith("rng_state"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return _save(obj, f, *args, **kwargs)
+    torch.save = save
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_enospc_on_rank_1_fails_the_run_with_the_disk_full_cause(tmp_path, tiny_model):
+    """A full disk seen by a rank other than 0: rank 0 is stopped by the launcher (SIGTERM), yet the run says
+    once that the disk is full, keeps checkpoint-2 whole, and the manifest records the full disk as the cause."""
+    from workbench.checkpoint import problems
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ENOSPC_ON_RANK_1)
+    path = recipe(tmp_path, tiny_model, "enospc2", max_steps=6, save_steps=2)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "workbench", "launch", str(path), "--accelerate-config", "accelerate_configs/cpu_ddp.yaml"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = tmp_path / "enospc2"
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert out.count("is full (no space left on device)") == 1, out[-3000:]
+    assert "checkpoint-2, is intact" in out and "stopped because rank 1 failed" in out
+    assert "Traceback" not in out.split("is full (no space left on device)")[0][-2000:]
+    kept = marked(run)
+    assert [step(p) for p in kept] == [2] and problems(kept[0]) == []
+    assert not (run / "checkpoints" / "checkpoint-4").exists()
+    record = manifest(run)
+    assert record["status"] == "failed" and "is full" in record["error"], record.get("error")
+
+
 # -- 9: W&B environment precedence ---------------------------------------------------------------
 
 

@@ -95,6 +95,8 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
         extra["stale_lock_taken_over"] = lock.took_over
     previous_term = on_sigterm(terminated)
     try:
+        if state.is_main_process:
+            clear_peer_notes(run_dir)  # a note left by an earlier attempt is not this run's cause
         tracker.start(extra, resume_step=step_of(checkpoint) if checkpoint else None)
         state.wait_for_everyone()
         tokenizer = load_tokenizer(recipe.model)
@@ -114,7 +116,8 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
         tracker.finish("completed")
         return result
     except BaseException as exc:
-        error = fail(tracker, run_dir, exc)
+        on_sigterm(signal.SIG_IGN)  # the launcher's SIGTERM must not cut the failure record short
+        error = fail(tracker, run_dir, exc, rank=state.process_index)
         if error is exc:
             raise
         raise error from None
@@ -143,19 +146,70 @@ def terminated(signum: int, frame: Any) -> None:
     )
 
 
-def fail(tracker: Tracker, run_dir: Path, exc: BaseException) -> BaseException:
+def fail(tracker: Tracker, run_dir: Path, exc: BaseException, rank: int = 0) -> BaseException:
     """Record the failure (freeing half-written checkpoints first, so a full disk still takes the manifest) and
-    return the exception to raise: the original one, or one sentence for a full disk."""
+    return the exception to raise: the original one, or one sentence for a full disk.
+
+    Only rank 0 writes the manifest, and when another rank fails first rank 0 sees only the aftermath (SIGTERM
+    from the launcher, a closed connection). So a failing rank leaves its cause in a note, and rank 0 records
+    the first note's cause; rank 0 then points at the peer's message instead of repeating it."""
     disk_full = is_disk_full(exc, run_dir)
-    if tracker.is_main:
-        for stale in remove_incomplete(run_dir / "checkpoints"):
-            log.info("removed %s, left half-written by the failure", stale)
     message = disk_full_message(run_dir) if disk_full else f"{type(exc).__name__}: {exc}"
+    if not tracker.is_main:
+        if not isinstance(exc, Terminated):  # stopped because of someone else: not a cause
+            write_peer_note(run_dir, rank, message)
+        return WorkbenchError(message) if disk_full else exc
+    for stale in remove_incomplete(run_dir / "checkpoints"):
+        log.info("removed %s, left half-written by the failure", stale)
+    peer = None if disk_full else first_peer_note(run_dir)
+    if peer is not None:
+        message = peer[1]
+        if "is full (no space left on device)" in message:
+            message = disk_full_message(run_dir)  # re-read now that the half-written checkpoint is gone
     try:
         tracker.finish("failed", error=message)
     except OSError as again:
         log.error("could not record the failure in %s/manifest.json: %s", run_dir, again)
+    if peer is not None:
+        return WorkbenchError(
+            f"stopped because rank {peer[0]} failed (its error is above and recorded in {run_dir}/manifest.json); "
+            "fix that, then continue with --resume"
+        )
     return WorkbenchError(message) if disk_full else exc
+
+
+PEER_NOTE = ".failed-rank-"
+
+
+def write_peer_note(run_dir: Path, rank: int, message: str) -> None:
+    """Best effort: on a full disk even this one line may not fit; rank 0 then falls back to its own
+    free-space check (`is_disk_full`) or the error it saw."""
+    try:
+        (run_dir / f"{PEER_NOTE}{rank}").write_text(message.replace("\n", " ") + "\n")
+    except OSError as again:
+        log.warning("could not leave this rank's error for rank 0 in %s: %s", run_dir, again)
+
+
+def first_peer_note(run_dir: Path) -> tuple[int, str] | None:
+    """(rank, message) of the earliest non-empty note another rank left in this run, or None."""
+    notes = []
+    for path in run_dir.glob(f"{PEER_NOTE}*"):
+        try:
+            text, when = path.read_text().strip(), path.stat().st_mtime
+            rank = int(path.name[len(PEER_NOTE) :])
+        except (OSError, ValueError):
+            continue
+        if text:
+            notes.append((when, rank, text))
+    if not notes:
+        return None
+    _, rank, text = min(notes)
+    return rank, text
+
+
+def clear_peer_notes(run_dir: Path) -> None:
+    for path in run_dir.glob(f"{PEER_NOTE}*"):
+        path.unlink(missing_ok=True)
 
 
 def is_disk_full(exc: BaseException, run_dir: Path) -> bool:
