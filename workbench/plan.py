@@ -161,7 +161,9 @@ def meta_model(name_or_path: str, head: str, trust_remote_code: bool = False) ->
     if head != "causal-lm":
         config.num_labels = 1
     # torch's meta device, not accelerate's init_empty_weights: under transformers 5 the latter unties tied embeddings
-    with torch.device("meta"), outside_zero3_init(), quiet():
+    from workbench.models import plain_loading  # a meta model must not be built under zero.Init (collectives)
+
+    with torch.device("meta"), plain_loading(), quiet():
         model = getattr(transformers, HEAD_CLASSES[head]).from_config(config, trust_remote_code=trust_remote_code)
     return model, config
 
@@ -172,19 +174,6 @@ def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         yield
-
-
-@contextlib.contextmanager
-def outside_zero3_init() -> Iterator[None]:
-    """Inside a ZeRO-3 run transformers would build even a meta model under zero.Init (collectives); the plan must not."""
-    from transformers.integrations import deepspeed as hf_ds
-
-    saved = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 @functools.lru_cache(maxsize=32)

@@ -63,6 +63,17 @@ def dpo_dataset(pairs: list[Any], ctx: RunContext) -> Any:
     return persisted_dataset(lambda: token_dataset(pairs), "dpo-pairs", key, ctx.is_main)
 
 
+def policy_and_reference(ctx: RunContext, args: Any) -> tuple[Any, Any]:
+    """The policy to train (LoRA-wrapped when asked) and its reference, recorded in the manifest (DPO and KTO)."""
+    recipe = ctx.recipe
+    model = load_causal_lm(recipe.model, ctx.tokenizer)
+    if recipe.model.lora is not None:
+        model = apply_lora(model, recipe.model, task_type="CAUSAL_LM")
+    ref, ref_kind = reference_model(ctx, args)
+    ctx.tracker.update_manifest(reference=ref_kind)
+    return model, ref
+
+
 def reference_model(ctx: RunContext, args: Any) -> tuple[Any, str]:
     """The frozen reference and how it was chosen (recorded in the manifest)."""
     ref = ctx.recipe.reference
@@ -89,11 +100,7 @@ def run(ctx: RunContext) -> RunResult:
     )
     if args.fp16:
         log.warning("fp16 with DPO is a known source of NaN losses (log-prob sums overflow); prefer bf16")
-    model = load_causal_lm(recipe.model, ctx.tokenizer)
-    if recipe.model.lora is not None:
-        model = apply_lora(model, recipe.model, task_type="CAUSAL_LM")
-    ref, ref_kind = reference_model(ctx, args)
-    ctx.tracker.update_manifest(reference=ref_kind)
+    model, ref = policy_and_reference(ctx, args)
     eval_pairs = ctx.data.tokenized.get("eval") or []
     trainer = PretokenizedDPOTrainer(
         model=model,

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from trl import KTOTrainer
 
 from workbench.methods import hf
-from workbench.methods.dpo import reference_model
-from workbench.models import apply_lora, load_causal_lm
+from workbench.methods.dpo import policy_and_reference
 
 if TYPE_CHECKING:
     from workbench.data.formatting import TokenizedSFT
@@ -99,11 +98,7 @@ def run(ctx: RunContext) -> RunResult:
             "undesirable_weight": args.undesirable_weight,
         }
     )
-    model = load_causal_lm(recipe.model, ctx.tokenizer)
-    if recipe.model.lora is not None:
-        model = apply_lora(model, recipe.model, task_type="CAUSAL_LM")
-    ref, ref_kind = reference_model(ctx, args)
-    ctx.tracker.update_manifest(reference=ref_kind)
+    model, ref = policy_and_reference(ctx, args)
     evals = ctx.data.tokenized.get("eval") or []
     trainer = PretokenizedKTOTrainer(
         model=model,
