@@ -220,12 +220,14 @@ def test_roles_per_method():
     ppo = recipe(base, "ppo", reward_model={"name_or_path": "rm"})
     assert roles_of(ppo) == [
         ("policy", "full", "engine"),
-        ("reference", "frozen", "plain"),  # ppo.py loads it outside DeepSpeed
+        ("reference", "frozen", "engine"),  # an inference engine sharded like the policy under ZeRO-3
         ("value", "full", "engine"),
-        ("reward", "frozen", "cpu"),  # scoring.py never moves it to the GPU
+        ("reward", "frozen", "plain"),  # a whole copy on each process's device
     ]
     ppo_lora = recipe(base, "ppo", model={"lora": {"r": 8}}, reward_model={"function": "m:f"})
-    assert roles_of(ppo_lora) == [("policy", "lora", "engine"), ("value", "full", "engine")]
+    assert roles_of(ppo_lora) == [("policy", "lora", "engine")]  # value head on the policy's backbone
+    shared = recipe(base, "ppo", reward_model={"function": "m:f"}, train={"value_model": "shared"})
+    assert roles_of(shared) == [("policy", "full", "engine"), ("reference", "frozen", "engine")]
     rs = recipe(base, "rejection_sampling", reward_model={"name_or_path": "rm"})
     assert roles_of(rs) == [("policy", "full", "engine"), ("reward", "frozen", "cpu")]
 
@@ -243,12 +245,12 @@ def test_roles_for_methods_planned_by_name_grpo_rloo_kto():
     """grpo/rloo read TRL's own defaults (GRPO beta 0.0: no reference; RLOO 0.05: a reference); kto is like dpo."""
     dpo = recipe("pol", "dpo", reward_model={"name_or_path": "rm"})
     grpo = dataclasses.replace(dpo, method="grpo", train={})
-    assert roles_of(grpo) == [("policy", "full", "engine"), ("reward", "frozen", "engine")]
+    assert roles_of(grpo) == [("policy", "full", "engine"), ("reward", "frozen", "plain")]
     assert roles_of(dataclasses.replace(grpo, train={"beta": 0.04}))[1] == ("reference", "frozen", "engine")
     rloo = dataclasses.replace(dpo, method="rloo", train={})
-    assert roles_of(rloo) == [("policy", "full", "engine"), ("reference", "frozen", "engine"), ("reward", "frozen", "engine")]
+    assert roles_of(rloo) == [("policy", "full", "engine"), ("reference", "frozen", "engine"), ("reward", "frozen", "plain")]
     lora = dataclasses.replace(rloo, model=dataclasses.replace(dpo.model, lora={"r": 8}))
-    assert roles_of(lora) == [("policy", "lora", "engine"), ("reward", "frozen", "engine")]
+    assert roles_of(lora) == [("policy", "lora", "engine"), ("reward", "frozen", "plain")]
     kto = dataclasses.replace(dpo, method="kto", train={})
     assert roles_of(kto) == [("policy", "full", "engine"), ("reference", "frozen", "engine")]
 
@@ -436,9 +438,9 @@ def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     # one engine for policy + value: one reduce bucket and one gathered-layer allowance
     assert plan.models[2].states.buffers == 0
     assert plan.models[0].states.buffers == P.reduce_bucket_bytes(launch) + 4 * shape.largest_layer
-    assert plan.models[1].states.params == shape.params * 4  # the fp32 reference, whole on every process
+    assert plan.models[1].states.params == shape.params * 2 / 2  # the reference: a 16-bit inference engine, sharded over 2
     rm = P.model_shape(str(tiny_model), "seq-cls")
-    assert plan.models[3].states.device == 0 and plan.models[3].states.cpu == rm.params * 4  # fp32 tiny RM on CPU
+    assert plan.models[3].states.params == rm.params * 4 and plan.models[3].states.cpu == 0  # fp32 RM, whole on the device
     assert plan.phases["generation"] == plan.states_bytes + plan.kv_cache_bytes_per_device + plan.generation_gather_bytes
 
 

@@ -396,10 +396,14 @@ def checkpointing_on(train: dict[str, Any]) -> bool:
     return bool(train.get("gradient_checkpointing") if value is None else value)
 
 
-def value_role(recipe: Any, train: dict[str, Any]) -> Role:
-    """PPO's value model as ppo.py builds it today: a separate token-classification model from the policy
-    (or, with value_init: reward, the reward model), fully trained even when the policy uses LoRA, in the
-    same engine as the policy, loaded in float32 when model.dtype is auto. Change here if PPO changes."""
+def value_role(recipe: Any, train: dict[str, Any]) -> Role | None:
+    """PPO's value model as ppo_learner.py builds it: a value head on the policy's backbone (None: no extra
+    model) with `value_model: shared`, or by default under LoRA; otherwise a separate token-classification
+    critic from the policy (or, with value_init: reward, the reward model), trained in the policy's engine,
+    loaded in float32 when model.dtype is auto. Change here if PPO changes."""
+    mode = train.get("value_model", "auto")
+    if mode == "shared" or (mode == "auto" and recipe.model.lora is not None):
+        return None
     rm = recipe.reward_model
     source = (
         rm.name_or_path
@@ -451,8 +455,12 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
         if lora:
             notes.append("reference: the policy with its adapters disabled (no second copy)")
         else:
-            roles.append(reference("plain", "frozen copy, never partitioned (ppo.py loads it outside DeepSpeed)"))
-        roles.append(value_role(recipe, train))
+            roles.append(reference("engine", "frozen copy; a DeepSpeed inference engine sharded like the policy under ZeRO-3"))
+        value = value_role(recipe, train)
+        if value is None:
+            notes.append("value: a value head on the policy's backbone (no second model)")
+        else:
+            roles.append(value)
     elif method in ("grpo", "rloo"):
         if float(train.get("beta", 0.0)) == 0.0:
             notes.append("reference: none (train.beta is 0)")
@@ -463,7 +471,7 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
     rm = recipe.reward_model
     if method in ("ppo", "rejection_sampling", "grpo", "rloo") and rm is not None:
         if rm.name_or_path:
-            on_cpu = method in ("ppo", "rejection_sampling")  # scoring.py never moves the reward model to a device
+            on_cpu = method == "rejection_sampling"  # scored where it was loaded, on the main process
             roles.append(
                 Role(
                     "reward",
@@ -471,13 +479,10 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
                     head="seq-cls",
                     training="frozen",
                     dtype=rm.dtype,
-                    placement="cpu" if on_cpu else "engine",
-                    note=(
-                        "scored on the CPU (scoring.py keeps it where it was loaded)"
-                        + ("; main process only" if method == "rejection_sampling" else "")
-                        if on_cpu
-                        else "frozen"
-                    ),
+                    placement="cpu" if on_cpu else "plain",
+                    note="scored on the CPU; main process only"
+                    if on_cpu
+                    else "frozen, a whole copy on each process's device (never partitioned)",
                 )
             )
         else:
