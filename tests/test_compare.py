@@ -73,7 +73,7 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     assert "| reward | reward | completed |" in report  # the reward model's cost is in the stage table
     best_gold = max(res.values(), key=lambda r: r["gold_reward_mean"])["name"]
     gold_row = next(line for line in report.splitlines() if line.startswith(f"| {best_gold} "))
-    assert f"**{res[best_gold]['gold_reward_mean']:.3f}**" in gold_row
+    assert f"**{res[best_gold]['gold_reward_mean']:.3f} ± {res[best_gold]['gold_reward_mean_stderr']:.3f}**" in gold_row
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + len(POLICIES) and "win_rate_vs_baseline" in rows[0]
 
@@ -83,17 +83,18 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     assert wandb_run_record(out / "seed-42" / "reward")["job_type"] == "reward"
     assert list(out.glob("wandb/offline-run-*/files/media/table/results_*.table.json"))
 
+    stages = len(POLICIES) + 1  # every policy and the reward model
     again = run_ok(args, timeout=600)
-    assert again.stdout.count(": cached, fingerprint") == 6 and again.stdout.count("evaluation cached") == 5
+    assert again.stdout.count(": cached, fingerprint") == stages and again.stdout.count("evaluation cached") == len(POLICIES)
     same = {n: {k: v for k, v in r.items() if k != "per_seed"} for n, r in results(out).items()}
     assert same == {n: {k: v for k, v in r.items() if k != "per_seed"} for n, r in res.items()}
     assert all(s["status"] == "cached" for r in results(out).values() for s in r["per_seed"])
 
     changed = run_ok([*args, "--set", "stages.dpo.train.beta=1.0"], timeout=600)
-    assert "dpo (dpo): training" in changed.stdout and changed.stdout.count(": cached, fingerprint") == 5
-    assert changed.stdout.count("evaluation cached") == 4
+    assert "dpo (dpo): training" in changed.stdout and changed.stdout.count(": cached, fingerprint") == stages - 1
+    assert changed.stdout.count("evaluation cached") == len(POLICIES) - 1
     assert results(out)["dpo"]["gold_reward_mean"] != res["dpo"]["gold_reward_mean"]
-    assert first.stdout.count("training in") == 6
+    assert first.stdout.count("training in") == stages
 
 
 BOOM = """

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from conftest import REPO, run_ok, run_workbench
+from conftest import REPO, kill_when, run_ok, run_workbench
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
@@ -153,11 +153,11 @@ def test_numpy_and_tensor_scores_are_accepted():
 
 @pytest.mark.slow
 def test_grpo_trains_logs_exports_and_resumes(tmp_path, tiny_model):
-    path = online_recipe(tmp_path, tiny_model, "grpo", max_steps=2)
-    run_ok(["train", str(path)])
+    path = online_recipe(tmp_path, tiny_model, "grpo", max_steps=4)
     run = tmp_path / "grpo"
-    assert (run / "checkpoints" / "checkpoint-2" / ".complete").is_file()
-    run_ok(["train", str(path), "--set", "train.max_steps=4", "--resume"])  # continues from step 2
+    kill_when(["train", str(path)], run / "checkpoints" / "checkpoint-2" / ".complete")  # kill -9 once step 2 is saved
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+    run_ok(["train", str(path), "--resume"])  # continues from step 2
     metrics = [m for m in read_metrics(run) if "train/loss" in m]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     for key in ("train/reward", "train/kl", "train/completions/mean_length", "train/clip_ratio/region_mean", "train/entropy"):
