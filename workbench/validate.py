@@ -235,8 +235,13 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
 
     problems = path_problems(recipe)
     sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
+    train = recipe.train
+    if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
+        from workbench.online import trl_generation_fields
+
+        train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
     with tempfile.TemporaryDirectory() as scratch:  # TrainingArguments needs an output_dir; it writes nothing there
-        _, train_problems = build_train_args(recipe.method, recipe.train, scratch)
+        _, train_problems = build_train_args(recipe.method, train, scratch)
     problems.extend(train_problems)
     try:
         gb = global_batch(recipe.train, train_field_defaults(train_config_class(recipe.method)), accelerate_config)
