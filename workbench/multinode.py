@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.rundir import flatten
 
 log = logging.getLogger("workbench")
 
@@ -149,15 +150,6 @@ def fingerprint(recipe: Any) -> dict[str, Any]:
     return {"host": socket.gethostname(), "recipe": redact(resolved_dict(recipe)), "code": code_version()}
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -169,7 +161,7 @@ def fingerprint_mismatch(prints: list[dict[str, Any]], unit: str = "machine") ->
     for index, other in enumerate(prints[1:], start=1):
         diffs = []
         for part, label in (("recipe", "recipe"), ("code", "code version")):
-            a, b = _flat(first[part]), _flat(other[part])
+            a, b = flatten(first[part]), flatten(other[part])
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key):
                     diffs.append(f"{label} {key}: {_short(b.get(key))} there vs {_short(a.get(key))} on {unit} 0")

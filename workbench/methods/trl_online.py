@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.data.schema import text_of
 from workbench.errors import RecipeError
 from workbench.methods import hf
-from workbench.models import apply_lora, load_causal_lm, plain_loading
+from workbench.models import apply_lora, load_causal_lm
 from workbench.online import trl_generation_fields
 from workbench.scoring import reward_source
 
@@ -50,16 +50,11 @@ class DataLayerPrompts:
 def reward_model_for_trl(ctx: RunContext, device: Any) -> Any:
     """The recipe's reward source as a TRL reward function.
 
-    A reward model is loaded outside ZeRO-3's partitioned init (`models.plain_loading`): a full frozen copy on
-    every process, on its device, never wrapped in a DeepSpeed engine. Kept separate from the rest so
-    that the PPO side's loading fix in scoring.py / models.py can replace it in one place.
+    A reward model is scored through `scoring.reward_source`, which loads it whole (never partitioned by
+    ZeRO-3's init) and places it on this process's device: the same path as PPO.
     """
     recipe = ctx.recipe
-    with plain_loading():
-        source = reward_source(recipe.reward_model, recipe.data.max_length)
-    model = getattr(source.scorer, "model", None)
-    if model is not None:
-        model.to(device).requires_grad_(False)
+    source = reward_source(recipe.reward_model, recipe.data.max_length, device)
 
     def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         texts = [c if isinstance(c, str) else text_of(c) for c in completions]  # TRL passes messages for chat data
