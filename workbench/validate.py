@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.cache import memo_json
 from workbench.config import (
     METHOD_DATA_KINDS,
     Recipe,
     RewardModelConfig,
     dump_yaml,
     load_recipe,
+    plain_train_defaults,
     resolved_dict,
-    train_config_class,
-    train_field_defaults,
 )
 from workbench.data.schema import Reject
 from workbench.errors import RecipeError, WorkbenchError
@@ -224,13 +224,55 @@ def example_text(recipe: Recipe, scan: DataScan) -> str:
     return f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
 
 
+def file_key(path: str | Path | None) -> Any:
+    """What a memoised answer read from a local file or directory may depend on: each file's name,
+    size and modification time (a hub id or a missing path: its name)."""
+    if path is None:
+        return None
+    where = Path(path).expanduser()
+    files = sorted(p for p in where.iterdir() if p.is_file()) if where.is_dir() else [where] if where.is_file() else []
+    return [str(path), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+
+
+def models_key(recipe: Recipe) -> list[Any]:
+    names = [recipe.model.name_or_path, recipe.reference.name_or_path, getattr(recipe.reward_model, "name_or_path", None)]
+    return [file_key(name) if name else None for name in names]
+
+
+def memoised_example_text(recipe: Recipe, scan: DataScan) -> str:
+    """example_text, memoised on the record, the model's files and the recipe (loading a tokenizer imports transformers)."""
+    item = next((s.example for s in scan.sources if s.example is not None), None)
+    record = None if item is None else [item.source, item.line, item.row]
+    key = ["example", scan.kind, record, resolved_dict(recipe)["data"], resolved_dict(recipe)["model"], models_key(recipe)]
+    return memo_json("recipe-checks", key, lambda: example_text(recipe, scan))
+
+
 # ----------------------------------------------------------------------------------------------
 # All checks
 
 
+def library_train_problems(method: str, train: dict[str, Any]) -> list[str]:
+    """The `train:` values as TRL / transformers check them when the run builds its config object.
+
+    That object's class costs seconds to import, and its checks are a pure function of (method, train,
+    installed versions, this machine's GPUs), so the verdict is memoised on disk (cache.memo_json);
+    under `accelerate launch` the process state takes part too, so there it is always built.
+    """
+    import os
+
+    from workbench.config.train_args import build_train_args
+
+    def compute() -> list[str]:
+        with tempfile.TemporaryDirectory() as scratch:  # TrainingArguments needs an output_dir; it writes nothing there
+            return build_train_args(method, train, scratch)[1]
+
+    if "LOCAL_RANK" in os.environ:
+        return compute()
+    return memo_json("recipe-checks", ["train-args", method, train], compute)
+
+
 def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: bool = True) -> tuple[list[str], list[str]]:
     """(report sections, problems): every check that needs no model weights."""
-    from workbench.config.train_args import build_train_args
     from workbench.launch import global_batch
 
     problems = path_problems(recipe)
@@ -240,11 +282,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         from workbench.online import trl_generation_fields
 
         train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
-    with tempfile.TemporaryDirectory() as scratch:  # TrainingArguments needs an output_dir; it writes nothing there
-        _, train_problems = build_train_args(recipe.method, train, scratch)
-    problems.extend(train_problems)
+    problems.extend(library_train_problems(recipe.method, train))
     try:
-        gb = global_batch(recipe.train, train_field_defaults(train_config_class(recipe.method)), accelerate_config)
+        gb = global_batch(recipe.train, plain_train_defaults(recipe.method), accelerate_config)
         source = f" (from {accelerate_config})" if accelerate_config else ""
         sections.append(f"global batch{source}: {gb.describe()}")
         problems.extend(gb.warnings)
@@ -254,7 +294,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
         from workbench.online import validate_trl_method
 
-        lines, more = validate_trl_method(recipe, gb.processes if "gb" in locals() else 1)
+        processes = gb.processes if "gb" in locals() else 1
+        key = ["trl-method", resolved_dict(recipe), processes]
+        lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
     problems.extend(reward_problems(recipe))
@@ -264,7 +306,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         problems.extend(data_problems)
         if example and recipe.method != "kto" and not data_problems and not any(p.startswith("`model.") for p in problems):
             try:
-                sections.append(example_text(recipe, scan))
+                sections.append(memoised_example_text(recipe, scan))
             except WorkbenchError as exc:
                 problems.append(str(exc))
     return sections, problems
@@ -277,8 +319,48 @@ def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | N
         raise RecipeError(source, problems)
 
 
+def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
+    (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
+    checked on the model that chain starts from; paths that earlier stages will write are not problems."""
+    from workbench.compare import load_comparison, stage_recipe
+    from workbench.config import recipe_from_dict
+
+    try:
+        comparison = load_comparison(path, overrides)
+    except RecipeError as exc:
+        return f"{path}: comparison recipe not valid", exc.problems
+    seed = comparison.seeds[0]
+    seed_dir = comparison.output_dir / f"seed-{seed}"
+    future = [str(seed_dir / name / "model") for name in comparison.stages]
+    sections = [f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}"]
+    problems: list[str] = []
+    for stage in comparison.stages.values():
+        data = stage_recipe(comparison, stage, seed)
+        origin = stage
+        while origin.model_from:  # the model this stage's chain starts from
+            origin = comparison.stages[origin.model_from]
+        if origin is not stage:
+            data["model"]["name_or_path"] = stage_recipe(comparison, origin, seed)["model"]["name_or_path"]
+        recipe = recipe_from_dict(data, source=f"stage {stage.name}")
+        found, stage_problems = check_recipe(recipe, stage.accelerate_config)
+        stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
+        useful = [line for line in found[2:] if not line.startswith("example")]
+        sections.append(f"\nstage {stage.name} ({recipe.method}): {'OK' if not stage_problems else 'NOT valid'}")
+        sections.extend(f"  {line}" for text in useful for line in text.splitlines())
+        problems.extend(f"stages.{stage.name}: {p}" for p in stage_problems)
+    return "\n".join(sections), problems
+
+
 def validate(path: str, overrides: Sequence[str], accelerate_config: str | None) -> tuple[str, list[str]]:
     """(printable report, problems). Problems include everything found, not just the first."""
+    from workbench.config import read_yaml
+
+    try:
+        if "stages" in read_yaml(path):
+            return validate_comparison(path, overrides)
+    except RecipeError as exc:
+        return f"{path}: recipe not valid", exc.problems
     try:
         recipe = load_recipe(path, overrides)
     except RecipeError as exc:
@@ -286,5 +368,6 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
     sections, problems = check_recipe(recipe, accelerate_config)
     from workbench.plan import plan_total_line
 
-    sections.append(plan_total_line(recipe, accelerate_config))
+    key = ["plan", resolved_dict(recipe), models_key(recipe), file_key(accelerate_config)]
+    sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
     return "\n".join(sections), problems

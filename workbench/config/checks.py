@@ -189,7 +189,44 @@ def train_field_defaults(cls: type) -> dict[str, Any]:
 
 
 def check_train_section(method: str, train: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    """Validate `train:` keys and simple types against the method's real config class."""
+    """Validate `train:` keys and simple types against the method's real config class.
+
+    Importing that class costs seconds (trl -> transformers -> peft -> torch), and the answer is a
+    pure function of (method, train, installed versions), so it is memoised on disk (cache.memo_json).
+    """
+    from workbench.cache import memo_json
+
+    def compute() -> list[Any]:
+        found: list[str] = []
+        return [_check_train_section(method, train, found), found]
+
+    checked, found = memo_json("recipe-checks", ["train", method, train], compute)
+    problems.extend(found)
+    return checked
+
+
+def plain_train_defaults(method: str) -> dict[str, Any]:
+    """The method config class's defaults as plain YAML values (enums by value), memoised like the check."""
+    from workbench.cache import memo_json
+
+    def compute() -> dict[str, Any]:
+        return {k: plain_value(v) for k, v in train_field_defaults(train_config_class(method)).items()}
+
+    return memo_json("recipe-checks", ["defaults", method], compute)
+
+
+def plain_value(value: Any) -> Any:
+    """YAML-safe scalar view of enum-like defaults."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    return getattr(value, "value", str(value))
+
+
+def _check_train_section(method: str, train: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     cls = train_config_class(method)
     fields = {f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
     hints = type_hints(cls)
@@ -239,6 +276,13 @@ def cross_checks(recipe: Recipe) -> list[str]:
 
 
 def check_lora(lora: dict[str, Any]) -> list[str]:
+    """`model.lora` keys and types against peft's LoraConfig (import memoised like the train check)."""
+    from workbench.cache import memo_json
+
+    return memo_json("recipe-checks", ["lora", lora], lambda: _check_lora(lora))
+
+
+def _check_lora(lora: dict[str, Any]) -> list[str]:
     from peft import LoraConfig
 
     problems: list[str] = []

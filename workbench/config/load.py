@@ -13,8 +13,8 @@ from workbench.config.checks import (
     build_dataclass,
     check_train_section,
     cross_checks,
-    train_config_class,
-    train_field_defaults,
+    plain_train_defaults,
+    plain_value,
 )
 from workbench.config.schema import TRAIN_CONFIG_CLASSES, WORKBENCH_OWNED_TRAIN_KEYS, Recipe
 from workbench.errors import RecipeError
@@ -133,25 +133,10 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
     out = dataclasses.asdict(recipe)
     train = {}
     if recipe.method in TRAIN_CONFIG_CLASSES:
-        train = {
-            k: v
-            for k, v in train_field_defaults(train_config_class(recipe.method)).items()
-            if k not in WORKBENCH_OWNED_TRAIN_KEYS
-        }
+        train = {k: v for k, v in plain_train_defaults(recipe.method).items() if k not in WORKBENCH_OWNED_TRAIN_KEYS}
     train.update(recipe.train)
-    out["train"] = {k: _plain(v) for k, v in sorted(train.items())}
+    out["train"] = {k: plain_value(v) for k, v in sorted(train.items())}
     return out
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe scalar view of enum-like defaults."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return getattr(value, "value", str(value))
 
 
 def dump_yaml(data: Any) -> str:
