@@ -109,6 +109,19 @@ def test_second_validate_imports_neither_trl_nor_torch_and_prints_the_same(tmp_p
     assert "'trl'" in first[1] and "'torch'" in first[1]
     assert second[1].strip() == "[]"
 
+    # Editing what none of those verdicts read (data amounts and split, tracking, output, seed) keeps them warm;
+    # a new `train:` value is built by TRL again.
+    edited = yaml.safe_load(recipe.read_text())
+    edited["data"].update(eval_split=0.25, sources=[{"synthetic": {"task": "vowels", "num_pairs": 96}}])
+    edited.update(seed=7, output_dir=str(tmp_path / "elsewhere"), tracking={"mode": "disabled"})
+    recipe.write_text(yaml.safe_dump(edited))
+    third = subprocess.run([sys.executable, "-c", probe, str(recipe)], cwd=REPO, capture_output=True, text=True, env=env)
+    assert third.returncode == 0 and third.stdout.rsplit("IMPORTED", 1)[1].strip() == "[]", third.stdout[-1500:]
+    edited["train"]["learning_rate"] = 2e-4
+    recipe.write_text(yaml.safe_dump(edited))
+    fourth = subprocess.run([sys.executable, "-c", probe, str(recipe)], cwd=REPO, capture_output=True, text=True, env=env)
+    assert fourth.returncode == 0 and "'trl'" in fourth.stdout.rsplit("IMPORTED", 1)[1]
+
 
 def test_a_bad_train_value_is_reported_again_from_the_memo(tmp_path, tiny_model, capsys, memo_dir):
     recipe = tmp_path / "dpo.yaml"

@@ -8,6 +8,7 @@ data source (read fully, streaming). `train` runs the same checks before anythin
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import tempfile
@@ -239,11 +240,23 @@ def models_key(recipe: Recipe) -> list[Any]:
     return [file_key(name) if name else None for name in names]
 
 
+def plan_inputs(recipe: Recipe) -> dict[str, Any]:
+    """The recipe sections the memory plan reads (of `data:` only the lengths; not tracking, evaluation or seed)."""
+    from workbench.data.pipeline import tokenization_settings
+
+    resolved = resolved_dict(recipe)
+    keep = ("method", "model", "reference", "reward_model", "train", "generation")
+    return {**{k: resolved[k] for k in keep}, "data": dataclasses.asdict(tokenization_settings(recipe.data))}
+
+
 def memoised_example_text(recipe: Recipe, scan: DataScan) -> str:
     """example_text, memoised on the record, the model's files and the recipe (loading a tokenizer imports transformers)."""
     item = next((s.example for s in scan.sources if s.example is not None), None)
     record = None if item is None else [item.source, item.line, item.row]
-    key = ["example", scan.kind, record, resolved_dict(recipe)["data"], resolved_dict(recipe)["model"], models_key(recipe)]
+    from workbench.data.pipeline import tokenization_settings
+
+    settings = dataclasses.asdict(tokenization_settings(recipe.data))
+    key = ["example", scan.kind, record, settings, dataclasses.asdict(recipe.model), models_key(recipe)]
     return memo_json("recipe-checks", key, lambda: example_text(recipe, scan))
 
 
@@ -368,6 +381,6 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
     sections, problems = check_recipe(recipe, accelerate_config)
     from workbench.plan import plan_total_line
 
-    key = ["plan", resolved_dict(recipe), models_key(recipe), file_key(accelerate_config)]
+    key = ["plan", plan_inputs(recipe), models_key(recipe), file_key(accelerate_config)]
     sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
     return "\n".join(sections), problems
