@@ -57,6 +57,15 @@ def test_memo_recomputes_a_corrupt_entry_and_skips_values_json_changes(memo_dir)
     assert len(tuple_calls) == 2
 
 
+def test_inputs_holding_a_secret_are_never_stored(memo_dir):
+    compute, calls = counting(["`train.hub_token: hf_abc` is not valid"])
+    for _ in range(2):
+        cache.memo_json("ns", ["train-args", "dpo", {"hub_token": "hf_abc", "learning_rate": 1e-4}], compute)
+    assert len(calls) == 2 and not (memo_dir / "ns").exists()
+    cache.memo_json("ns", ["train-args", "dpo", {"hub_token": None, "pad_token": "<pad>"}], compute)
+    assert len(list((memo_dir / "ns").glob("*.json"))) == 1
+
+
 def test_memo_key_includes_the_environment(memo_dir, monkeypatch):
     compute, calls = counting(3)
     cache.memo_json("ns", "key", compute)

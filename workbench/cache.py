@@ -77,10 +77,11 @@ def memo_json(namespace: str, key: Any, compute: Callable[[], Any]) -> Any:
     For checks whose answer is a pure function of their inputs but which cost seconds of imports
     (`validate` building TRL's config object). An unreadable entry is recomputed; a value that does
     not survive a JSON round trip unchanged is returned but not stored; a cache that cannot be
-    written only costs the speed-up. WORKBENCH_NO_MEMO=1 turns it off.
+    written only costs the speed-up; inputs holding a secret-named key with a value are never stored.
+    WORKBENCH_NO_MEMO=1 turns it off.
     """
-    if os.environ.get("WORKBENCH_NO_MEMO"):
-        return compute()
+    if os.environ.get("WORKBENCH_NO_MEMO") or holds_secret(key):
+        return compute()  # an answer may quote its inputs: one holding a token never goes to disk
     name = hashlib.sha256(json.dumps([key, environment_key()], sort_keys=True, default=repr).encode()).hexdigest()
     path = cache_root() / namespace / f"{name}.json"
     try:
@@ -99,3 +100,14 @@ def memo_json(namespace: str, key: Any, compute: Callable[[], Any]) -> Any:
     except (OSError, TypeError, ValueError):
         pass
     return value
+
+
+def holds_secret(value: Any) -> bool:
+    """True when a mapping anywhere in `value` gives a secret-named key (token, password, ...) a value."""
+    from workbench.secrets import is_secret_name
+
+    if isinstance(value, dict):
+        return any((is_secret_name(str(k)) and v not in (None, "")) or holds_secret(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(holds_secret(v) for v in value)
+    return False
