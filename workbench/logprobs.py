@@ -33,17 +33,27 @@ def rollout_tensors(
     }
 
 
-def response_logprobs(logits: Any, batch: dict[str, Any], temperature: float = 1.0) -> Any:
-    """log pi(response token | everything before it), (B, R); logits divided by `temperature` first."""
+def response_logprobs(logits: Any, batch: dict[str, Any], temperature: float = 1.0, chunk_rows: int = 4) -> Any:
+    """log pi(response token | everything before it), (B, R); logits divided by `temperature` first.
+
+    `logits` may be the whole sequence's (B, P + R, V) or only its last R + 1 positions (a forward with
+    `logits_to_keep=R + 1`): both end at the same column. Computed as logit - logsumexp a few rows at a
+    time, so no (B, R, V) float32 log-softmax is ever alive beside the logits (a 49k vocabulary: 0.2 MB
+    per token).
+    """
     import torch
 
-    p = batch["prompt_width"]
     r = batch["response_mask"].shape[1]
-    step_logits = logits[:, p - 1 : p - 1 + r].float()  # position t predicts token t + 1
-    if temperature != 1.0:
-        step_logits = step_logits / temperature
-    targets = batch["input_ids"][:, p : p + r]
-    return torch.log_softmax(step_logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    start = logits.shape[1] - (r + 1)  # position t predicts token t + 1
+    targets = batch["input_ids"][:, -r:] if r else batch["input_ids"][:, :0]
+    out = []
+    for lo in range(0, logits.shape[0], chunk_rows):
+        step = logits[lo : lo + chunk_rows, start : start + r].float()  # (b, R, V)
+        if temperature != 1.0:
+            step = step / temperature
+        picked = step.gather(-1, targets[lo : lo + chunk_rows].unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(step, dim=-1))
+    return torch.cat(out) if out else logits.new_zeros((0, r))
 
 
 def token_logprobs(
@@ -64,8 +74,11 @@ def token_logprobs(
     with torch.no_grad():
         for rows in length_sorted_batches([len(p) + len(r) for p, r in zip(prompts, responses)], batch_size):
             batch = rollout_tensors([prompts[i] for i in rows], [responses[i] for i in rows], pad_id, device)
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+            logits = model(  # only the positions that predict response tokens get logits
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+                logits_to_keep=batch["response_mask"].shape[1] + 1,
             ).logits
             lp = response_logprobs(logits, batch, temperature).cpu()  # (B, R)
             for k, i in enumerate(rows):
