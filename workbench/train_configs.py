@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import RewardConfig, SFTConfig
+from trl import DPOConfig, RewardConfig, SFTConfig
+
+GROUP_BY_LENGTH_HELP = (
+    "Sampler for training: 'group_by_length' (the default here: batches of pairs of similar length, from "
+    "shuffled mega-batches so training stays stochastic; a pair's chosen and rejected stay together; seeded), "
+    "'random' (TRL's default, the plain-TRL loss curve), 'sequential' or 'batch_rebalance'."
+)
 
 
 @dataclass
@@ -25,8 +31,25 @@ class RejectionSamplingConfig(SFTConfig):
 
 
 @dataclass
+class DPOTrainConfig(DPOConfig):
+    """DPOConfig plus padding-aware batching: length-grouped sampling by default and packed forward passes."""
+
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP})
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free forward passes: each batch's chosen and rejected sequences are packed into rows "
+            "with position ids restarting per sequence (flash attention: one varlen row; sdpa/eager: an exact "
+            "block-diagonal mask). Same log-probs and loss as padding. TRL's own `padding_free` is disabled in TRL."
+        },
+    )
+
+
+@dataclass
 class RewardTrainConfig(RewardConfig):
     """RewardConfig plus the pass that measures the reward mean/std stored in the export for normalizing."""
+
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP})
 
     reward_stats_pairs: int = field(
         default=1024,
