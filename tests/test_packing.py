@@ -225,3 +225,33 @@ def test_length_grouped_batches_pad_less_and_are_seeded(tiny_model, tmp_path):
             prompt_c = [t for t in c if t not in (0, 7)]
             prompt_r = [t for t in r if t not in (0, 8)]
             assert prompt_c == prompt_r
+
+
+def test_reference_precompute_runs_length_sorted_and_keeps_pair_order(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    pairs = [{**p, "length": len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"]))} for p in random_pairs(12)]
+    widths = []
+    from workbench.methods.dpo import PretokenizedDPOTrainer
+
+    original = PretokenizedDPOTrainer.compute_ref_log_probs
+
+    def recording(self, model, inputs):
+        widths.append(inputs["input_ids"].shape[1])
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(PretokenizedDPOTrainer, "compute_ref_log_probs", recording)
+    trainer = dpo_trainer(tiny_model, tmp_path, False, pairs, precompute_ref_log_probs=True, precompute_ref_batch_size=4)
+    expected_widths = [
+        max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in group)
+        for group in (sorted(pairs, key=lambda p: -p["length"])[i : i + 4] for i in (0, 4, 8))
+    ]
+    assert widths == expected_widths  # longest first, each batch as wide as its own longest pair
+    got = trainer.train_dataset
+    assert [row["prompt_ids"] for row in got] == [p["prompt_ids"] for p in pairs]  # the pairs' own order
+    batch = trainer.data_collator([{k: pairs[i][k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for i in range(12)])
+    with torch.no_grad():
+        chosen, rejected = original(trainer, trainer.ref_model, batch)
+    assert torch.allclose(torch.tensor(got["ref_chosen_logps"]), chosen, atol=1e-4)
+    assert torch.allclose(torch.tensor(got["ref_rejected_logps"]), rejected, atol=1e-4)

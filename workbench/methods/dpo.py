@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl import DPOTrainer
 
+from workbench.batching import length_sorted_batches
 from workbench.cache import persisted_dataset
 from workbench.config import ModelConfig
 from workbench.data.schema import stable_hash
@@ -38,6 +39,17 @@ class PretokenizedDPOTrainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         if "length" not in self._signature_columns:  # for train_sampling_strategy: group_by_length
             self._signature_columns = [*self._signature_columns, "length"]
+
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        """TRL's cached pass, run over the pairs in length-sorted batches (little padding), then put back in order."""
+        if "length" not in dataset.column_names or len(dataset) == 0:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        order = [i for batch in length_sorted_batches(dataset["length"], batch_size) for i in batch]
+        inverse = [0] * len(order)
+        for position, i in enumerate(order):
+            inverse[i] = position
+        # select() fingerprints are deterministic, so TRL's cache (keyed by fingerprint) still finds later runs
+        return super()._precompute_ref_logps(dataset.select(order), name, batch_size).select(inverse)
 
     def _packed(self, model: Any) -> Any:
         if not getattr(self.args, "packing", False):
