@@ -255,3 +255,39 @@ def test_reference_precompute_runs_length_sorted_and_keeps_pair_order(tiny_model
         chosen, rejected = original(trainer, trainer.ref_model, batch)
     assert torch.allclose(torch.tensor(got["ref_chosen_logps"]), chosen, atol=1e-4)
     assert torch.allclose(torch.tensor(got["ref_rejected_logps"]), rejected, atol=1e-4)
+
+
+def test_reward_loss_packed_equals_padded(tiny_model, tmp_path):
+    """Reward model: the backbone runs packed, the score head pools the padded layout; same rewards and loss."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from workbench.config import ModelConfig
+    from workbench.methods.reward import LengthGroupedRewardTrainer
+    from workbench.models import load_reward_model
+    from workbench.train_configs import RewardTrainConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    pairs = [
+        {"chosen_ids": p["prompt_ids"] + p["chosen_ids"], "rejected_ids": p["prompt_ids"] + p["rejected_ids"]}
+        for p in uneven_pairs()
+    ]
+    out = {}
+    for packing in (False, True):
+        torch.manual_seed(0)  # the score head is initialized at load
+        model = load_reward_model(ModelConfig(name_or_path=str(tiny_model), dtype="float32"), tokenizer).eval()
+        args = RewardTrainConfig(output_dir=str(tmp_path / str(packing)), report_to=[], bf16=False, use_cpu=True, packing=packing)
+        trainer = LengthGroupedRewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+        rows = []
+        model.model.embed_tokens.register_forward_hook(lambda mod, a, o, rows=rows: rows.append(a[0].shape[0]))
+        with torch.no_grad():
+            loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+        out[packing] = (float(loss), outputs.logits.squeeze(-1), rows)
+    assert out[False][2] == [12] and out[True][2] == [7]  # packed: 7 rows instead of 12 (see the DPO test)
+    assert torch.allclose(out[True][1], out[False][1], atol=1e-5)
+    assert out[False][1].std() > 1e-3  # rewards differ between sequences
+    assert abs(out[True][0] - out[False][0]) < 1e-5

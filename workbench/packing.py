@@ -121,14 +121,20 @@ def pack_model_inputs(kwargs: dict[str, Any], capacity: int | None) -> tuple[dic
     when there is nothing to pack. `capacity` None: one row (varlen attention kernels)."""
     mask = kwargs.get("attention_mask")
     ids = kwargs.get("input_ids")
-    if mask is None or ids is None or ids.dim() != 2 or kwargs.get("position_ids") is not None:
+    if (
+        mask is None
+        or ids is None
+        or ids.dim() != 2
+        or kwargs.get("position_ids") is not None
+        or kwargs.get("inputs_embeds") is not None
+    ):
         return None
     lengths = right_padded_lengths(mask)
     if lengths is None:
         return None
     width = ids.shape[1]
     layout = plan_layout(lengths, width, capacity or sum(lengths), device=ids.device)
-    packed = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+    packed = {k: v for k, v in kwargs.items() if k not in ("attention_mask", "inputs_embeds")}
     packed["input_ids"] = pack(ids, layout, fill=0)
     packed["position_ids"] = layout.position_ids
     packed["use_cache"] = False  # with a cache, masking_utils does not look for packed sequences
@@ -170,14 +176,16 @@ def packed_calls(*modules: Any) -> Iterator[None]:
     active: list[tuple[int, PackedLayout]] = []
 
     def before(module: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if args or active:
+        if active or len(args) > 1 or "input_ids" in kwargs and args:
             return None
+        if args:  # input_ids given positionally (a sequence-classification head calling its backbone)
+            kwargs = {**kwargs, "input_ids": args[0]}
         ids = kwargs.get("input_ids")
         packed = pack_model_inputs(kwargs, row_capacity(module, ids.shape[1]) if ids is not None else None)
         if packed is None:
             return None
         active.append((id(module), packed[1]))
-        return args, packed[0]
+        return (), packed[0]
 
     def after(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if not active or active[-1][0] != id(module):
@@ -198,3 +206,10 @@ def packed_calls(*modules: Any) -> Iterator[None]:
         for h in handles:
             h.remove()
         active.clear()
+
+
+def backbone(model: Any) -> Any:
+    """The transformer body under a task head (and a PEFT wrapper): packing it keeps the head's own
+    pooling (a reward model's last-token score) on the padded layout."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, getattr(inner, "base_model_prefix", ""), inner)

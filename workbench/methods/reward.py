@@ -16,6 +16,7 @@ from trl import RewardTrainer
 from workbench.methods import hf
 from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
 from workbench.models import apply_lora, load_reward_model
+from workbench.packing import backbone, packed_calls
 from workbench.scoring import score_sequences
 
 if TYPE_CHECKING:
@@ -46,7 +47,14 @@ def reward_dataset(pairs: list[TokenizedPair], margins: list[float] | None) -> A
 
 
 class LengthGroupedRewardTrainer(RewardTrainer):
-    """RewardTrainer that keeps the `length` column, read by `train_sampling_strategy: group_by_length`."""
+    """RewardTrainer that keeps the `length` column, read by `train_sampling_strategy: group_by_length`,
+    and with `packing` runs the backbone padding-free (the score head still pools the padded layout)."""
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        if not getattr(self.args, "packing", False):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with packed_calls(backbone(self.accelerator.unwrap_model(model))):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
