@@ -136,6 +136,7 @@ def run_ours(model: Path, data: Path, out: Path, a: argparse.Namespace, train: d
         "train_runtime": final["train/summary/runtime"],
         "num_tokens": final["train/num_tokens"],
         "wall": wall,
+        "cpu": cpu,
         "losses": losses,
     }
 
