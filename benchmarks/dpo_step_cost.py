@@ -7,7 +7,11 @@ sampler gives after one warm-up batch, from the same pairs; the optimizer step i
 "random + padded" is what plain TRL does. Tokens = real (non-padding) tokens, so tokens per CPU-second
 compare directly across variants whose batches differ.
 
-  python benchmarks/dpo_step_cost.py --hidden 256 --layers 4 --batches 12 --reps 2 --save benchmarks/results/dpo_step_cost.json
+`--method reward` measures reward-model training the same way (LengthGroupedRewardTrainer: backbone
+forward + backward, TRL's pairwise loss).
+
+  python benchmarks/dpo_step_cost.py --hidden 256 --layers 4 --batches 16 --reps 2 --save benchmarks/results/dpo_step_cost.json
+  python benchmarks/dpo_step_cost.py --method reward --batches 16 --reps 2 --save benchmarks/results/reward_step_cost.json
 """
 
 from __future__ import annotations
@@ -50,12 +54,36 @@ def trainer_for(model_dir: Path, pairs: list, out: Path, strategy: str, packing:
         packing=packing,
         seed=0,
     )
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if a.method == "reward":
+        import torch
+
+        from workbench.config import ModelConfig
+        from workbench.methods.reward import LengthGroupedRewardTrainer, reward_dataset
+        from workbench.models import load_reward_model
+        from workbench.train_configs import RewardTrainConfig
+
+        rm_args = RewardTrainConfig(
+            output_dir=str(out),
+            per_device_train_batch_size=a.batch,
+            max_length=a.max_length,
+            report_to=[],
+            bf16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            train_sampling_strategy=strategy,
+            packing=packing,
+            seed=0,
+        )
+        torch.manual_seed(0)
+        model = load_reward_model(ModelConfig(name_or_path=str(model_dir), dtype="float32"), tokenizer)
+        return LengthGroupedRewardTrainer(
+            model=model, args=rm_args, train_dataset=reward_dataset(pairs, None), processing_class=tokenizer
+        )
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     data: Dataset = token_dataset(pairs)
-    return PretokenizedDPOTrainer(
-        model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(str(model_dir))
-    )
+    return PretokenizedDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
 
 
 def measure(trainer, batches: int) -> dict:
@@ -65,7 +93,7 @@ def measure(trainer, batches: int) -> dict:
         if k == batches + 1:
             break
         t0 = time.process_time()
-        loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
+        loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         trainer.model.zero_grad(set_to_none=True)
         if k == 0:  # warm-up batch, not counted
@@ -86,6 +114,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--method", choices=["dpo", "reward"], default="dpo")
     p.add_argument("--save", type=Path)
     a = p.parse_args()
     import torch
