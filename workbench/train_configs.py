@@ -30,6 +30,7 @@ class RejectionSamplingConfig(SFTConfig):
     min_pair_gap: float = field(default=0.0, metadata={"help": "A pair is written only when best - worst > this."})
 
 
+SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices
 PACKING_HELP = (
     "Padding-free forward passes: each batch's chosen and rejected sequences are packed into rows with position "
     "ids restarting per sequence (flash attention: one varlen row; sdpa/eager: rows as wide as the batch's longest "
@@ -42,7 +43,7 @@ PACKING_HELP = (
 class DPOTrainConfig(DPOConfig):
     """DPOConfig plus padding-aware batching: length-grouped sampling by default and packed forward passes."""
 
-    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP, "choices": SAMPLERS})
     packing: bool = field(default=False, metadata={"help": PACKING_HELP})
 
 
@@ -51,7 +52,7 @@ class RewardTrainConfig(RewardConfig):
     """RewardConfig plus padding-aware batching and the pass that measures the reward mean/std stored in the
     export for normalizing."""
 
-    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP, "choices": SAMPLERS})
     packing: bool = field(default=False, metadata={"help": PACKING_HELP})
     reward_stats_pairs: int = field(
         default=1024,
