@@ -21,7 +21,7 @@ def problems_of(data: dict) -> list[str]:
 def test_unknown_train_key_names_closest_field():
     problems = problems_of({**BASE, "train": {"learning_rat": 1e-5}})
     assert problems == [
-        "unknown key `train.learning_rat`; did you mean `learning_rate`? (fields of trl.trainer.dpo_config.DPOConfig)"
+        "unknown key `train.learning_rat`; did you mean `learning_rate`? (fields of workbench.train_configs.DPOTrainConfig)"
     ]
 
 

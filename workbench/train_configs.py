@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import RewardConfig, SFTConfig
+from trl import DPOConfig, RewardConfig, SFTConfig
+
+GROUP_BY_LENGTH_HELP = (
+    "Sampler for training: 'group_by_length' (the default here: batches of pairs of similar length, from "
+    "shuffled mega-batches so training stays stochastic; a pair's chosen and rejected stay together; seeded), "
+    "'random' (TRL's default, the plain-TRL loss curve), 'sequential' or 'batch_rebalance'."
+)
 
 
 @dataclass
@@ -24,10 +30,30 @@ class RejectionSamplingConfig(SFTConfig):
     min_pair_gap: float = field(default=0.0, metadata={"help": "A pair is written only when best - worst > this."})
 
 
+SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices
+PACKING_HELP = (
+    "Padding-free forward passes: each batch's chosen and rejected sequences are packed into rows with position "
+    "ids restarting per sequence (flash attention: one varlen row; sdpa/eager: rows as wide as the batch's longest "
+    "sequence, an exact block-diagonal mask). Same log-probs, rewards and loss as padding. (TRL's own `padding_free` "
+    "is disabled in TRL 1.16.)"
+)
+
+
+@dataclass
+class DPOTrainConfig(DPOConfig):
+    """DPOConfig plus padding-aware batching: length-grouped sampling by default and packed forward passes."""
+
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP, "choices": SAMPLERS})
+    packing: bool = field(default=False, metadata={"help": PACKING_HELP})
+
+
 @dataclass
 class RewardTrainConfig(RewardConfig):
-    """RewardConfig plus the pass that measures the reward mean/std stored in the export for normalizing."""
+    """RewardConfig plus padding-aware batching and the pass that measures the reward mean/std stored in the
+    export for normalizing."""
 
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": GROUP_BY_LENGTH_HELP, "choices": SAMPLERS})
+    packing: bool = field(default=False, metadata={"help": PACKING_HELP})
     reward_stats_pairs: int = field(
         default=1024,
         metadata={

@@ -12,7 +12,7 @@ from typing import Any, Literal
 TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "sft": ("trl", "SFTConfig"),
     "reward": ("workbench.train_configs", "RewardTrainConfig"),
-    "dpo": ("trl", "DPOConfig"),
+    "dpo": ("workbench.train_configs", "DPOTrainConfig"),
     "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
     "ppo": ("workbench.train_configs", "PPOConfig"),
     "kto": ("trl", "KTOConfig"),

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from trl import DPOTrainer
 
+from workbench.batching import length_sorted_batches
 from workbench.cache import persisted_dataset
 from workbench.config import ModelConfig
 from workbench.data.schema import stable_hash
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
+from workbench.packing import packed_calls
 
 if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
@@ -21,8 +24,9 @@ DATA_KIND = "preference"
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
-    """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends)
-    and counts reference forward passes (so reuse of cached reference log-probs is visible)."""
+    """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends),
+    counts reference forward passes (so reuse of cached reference log-probs is visible), and with
+    `packing` runs every policy and reference forward padding-free (workbench/packing.py)."""
 
     reference_forward_batches = 0
 
@@ -36,9 +40,30 @@ class PretokenizedDPOTrainer(DPOTrainer):
         if "length" not in self._signature_columns:  # for train_sampling_strategy: group_by_length
             self._signature_columns = [*self._signature_columns, "length"]
 
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        """TRL's cached pass, run over the pairs in length-sorted batches (little padding), then put back in order."""
+        if "length" not in dataset.column_names or len(dataset) == 0:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        order = [i for batch in length_sorted_batches(dataset["length"], batch_size) for i in batch]
+        inverse = [0] * len(order)
+        for position, i in enumerate(order):
+            inverse[i] = position
+        # select() fingerprints are deterministic, so TRL's cache (keyed by fingerprint) still finds later runs
+        return super()._precompute_ref_logps(dataset.select(order), name, batch_size).select(inverse)
+
+    def _packed(self, model: Any) -> Any:
+        if not getattr(self.args, "packing", False):
+            return contextlib.nullcontext()
+        return packed_calls(model, self.model, self.ref_model)
+
+    def _compute_loss(self, model: Any, inputs: Any, return_outputs: bool) -> Any:
+        with self._packed(model):
+            return super()._compute_loss(model, inputs, return_outputs)
+
     def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
         self.reference_forward_batches += 1
-        return super().compute_ref_log_probs(model, inputs)
+        with self._packed(model):
+            return super().compute_ref_log_probs(model, inputs)
 
 
 def token_dataset(pairs: list[Any]) -> Any:

@@ -16,6 +16,7 @@ from trl import RewardTrainer
 from workbench.methods import hf
 from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
 from workbench.models import apply_lora, load_reward_model
+from workbench.packing import backbone, packed_calls
 from workbench.scoring import score_sequences
 
 if TYPE_CHECKING:
@@ -35,10 +36,30 @@ def reward_dataset(pairs: list[TokenizedPair], margins: list[float] | None) -> A
     from datasets import Dataset
 
     chosen, rejected = full_sequences(pairs)
-    columns: dict[str, Any] = {"chosen_ids": chosen, "rejected_ids": rejected}
+    columns: dict[str, Any] = {
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected)],  # for group_by_length: the padded width
+    }
     if margins is not None:
         columns["margin"] = margins
     return Dataset.from_dict(columns)
+
+
+class LengthGroupedRewardTrainer(RewardTrainer):
+    """RewardTrainer that keeps the `length` column, read by `train_sampling_strategy: group_by_length`,
+    and with `packing` runs the backbone padding-free (the score head still pools the padded layout)."""
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        if not getattr(self.args, "packing", False):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with packed_calls(backbone(self.accelerator.unwrap_model(model))):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "length" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "length"]
 
 
 def margins_of(rows: list[dict[str, Any]]) -> list[float] | None:
@@ -76,7 +97,7 @@ def run(ctx: RunContext) -> RunResult:
         model = apply_lora(model, recipe.model, task_type="SEQ_CLS")
     train_pairs = ctx.data.tokenized["train"]
     eval_pairs = ctx.data.tokenized.get("eval") or []
-    trainer = RewardTrainer(
+    trainer = LengthGroupedRewardTrainer(
         model=model,
         args=args,
         train_dataset=reward_dataset(train_pairs, margins_of(ctx.data.train)),
