@@ -92,16 +92,27 @@ def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
 def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
-    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16, warmup_steps=3)
+    # a linear decay halves the mean LR of the recipe's constant 1e-3, so the peak is doubled
+    path = ppo_recipe(
+        tmp_path,
+        tiny_model,
+        config,
+        per_device_train_batch_size=16,
+        warmup_steps=3,
+        lr_scheduler_type="linear",
+        learning_rate=2e-3,
+    )
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
     assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
-    assert_learned(tmp_path / config)
-    # one schedule for every launch: stepped once per optimizer step, warmup counted in updates
+    # one schedule for every launch: stepped once per optimizer step, warmup counted in updates, then a linear decay
     args = yaml.safe_load(path.read_text())["train"]
     per_update = args["ppo_epochs"] * args["num_mini_batches"]
-    warm, lr = 3 * per_update, args["learning_rate"]
-    expected = [lr * min(1.0, s * per_update / warm) for s in range(1, 31)]  # constant after a linear warmup
+    warm, total, lr = 3 * per_update, 30 * per_update, args["learning_rate"]
+    # the LR logged after update s, i.e. after k = s * per_update optimizer steps (by hand, not by transformers)
+    expected = [lr * (k / warm if k < warm else (total - k) / (total - warm)) for k in (s * per_update for s in range(1, 31))]
+    assert expected[0] == pytest.approx(lr / 3) and expected[14] == pytest.approx(lr * 30 / 54) and expected[-1] == 0.0
     assert [m["train/learning_rate"] for m in read_metrics(tmp_path / config)] == pytest.approx(expected, rel=1e-6)
+    assert_learned(tmp_path / config)
 
 
 def run_fixed(tmp_path, tiny_model, out, config=None, *extra):
