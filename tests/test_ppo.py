@@ -115,6 +115,20 @@ def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
     assert_learned(tmp_path / config)
 
 
+def test_learn_time_counts_the_experience_pass_and_the_update(tiny_model):
+    """train/time/learn is the whole learning phase: the no-grad policy/value/reference pass plus the clipped updates."""
+    from ppo_fixed import fixed_rollouts, make_learner
+
+    from workbench.logprobs import rollout_tensors
+
+    learner, tokenizer = make_learner(tiny_model)
+    prompts, responses, scores = fixed_rollouts()
+    exp = learner.experience(rollout_tensors(prompts, responses, tokenizer.pad_token_id, learner.acc.device), scores, 0.05)
+    exp.seconds = {"generate": 1.0, "score": 0.0, "learn": 1000.0}  # as the loop records it: the experience pass took 1000 s
+    assert learner.update(1, exp, 0.05) is not None
+    assert 1000.0 < exp.seconds["learn"] < 1000.0 + 600.0  # the update's own time is added, not a replacement
+
+
 def run_fixed(tmp_path, tiny_model, out, config=None, *extra):
     import subprocess
     import sys
