@@ -49,6 +49,11 @@ removed PPOTrainer):
   near-uniform reference of the random tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9),
   and TRL GRPO (default beta 0: no KL term) ends at 75 (vowels) / 40 (first_half); diagnose_kl is
   sized for pretrained models, not a random one.
+- Time split: train/time/learn is the experience pass (policy, critic, reference forwards) plus the
+  clipped updates. Tiny model, 16 x 16 tokens, 2 epochs (benchmarks/results/ppo_learn_vs_generate_*):
+  learn / generate per update (median of 100) is 1.56 with the separate critic of full fine-tuning and
+  0.83 with value_model: shared (one backbone; same gain there, one seed): the critic's second
+  backbone forward/backward is the cost. The default stays separate until benchmarked more widely.
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
