@@ -92,16 +92,41 @@ def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
 def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
-    path = ppo_recipe(tmp_path, tiny_model, config, per_device_train_batch_size=16, warmup_steps=3)
+    # a linear decay halves the mean LR of the recipe's constant 1e-3, so the peak is doubled
+    path = ppo_recipe(
+        tmp_path,
+        tiny_model,
+        config,
+        per_device_train_batch_size=16,
+        warmup_steps=3,
+        lr_scheduler_type="linear",
+        learning_rate=2e-3,
+    )
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
     assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
-    assert_learned(tmp_path / config)
-    # one schedule for every launch: stepped once per optimizer step, warmup counted in updates
+    # one schedule for every launch: stepped once per optimizer step, warmup counted in updates, then a linear decay
     args = yaml.safe_load(path.read_text())["train"]
     per_update = args["ppo_epochs"] * args["num_mini_batches"]
-    warm, lr = 3 * per_update, args["learning_rate"]
-    expected = [lr * min(1.0, s * per_update / warm) for s in range(1, 31)]  # constant after a linear warmup
+    warm, total, lr = 3 * per_update, 30 * per_update, args["learning_rate"]
+    # the LR logged after update s, i.e. after k = s * per_update optimizer steps (by hand, not by transformers)
+    expected = [lr * (k / warm if k < warm else (total - k) / (total - warm)) for k in (s * per_update for s in range(1, 31))]
+    assert expected[0] == pytest.approx(lr / 3) and expected[14] == pytest.approx(lr * 30 / 54) and expected[-1] == 0.0
     assert [m["train/learning_rate"] for m in read_metrics(tmp_path / config)] == pytest.approx(expected, rel=1e-6)
+    assert_learned(tmp_path / config)
+
+
+def test_learn_time_counts_the_experience_pass_and_the_update(tiny_model):
+    """train/time/learn is the whole learning phase: the no-grad policy/value/reference pass plus the clipped updates."""
+    from ppo_fixed import fixed_rollouts, make_learner
+
+    from workbench.logprobs import rollout_tensors
+
+    learner, tokenizer = make_learner(tiny_model)
+    prompts, responses, scores = fixed_rollouts()
+    exp = learner.experience(rollout_tensors(prompts, responses, tokenizer.pad_token_id, learner.acc.device), scores, 0.05)
+    exp.seconds = {"generate": 1.0, "score": 0.0, "learn": 1000.0}  # as the loop records it: the experience pass took 1000 s
+    assert learner.update(1, exp, 0.05) is not None
+    assert 1000.0 < exp.seconds["learn"] < 1000.0 + 600.0  # the update's own time is added, not a replacement
 
 
 def run_fixed(tmp_path, tiny_model, out, config=None, *extra):

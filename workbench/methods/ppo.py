@@ -33,6 +33,27 @@ removed PPOTrainer):
   learning so gradient checkpointing engages.
 - The LR schedule is stepped by us once per optimizer step (accelerate would step it once per
   process under DDP but not under DeepSpeed); warmup is given in updates.
+- KL defaults: a per-token k1 penalty (log pi - log pi_ref) in the reward with a fixed kl_coef 0.03,
+  between OpenRLHF's 0.01 and TRL PPOv2's 0.05. k1 because in the reward its policy gradient is
+  exactly the KL's; k3 there (the recipe's earlier choice) under-penalizes tokens the policy made
+  likelier, and on benchmarks/ppo_vs_grpo.py (tiny model, lr 3e-3, 100 updates, vowel reward, seed 0)
+  it collapsed the entropy (6.7 -> 1.6, sequence KL 82). k1 sweep there: kl_coef 0.2 -> gain +0.13
+  (KL 6), 0.1 -> +0.27 (KL 16), 0.05 -> +0.61 but by shortening every response to dodge the summed
+  KL (finished share 1.0, entropy 0.18), 0.03 -> +0.61 (KL 71, entropy 2.2). With 0.03, 3 seeds x 2
+  rewards (benchmarks/results/ppo_vs_grpo.json): gain above GRPO's on both, but on first_half 2 of 3
+  seeds still took the short-response route (finished share 1.0, entropy ~1.3): a share-type reward
+  with a KL summed over the response rewards stopping early; open. The adaptive controller
+  (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by ~3% over a
+  1,600-sample run. On that benchmark no method reaching GRPO's final reward can stay under the
+  diagnosis' diagnose_kl 10: the least-KL policy at vowel share 0.94 (tokens independent, the
+  near-uniform reference of the random tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9),
+  and TRL GRPO (default beta 0: no KL term) ends at 75 (vowels) / 40 (first_half); diagnose_kl is
+  sized for pretrained models, not a random one.
+- Time split: train/time/learn is the experience pass (policy, critic, reference forwards) plus the
+  clipped updates. Tiny model, 16 x 16 tokens, 2 epochs (benchmarks/results/ppo_learn_vs_generate_*):
+  learn / generate per update (median of 100) is 1.56 with the separate critic of full fine-tuning and
+  0.83 with value_model: shared (one backbone; same gain there, one seed): the critic's second
+  backbone forward/backward is the cost. The default stays separate until benchmarked more widely.
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).

@@ -314,7 +314,7 @@ class Learner:
                     for key, value in zip(acc_metrics, values):
                         acc_metrics[key].append(value)
         self.model.eval()
-        exp.seconds["learn"] = time.perf_counter() - t0
+        exp.seconds["learn"] = exp.seconds.get("learn", 0.0) + time.perf_counter() - t0  # after the loop's experience pass
         return {key: sum(v) / len(v) for key, v in acc_metrics.items()}
 
     def micro_step(self, exp: Experience, rows: Any, num_tokens: Any, kl_coef: float, actor_on: bool) -> tuple[float, ...] | None:
