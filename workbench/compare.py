@@ -494,9 +494,6 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
             continue
         recipe = recipe_from_dict({**run.recipe, "train": {}}, source=f"stage {run.stage.name}")
         scorers = shared_scorers(scorer_sets, cfg, cfg.reward_model or recipe.reward_model, inputs.max_length)
-        judge = ev.judge_of(cfg, scorers)
-        if shared.baseline is None and judge is not None and cfg.baseline:
-            shared.baseline = ev.baseline_samples(cfg.baseline, tokenizer, inputs, cfg, scorers)
         t0 = time.time()
         try:
             run.evaluation = ev.evaluate_run(run.run_dir, inputs=inputs, cfg=cfg, fingerprint=fp, scorers=scorers, shared=shared)

@@ -326,7 +326,7 @@ class Shared:
     """What a comparison's evaluations of one seed share: the baseline's scored samples and the reference's
     log-probs of the held-out pairs (the same for every policy), computed once instead of once per policy."""
 
-    baseline: Samples | None = None
+    baselines: dict[tuple[str, int], Samples] = field(default_factory=dict)  # (baseline path, id of scorers) -> samples
     reference_pairs: dict[str, LogProbs] = field(default_factory=dict)  # reference path -> its pairs' log-probs
 
 
@@ -403,9 +403,14 @@ def evaluate_run(
     scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
     judge = judge_of(cfg, scorers)
     reference = policy_reference(recipe, cfg)
-    shared = shared if shared is not None else Shared(baseline)
-    baseline = baseline or shared.baseline
-    if baseline is not None and same_model(model_dir, cfg.baseline or reference):
+    shared = shared if shared is not None else Shared()
+    baseline_path = cfg.baseline or reference
+    baseline = baseline or shared.baselines.get((baseline_path, id(scorers)))  # scored by these very scorers
+    if baseline is None and judge is not None:
+        baseline = baseline_samples(baseline_path, tokenizer, inputs, cfg, scorers)
+    if baseline is not None:
+        shared.baselines.setdefault((baseline_path, id(scorers)), baseline)
+    if baseline is not None and same_model(model_dir, baseline_path):
         # the baseline policy itself: its samples (same prompts, sampling and seed) and scores are the baseline's
         samples = dataclasses.replace(baseline, scores=dict(baseline.scores), per_sample={})
         model = load_policy(str(model_dir), tokenizer).to(device())
@@ -420,9 +425,6 @@ def evaluate_run(
         reference_lp = reference_log_probs(reference, tokenizer, inputs, samples, cfg, shared.reference_pairs.get(reference))
     if inputs.pairs:
         shared.reference_pairs.setdefault(reference, reference_lp)
-    if baseline is None and judge is not None:
-        baseline = baseline_samples(cfg.baseline or reference, tokenizer, inputs, cfg, scorers)
-    shared.baseline = baseline
     results = {
         "name": recipe.tracking.name or run_dir.name,
         "method": recipe.method,
