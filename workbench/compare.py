@@ -22,7 +22,8 @@ stages:                    # run in this order; each is a normal recipe (inline,
 ```
 
 Each stage runs as its own `workbench train` (or `workbench launch` with its accelerate config)
-process in OUTPUT_DIR/seed-S/STAGE. A stage is skipped when its fingerprint (resolved recipe,
+process in OUTPUT_DIR/seed-S/STAGE; on a CPU machine that process is forked from one that imported
+the libraries once (workbench.stageproc), instead of a fresh interpreter per stage. A stage is skipped when its fingerprint (resolved recipe,
 upstream fingerprints, input files, accelerate config) matches a completed run; a changed stage
 reruns with everything downstream of it. A failed stage is recorded; stages that do not depend on
 it still run, and the report says what failed and why.
