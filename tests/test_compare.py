@@ -245,3 +245,59 @@ def test_results_aggregate_over_seeds(tmp_path):
     assert best_rows(list(res.values()), "kl_to_reference") == {"dpo"}  # lower is better for KL
     assert best_rows(list(res.values()), "kl_to_reference", baseline="sft") == set()  # the baseline's own 0 wins nothing
     assert best_rows(list(res.values()), "gold_reward_mean") == {"sft", "dpo"}  # ties are all marked
+
+
+def test_shared_evaluation_equals_separate_evaluations(tmp_path, tiny_model):
+    """A comparison evaluates its policies with one Shared (baseline samples, the reference's pair log-probs): every
+    metric equals a separate evaluation of the same policy, and the baseline policy reads exactly 0.5 / 0.0."""
+    import dataclasses
+    import shutil
+
+    from test_evaluate import VOWEL, hand_run
+
+    from workbench import evaluate as ev
+    from workbench.tiny import build_tiny_model
+
+    eval_section = {
+        "num_prompts": 8,
+        "samples_per_prompt": 2,
+        "num_pairs": 12,
+        "generation": {"max_new_tokens": 6},
+        "gold_reward": {"function": VOWEL},
+    }
+    base = hand_run(tmp_path / "base", tiny_model, eval=eval_section)
+    others = [
+        hand_run(tmp_path / f"p{seed}", build_tiny_model(tmp_path / f"m{seed}", seed=seed), eval=eval_section) for seed in (1, 2)
+    ]
+    # as in a comparison: the baseline stage's policy is every policy's win-rate baseline and KL reference
+    cfg = dataclasses.replace(ev.run_recipe(base).eval, baseline=str(base / "model"), reference=str(base / "model"))
+
+    alone = {}
+    for run in others:
+        alone[run.parent.name] = ev.evaluate_run(run, cfg=cfg)
+        shutil.move(run / "eval.json", run / "eval_alone.json")
+    shared, scorers = ev.Shared(), ev.scorers_for(cfg, None, 48)  # loaded once, as compare does
+    together = {run.parent.name: ev.evaluate_run(run, cfg=cfg, scorers=scorers, shared=shared) for run in [base, *others]}
+    assert list(shared.reference_pairs) == [str(base / "model")] and len(shared.baselines) == 1
+    for name, metrics in alone.items():
+        assert together[name] == metrics, name
+        assert metrics["kl_to_reference"] > 0 and metrics["preference_accuracy"] != 0.5
+    b = together["base"]
+    assert (b["win_rate_vs_baseline"], b["kl_to_reference"], b["preference_accuracy"]) == (0.5, 0.0, 0.5)
+
+
+def test_stage_process_runs_the_cli_in_the_callers_directory_with_its_log_and_exit_code(tmp_path, monkeypatch):
+    """A forked stage process: the caller's working directory and environment, output into the stage log, the CLI's
+    exit code (2 for an error a user can fix, with its message in the log)."""
+    from workbench import stageproc
+
+    monkeypatch.chdir(tmp_path)
+    stageproc.prepare([])
+    try:
+        assert stageproc.run(["tiny-model", "made/tiny"], tmp_path / "ok.log") == 0
+        assert (tmp_path / "made" / "tiny" / "config.json").is_file()
+        assert "wrote tiny model" in (tmp_path / "ok.log").read_text()
+        assert stageproc.run(["validate", "missing.yaml"], tmp_path / "bad.log") == 2
+        assert "missing.yaml: recipe not valid" in (tmp_path / "bad.log").read_text()
+    finally:
+        stageproc.stop()

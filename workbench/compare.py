@@ -22,7 +22,8 @@ stages:                    # run in this order; each is a normal recipe (inline,
 ```
 
 Each stage runs as its own `workbench train` (or `workbench launch` with its accelerate config)
-process in OUTPUT_DIR/seed-S/STAGE. A stage is skipped when its fingerprint (resolved recipe,
+process in OUTPUT_DIR/seed-S/STAGE; on a CPU machine that process is forked from one that imported
+the libraries once (workbench.stageproc), instead of a fresh interpreter per stage. A stage is skipped when its fingerprint (resolved recipe,
 upstream fingerprints, input files, accelerate config) matches a completed run; a changed stage
 reruns with everything downstream of it. A failed stage is recorded; stages that do not depend on
 it still run, and the report says what failed and why.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -322,8 +324,14 @@ def run_stage(run: StageRun) -> None:
     write_json(state_path, {"fingerprint": run.fingerprint, "status": "running"})
     log_path = run.run_dir / "stage.log"
     t0 = time.time()
-    with open(log_path, "a", encoding="utf-8") as out:
-        code = subprocess.call(stage_command(run, recipe_path, resume), stdout=out, stderr=subprocess.STDOUT)
+    cmd = stage_command(run, recipe_path, resume)
+    from workbench import stageproc
+
+    if run.stage.accelerate_config or not stageproc.usable():
+        with open(log_path, "a", encoding="utf-8") as out:
+            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    else:  # the same command, forked from a process that has imported the libraries already
+        code = stageproc.run(cmd[3:], log_path)
     run.seconds = time.time() - t0
     if code == 0:
         run.status = "completed"
@@ -413,7 +421,30 @@ def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inp
     return stable_hash([run.fingerprint, dataclasses.asdict(cfg), inputs_fp, related])[:16]
 
 
-def evaluate_reward_model(comparison: Comparison, runs: dict[str, StageRun], cfg: EvalConfig, inputs: Any, seed: int) -> None:
+def shared_scorers(cache: dict[str, dict[str, Any]], cfg: EvalConfig, reward_model: Any, max_length: int) -> dict[str, Any]:
+    """The evaluation's scorers with this reward model, loaded once per distinct (reward model, gold scorer)."""
+    from workbench import evaluate as ev
+
+    cfg = dataclasses.replace(cfg, reward_model=reward_model)
+    key = stable_hash(
+        [
+            dataclasses.asdict(reward_model) if reward_model else None,
+            dataclasses.asdict(cfg.gold_reward) if cfg.gold_reward else None,
+        ]
+    )
+    if key not in cache:
+        cache[key] = ev.scorers_for(cfg, None, max_length)
+    return cache[key]
+
+
+def evaluate_reward_model(
+    comparison: Comparison,
+    runs: dict[str, StageRun],
+    cfg: EvalConfig,
+    inputs: Any,
+    seed: int,
+    scorer_sets: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """The reward stage's model on the same held-out pairs: reward_eval.json in its run directory (cached by fingerprint)."""
     from workbench import evaluate as ev
 
@@ -424,10 +455,9 @@ def evaluate_reward_model(comparison: Comparison, runs: dict[str, StageRun], cfg
     path = run.run_dir / "reward_eval.json"
     if read_json(path).get("fingerprint") == fp:
         return
-    from workbench.scoring import reward_source
-
     t0 = time.time()
-    result = ev.reward_model_metrics(reward_source(cfg.reward_model, inputs.max_length), inputs)
+    scorers = shared_scorers({} if scorer_sets is None else scorer_sets, cfg, cfg.reward_model, inputs.max_length)
+    result = ev.reward_model_metrics(scorers["reward"], inputs)
     write_json(path, {"fingerprint": fp, **result})
     print(
         f"[seed {seed}] {run.stage.name}: reward model held-out accuracy {result['accuracy']:.3f} on {result['num_pairs']} pairs "
@@ -453,8 +483,9 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
         f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
         flush=True,
     )
-    evaluate_reward_model(comparison, runs, cfg, inputs, seed)
-    baseline = None
+    scorer_sets: dict[str, dict[str, Any]] = {}  # each reward model / function loaded once per seed
+    evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
+    shared = ev.Shared()
     for i, run in enumerate(policies, 1):
         fp = eval_fingerprint(comparison, run, cfg, inputs.fingerprint, runs)
         saved = read_json(run.run_dir / "eval.json")
@@ -463,15 +494,10 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
             print(f"[seed {seed}] eval {i}/{len(policies)} {run.stage.name}: evaluation cached", flush=True)
             continue
         recipe = recipe_from_dict({**run.recipe, "train": {}}, source=f"stage {run.stage.name}")
-        scorers = ev.scorers_for(cfg, recipe, inputs.max_length)
-        judge = ev.judge_of(cfg, scorers)
-        if baseline is None and judge is not None and cfg.baseline:
-            baseline = ev.baseline_samples(cfg.baseline, tokenizer, inputs, cfg, scorers)
+        scorers = shared_scorers(scorer_sets, cfg, cfg.reward_model or recipe.reward_model, inputs.max_length)
         t0 = time.time()
         try:
-            run.evaluation = ev.evaluate_run(
-                run.run_dir, inputs=inputs, baseline=baseline, cfg=cfg, fingerprint=fp, scorers=scorers
-            )
+            run.evaluation = ev.evaluate_run(run.run_dir, inputs=inputs, cfg=cfg, fingerprint=fp, scorers=scorers, shared=shared)
         except WorkbenchError as exc:
             run.status, run.error = "failed", f"evaluation: {exc}"
             print(f"[seed {seed}] {run.stage.name}: evaluation failed - {exc}", flush=True)
@@ -495,17 +521,24 @@ class Outcome:
 
 
 def compare(comparison: Comparison) -> Outcome:
-    import os
-
     from workbench.report import aggregate, write_outputs
 
     os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs and the report say what W&B would
     comparison.output_dir.mkdir(parents=True, exist_ok=True)
     outcome = Outcome(comparison)
     progress = Progress(len(comparison.seeds) * len(comparison.stages))
-    for seed in comparison.seeds:
-        outcome.runs[seed] = train_seed(comparison, seed, progress)
-        evaluate_seed(comparison, seed, outcome.runs[seed])
+    from workbench import stageproc
+
+    if stageproc.usable():
+        stageproc.prepare(
+            [stage_recipe(comparison, s, comparison.seeds[0]).get("method", "dpo") for s in comparison.stages.values()]
+        )
+    try:
+        for seed in comparison.seeds:
+            outcome.runs[seed] = train_seed(comparison, seed, progress)
+            evaluate_seed(comparison, seed, outcome.runs[seed])
+    finally:
+        stageproc.stop()
     outcome.results = aggregate(comparison, outcome.runs)
     write_outputs(comparison, outcome)
     return outcome

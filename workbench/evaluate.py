@@ -168,14 +168,23 @@ class LogProbs:
     rejected: list[list[float]]
 
 
-def log_probs(model: Any, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig) -> LogProbs:
+def log_probs(
+    model: Any, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig, pairs: LogProbs | None = None
+) -> LogProbs:
+    """The samples' log-probs, and the held-out pairs' (taken from `pairs` when this model's were computed before)."""
     pad, bs = tokenizer.pad_token_id, cfg.batch_size
     sample_prompts = [inputs.prompt_ids[p] for p in samples.prompt_index]
     pair_prompts = [p.prompt_ids for p in inputs.pairs]
+    if pairs is None and inputs.pairs:
+        pairs = LogProbs(
+            [],
+            token_logprobs(model, pair_prompts, [p.chosen_ids for p in inputs.pairs], pad, bs),
+            token_logprobs(model, pair_prompts, [p.rejected_ids for p in inputs.pairs], pad, bs),
+        )
     return LogProbs(
         token_logprobs(model, sample_prompts, samples.sampled_ids(tokenizer.eos_token_id), pad, bs, cfg.generation.temperature),
-        token_logprobs(model, pair_prompts, [p.chosen_ids for p in inputs.pairs], pad, bs) if inputs.pairs else [],
-        token_logprobs(model, pair_prompts, [p.rejected_ids for p in inputs.pairs], pad, bs) if inputs.pairs else [],
+        pairs.chosen if pairs else [],
+        pairs.rejected if pairs else [],
     )
 
 
@@ -186,10 +195,10 @@ def score(samples: Samples, inputs: EvalInputs, scorers: dict[str, Callable[...,
         samples.scores[name] = scorer(prompts, samples.texts)
 
 
-def scorers_for(cfg: EvalConfig, recipe: Recipe, max_length: int) -> dict[str, Callable[..., list[float]]]:
-    """`reward` (the pipeline's reward model) and `gold` (the independent scorer), where configured."""
+def scorers_for(cfg: EvalConfig, recipe: Recipe | None, max_length: int) -> dict[str, Callable[..., list[float]]]:
+    """`reward` (the pipeline's reward model, else the recipe's) and `gold` (the independent scorer), where configured."""
     out = {}
-    rm = cfg.reward_model or recipe.reward_model
+    rm = cfg.reward_model or (recipe.reward_model if recipe is not None else None)
     if rm is not None and (rm.name_or_path or rm.function):
         out["reward"] = reward_source(rm, max_length)
     if cfg.gold_reward is not None:
@@ -303,11 +312,30 @@ def run_policy(path: str, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig) -
     return samples, lp
 
 
-def reference_log_probs(path: str, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig) -> LogProbs:
+def reference_log_probs(
+    path: str, tokenizer: Any, inputs: EvalInputs, samples: Samples, cfg: EvalConfig, pairs: LogProbs | None = None
+) -> LogProbs:
     model = load_policy(path, tokenizer).to(device())
-    lp = log_probs(model, tokenizer, inputs, samples, cfg)
+    lp = log_probs(model, tokenizer, inputs, samples, cfg, pairs)
     del model
     return lp
+
+
+@dataclass
+class Shared:
+    """What a comparison's evaluations of one seed share: the baseline's scored samples and the reference's
+    log-probs of the held-out pairs (the same for every policy), computed once instead of once per policy."""
+
+    baselines: dict[tuple[str, int], Samples] = field(default_factory=dict)  # (baseline path, id of scorers) -> samples
+    reference_pairs: dict[str, LogProbs] = field(default_factory=dict)  # reference path -> its pairs' log-probs
+
+
+def same_model(a: str | Path | None, b: str | Path | None) -> bool:
+    """Two model paths naming the same local directory (hub ids compare as text)."""
+    if a is None or b is None:
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else str(a) == str(b)
 
 
 def baseline_samples(path: str, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig, scorers: dict[str, Any]) -> Samples:
@@ -349,11 +377,12 @@ def evaluate_run(
     cfg: EvalConfig | None = None,
     fingerprint: str | None = None,
     scorers: dict[str, Callable[..., list[float]]] | None = None,
+    shared: Shared | None = None,
 ) -> dict[str, Any]:
     """Evaluate the policy in `run_dir/model`; write eval.json and eval_samples.jsonl; log to the run's W&B summary.
 
-    `inputs`, `baseline`, `cfg` and `scorers` let a comparison share one set of prompts, baseline samples,
-    settings and loaded scorers.
+    `inputs`, `baseline`, `cfg`, `scorers` and `shared` let a comparison share one set of prompts, baseline
+    samples, settings, loaded scorers and the reference's log-probs of the held-out pairs.
     """
     from transformers.utils import logging as hf_logging
 
@@ -374,11 +403,28 @@ def evaluate_run(
     scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
     judge = judge_of(cfg, scorers)
     reference = policy_reference(recipe, cfg)
-    samples, policy_lp = run_policy(str(model_dir), tokenizer, inputs, cfg)
-    reference_lp = reference_log_probs(reference, tokenizer, inputs, samples, cfg)
-    score(samples, inputs, scorers)
+    shared = shared if shared is not None else Shared()
+    baseline_path = cfg.baseline or reference
+    baseline = baseline or shared.baselines.get((baseline_path, id(scorers)))  # scored by these very scorers
     if baseline is None and judge is not None:
-        baseline = baseline_samples(cfg.baseline or reference, tokenizer, inputs, cfg, scorers)
+        baseline = baseline_samples(baseline_path, tokenizer, inputs, cfg, scorers)
+    if baseline is not None:
+        shared.baselines.setdefault((baseline_path, id(scorers)), baseline)
+    if baseline is not None and same_model(model_dir, baseline_path):
+        # the baseline policy itself: its samples (same prompts, sampling and seed) and scores are the baseline's
+        samples = dataclasses.replace(baseline, scores=dict(baseline.scores), per_sample={})
+        model = load_policy(str(model_dir), tokenizer).to(device())
+        policy_lp = log_probs(model, tokenizer, inputs, samples, cfg)
+        del model
+    else:
+        samples, policy_lp = run_policy(str(model_dir), tokenizer, inputs, cfg)
+        score(samples, inputs, scorers)
+    if same_model(model_dir, reference):
+        reference_lp = policy_lp  # the reference's log-probs are the policy's own
+    else:
+        reference_lp = reference_log_probs(reference, tokenizer, inputs, samples, cfg, shared.reference_pairs.get(reference))
+    if inputs.pairs:
+        shared.reference_pairs.setdefault(reference, reference_lp)
     results = {
         "name": recipe.tracking.name or run_dir.name,
         "method": recipe.method,
