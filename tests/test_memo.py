@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
-from tests.conftest import REPO
 from workbench import cache
 from workbench.cli import main
 

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import yaml
-
-from tests.conftest import REPO
+from conftest import REPO
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "deepspeed", "wandb", "accelerate", "matplotlib")
 OTHER_CODE = ("workbench.compare", "workbench.report", "workbench.evaluate", "workbench.rollout", "matplotlib")
