@@ -165,7 +165,9 @@ def kill_machine(proc: subprocess.Popen) -> None:
 
     root = psutil.Process(proc.pid)
     tree = [root, *root.children(recursive=True)]
-    for p in tree:
+    # workers first: a worker whose launcher dies first gets SIGTERM from the kernel (its parent-death
+    # signal) and could record `failed` before its own SIGKILL lands
+    for p in reversed(tree):
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
     psutil.wait_procs(tree, timeout=30)
@@ -257,8 +259,8 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
     assert len(run_ids) == 1  # one W&B run, continued on resume, written by rank 0 only
     if stage == 2:
         assert any((run / ".cache" / "dpo-pairs").iterdir())
-        for node_cache in (tmp_path / "cache-node0", tmp_path / "cache-node1"):
-            assert not node_cache.exists() or not any(node_cache.iterdir())
+        for node_cache in (tmp_path / "cache-node0", tmp_path / "cache-node1"):  # no dataset cached on a node's own disk
+            assert not (node_cache / "dpo-pairs").exists() or not any((node_cache / "dpo-pairs").iterdir())
         assert "is not shared by all machines; this run caches in" in (tmp_path / "killed-node0.log").read_text()
 
 

@@ -243,7 +243,8 @@ def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path
     # the critic is a value head on the policy's backbone, not a second backbone copy
     assert manifest["value_model"] == "value head on the policy's backbone" and manifest["value_parameters"] == 64 + 1
     kls = [m["train/objective/kl"] for m in read_metrics(run)]
-    assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0  # adapters start as a no-op, then move away
+    # adapters start as a no-op, then move away (k1, the default estimator, is unbiased but can be negative on a batch)
+    assert kls[0] == pytest.approx(0.0, abs=1e-6) and abs(kls[-1]) > 1e-4
     assert (run / "model" / "adapter_model.safetensors").is_file()
 
 

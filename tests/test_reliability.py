@@ -159,6 +159,7 @@ def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):
     from workbench import compare
 
     commands = []
+    monkeypatch.setenv("WORKBENCH_FRESH_STAGE_PROCESSES", "1")  # the command as a fresh process gets it (forked: the same argv)
     monkeypatch.setattr(compare.subprocess, "call", lambda cmd, **kw: commands.append(cmd) or 0)
 
     class Stage:

@@ -15,6 +15,7 @@ from workbench.data.schema import stable_hash
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 from workbench.packing import packed_calls
+from workbench.sampling import ResumableLengthGrouping
 
 if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
@@ -23,7 +24,7 @@ log = logging.getLogger("workbench")
 DATA_KIND = "preference"
 
 
-class PretokenizedDPOTrainer(DPOTrainer):
+class PretokenizedDPOTrainer(ResumableLengthGrouping, DPOTrainer):
     """DPOTrainer that takes the data layer's token ids as they are (its truncation keeps prompt ends),
     counts reference forward passes (so reuse of cached reference log-probs is visible), and with
     `packing` runs every policy and reference forward padding-free (workbench/packing.py)."""

@@ -17,6 +17,7 @@ from workbench.methods import hf
 from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
 from workbench.models import apply_lora, load_reward_model
 from workbench.packing import backbone, packed_calls
+from workbench.sampling import ResumableLengthGrouping
 from workbench.scoring import score_sequences
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def reward_dataset(pairs: list[TokenizedPair], margins: list[float] | None) -> A
     return Dataset.from_dict(columns)
 
 
-class LengthGroupedRewardTrainer(RewardTrainer):
+class LengthGroupedRewardTrainer(ResumableLengthGrouping, RewardTrainer):
     """RewardTrainer that keeps the `length` column, read by `train_sampling_strategy: group_by_length`,
     and with `packing` runs the backbone padding-free (the score head still pools the padded layout)."""
 
