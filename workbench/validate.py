@@ -354,8 +354,13 @@ def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[
         while origin.model_from:  # the model this stage's chain starts from
             origin = comparison.stages[origin.model_from]
         if origin is not stage:
-            data["model"]["name_or_path"] = stage_recipe(comparison, origin, seed)["model"]["name_or_path"]
-        recipe = recipe_from_dict(data, source=f"stage {stage.name}")
+            start = (stage_recipe(comparison, origin, seed).get("model") or {}).get("name_or_path")
+            data.setdefault("model", {})["name_or_path"] = start
+        try:
+            recipe = recipe_from_dict(data, source=f"stage {stage.name}")
+        except RecipeError as exc:
+            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+            continue
         found, stage_problems = check_recipe(recipe, stage.accelerate_config)
         stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
         useful = [line for line in found[2:] if not line.startswith("example")]
