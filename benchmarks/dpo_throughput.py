@@ -195,8 +195,15 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(
+    method: str = "dpo",
+    baseline_script: str = "trl_dpo_baseline.py",
+    extra_train: dict | None = None,
+    model_note: str = "",
+    doc: str | None = __doc__,
+) -> None:
+    """Parse the command line and run every variant alternating; shared with reward_throughput.py."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
@@ -222,14 +229,17 @@ def main() -> None:
             for name in order:
                 out = tmp / f"{name}{rep}"
                 train = VARIANTS[name]
-                rows[name].append(run_baseline(model, data, out, a) if train is None else run_ours(model, data, out, a, train))
+                if train is None:
+                    rows[name].append(run_baseline(model, data, out, a, script=baseline_script))
+                else:
+                    rows[name].append(run_ours(model, data, out, a, {**train, **(extra_train or {})}, method=method))
                 r = rows[name][-1]
                 print(
                     f"rep {rep} {name}: {r['num_tokens'] / r['train_runtime']:.0f} tok/s train, wall {r['wall']:.1f}s", flush=True
                 )
     summary = summarize(rows, a.steps)
     settings = {k: v for k, v in vars(a).items() if k != "save"}
-    print(f"settings: {settings}; model: Llama hidden {a.hidden}, {a.layers} layers, fp32, sdpa; data: {lengths}")
+    print(f"settings: {settings}; model: Llama hidden {a.hidden}, {a.layers} layers{model_note}, fp32, sdpa; data: {lengths}")
     print(table(summary))
     if a.save:
         a.save.parent.mkdir(parents=True, exist_ok=True)
