@@ -42,7 +42,7 @@ def trainer_for(model_dir: Path, pairs: list, out: Path, strategy: str, packing:
     from workbench.methods.dpo import PretokenizedDPOTrainer, token_dataset
     from workbench.train_configs import DPOTrainConfig
 
-    args = DPOTrainConfig(
+    fields = dict(
         output_dir=str(out),
         per_device_train_batch_size=a.batch,
         max_length=a.max_length,
@@ -63,18 +63,7 @@ def trainer_for(model_dir: Path, pairs: list, out: Path, strategy: str, packing:
         from workbench.models import load_reward_model
         from workbench.train_configs import RewardTrainConfig
 
-        rm_args = RewardTrainConfig(
-            output_dir=str(out),
-            per_device_train_batch_size=a.batch,
-            max_length=a.max_length,
-            report_to=[],
-            bf16=False,
-            use_cpu=True,
-            gradient_checkpointing=False,
-            train_sampling_strategy=strategy,
-            packing=packing,
-            seed=0,
-        )
+        rm_args = RewardTrainConfig(**fields)
         torch.manual_seed(0)
         model = load_reward_model(ModelConfig(name_or_path=str(model_dir), dtype="float32"), tokenizer)
         return LengthGroupedRewardTrainer(
@@ -83,7 +72,9 @@ def trainer_for(model_dir: Path, pairs: list, out: Path, strategy: str, packing:
     policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     data: Dataset = token_dataset(pairs)
-    return PretokenizedDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
+    return PretokenizedDPOTrainer(
+        model=policy, ref_model=ref, args=DPOTrainConfig(**fields), train_dataset=data, processing_class=tokenizer
+    )
 
 
 def measure(trainer, batches: int) -> dict:
