@@ -111,3 +111,20 @@ def holds_secret(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(holds_secret(v) for v in value)
     return False
+
+
+def path_fingerprint(path: str | Path) -> str | None:
+    """Content of a local file (or a directory's files, by name, size and mtime); None for hub ids and missing paths."""
+    from workbench.data.schema import stable_hash
+
+    p = Path(path)
+    if p.is_file():
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return stable_hash([[str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns] for f in files])[:16]
+    return None

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.cache import path_fingerprint
 from workbench.checkpoint import newest_complete
 from workbench.config import (
     EvalConfig,
@@ -232,23 +233,6 @@ def check_stage_recipes(comparison: Comparison) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Fingerprints
-
-
-def path_fingerprint(path: str | Path) -> str | None:
-    """Content of a local file (or a directory's files, by name, size and mtime); None for hub ids and missing paths."""
-    p = Path(path)
-    if p.is_file():
-        import hashlib
-
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()[:16]
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return stable_hash([[str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns] for f in files])[:16]
-    return None
 
 
 def stage_fingerprint(run: StageRun, upstream: dict[str, str]) -> str:

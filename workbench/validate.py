@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.cache import memo_json
+from workbench.cache import memo_json, path_fingerprint
 from workbench.config import (
     METHOD_DATA_KINDS,
     Recipe,
@@ -225,19 +225,9 @@ def example_text(recipe: Recipe, scan: DataScan) -> str:
     return f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
 
 
-def file_key(path: str | Path | None) -> Any:
-    """What a memoised answer read from a local file or directory may depend on: each file's name,
-    size and modification time (a hub id or a missing path: its name)."""
-    if path is None:
-        return None
-    where = Path(path).expanduser()
-    files = sorted(p for p in where.iterdir() if p.is_file()) if where.is_dir() else [where] if where.is_file() else []
-    return [str(path), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
-
-
 def models_key(recipe: Recipe) -> list[Any]:
     names = [recipe.model.name_or_path, recipe.reference.name_or_path, getattr(recipe.reward_model, "name_or_path", None)]
-    return [file_key(name) if name else None for name in names]
+    return [[name, path_fingerprint(Path(name).expanduser())] if name else None for name in names]
 
 
 def plan_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -386,6 +376,7 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
     sections, problems = check_recipe(recipe, accelerate_config)
     from workbench.plan import plan_total_line
 
-    key = ["plan", plan_inputs(recipe), models_key(recipe), file_key(accelerate_config)]
+    config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
+    key = ["plan", plan_inputs(recipe), models_key(recipe), config]
     sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
     return "\n".join(sections), problems
