@@ -547,3 +547,46 @@ def test_build_lock_owner_is_found_while_it_builds(tmp_path):
         builder.kill()
         builder.wait()
     assert lock_owners(lock) == []
+
+
+# -- disk hygiene: checkpoints a completed run no longer needs -----------------------------------------
+
+
+def test_prune_after_export_keeps_the_newest_complete_and_counts_the_bytes(tmp_path):
+    from workbench.checkpoint import mark_complete, prune_after_export
+
+    ckpts = tmp_path / "checkpoints"
+    sizes = {2: 100, 4: 250, 6: 40, 8: 7}
+    for n, size in sizes.items():
+        d = ckpts / f"checkpoint-{n}"
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "weights.bin").write_bytes(b"x" * size)
+        if n != 8:  # checkpoint-8 was cut short: never complete, never kept
+            mark_complete(d)
+    marker_bytes = {n: sum(f.stat().st_size for f in (ckpts / f"checkpoint-{n}").rglob("*") if f.is_file()) for n in sizes}
+    out = prune_after_export(ckpts, keep=1)
+    assert [p.name for p in ckpts.iterdir()] == ["checkpoint-6"]
+    assert out == {"removed": 3, "kept": 1, "freed_bytes": marker_bytes[2] + marker_bytes[4] + marker_bytes[8]}
+    assert marker_bytes[8] == 7 and marker_bytes[2] > 100  # the completion marker's bytes count too
+    assert prune_after_export(ckpts, keep=0) == {"removed": 1, "kept": 0, "freed_bytes": marker_bytes[6]}
+    assert list(ckpts.iterdir()) == []
+
+
+@pytest.mark.parametrize("keep", [1, 0])
+def test_keep_checkpoints_prunes_only_after_a_completed_export(tmp_path, tiny_model, keep):
+    path = recipe(tmp_path, tiny_model, f"keep{keep}", max_steps=4, save_steps=2)
+    data = yaml.safe_load(path.read_text())
+    data["keep_checkpoints"] = keep
+    path.write_text(yaml.safe_dump(data))
+    run_ok(["train", str(path)])
+    run = tmp_path / f"keep{keep}"
+    assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == (["checkpoint-4"] if keep else [])
+    record = manifest(run)
+    assert record["status"] == "completed" and record["export_check"]["ok"]
+    pruned = record["checkpoints_pruned"]
+    assert pruned["removed"] == 2 - keep and pruned["kept"] == keep and pruned["freed_bytes"] > 1000
+    assert (run / "model" / "model.safetensors").is_file()
+    # A completed run is still recognised as finished (nothing is retrained or changed).
+    before = snapshot(run)
+    res = run_ok(["train", str(path), "--resume"])
+    assert "already finished" in res.stderr and snapshot(run) == before

@@ -119,6 +119,19 @@ def rotate(checkpoint_dir: Path, keep: int | None, best: str | None = None) -> l
     return gone
 
 
+def prune_after_export(checkpoint_dir: Path, keep: int) -> dict[str, int]:
+    """A completed run's disk hygiene: keep only the newest `keep` complete checkpoints (0: none); returns
+    how many directories were removed and the bytes freed."""
+    every = checkpoints(checkpoint_dir)
+    complete = [p for p in every if is_complete(p)]
+    kept = complete[-keep:] if keep > 0 else []
+    gone = [p for p in every if p not in kept]
+    freed = sum(f.stat().st_size for p in gone for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+    for path in gone:
+        remove(path)
+    return {"removed": len(gone), "freed_bytes": freed, "kept": len(kept)}
+
+
 def remove_incomplete(checkpoint_dir: Path) -> list[Path]:
     """Delete checkpoints left half-written by a stopped run (they would otherwise mix with a rewrite)."""
     gone = [p for p in checkpoints(checkpoint_dir) if not is_complete(p)]

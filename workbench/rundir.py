@@ -35,6 +35,7 @@ SAFE_CHANGES = (
     "train.logging_first_step",
     "train.save_steps",
     "train.save_total_limit",
+    "keep_checkpoints",
     "train.eval_steps",
     "train.per_device_eval_batch_size",
     "train.dataloader_num_workers",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.checkpoint import newest_complete, remove_incomplete, step_of
+from workbench.checkpoint import newest_complete, prune_after_export, remove_incomplete, step_of
 from workbench.config import Recipe, resolved_dict
 from workbench.data.pipeline import Prepared, prepare, save
 from workbench.errors import WorkbenchError
@@ -112,6 +112,9 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
 
         cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
         tracker.update_manifest(cost=cost)
+        state.wait_for_everyone()  # every process is done with the checkpoints
+        if state.is_main_process and recipe.keep_checkpoints is not None and result.model_dir is not None:
+            tracker.update_manifest(checkpoints_pruned=prune_after_export(run_dir / "checkpoints", recipe.keep_checkpoints))
         tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
         tracker.finish("completed")
         return result

@@ -272,6 +272,11 @@ class Recipe:
     eval: EvalConfig = _help("Evaluation settings.", default_factory=EvalConfig)
     tracking: TrackingConfig = _help("Tracking.", default_factory=TrackingConfig)
     output_dir: str = _help("Run directory.", default="runs/run")
+    keep_checkpoints: int | None = _help(
+        "Checkpoints kept once the run completed with its export in OUTPUT_DIR/model: the newest N (0: none, and "
+        "the run can no longer be continued with --resume); unset: all that train.save_total_limit left.",
+        default=None,
+    )
     seed: int = _help("Global seed (training, splits' mixture sampling, generation).", default=42)
 
     @property
