@@ -301,3 +301,41 @@ def test_stage_process_runs_the_cli_in_the_callers_directory_with_its_log_and_ex
         assert "missing.yaml: recipe not valid" in (tmp_path / "bad.log").read_text()
     finally:
         stageproc.stop()
+
+
+def test_a_forked_stage_stops_and_records_failed_when_compare_is_killed(tmp_path, tiny_model):
+    """kill -9 of the process that forked a stage (as `workbench compare` does): the stage, whose parent is the
+    fork server, must not train on as an orphan holding its run directory's lock; it stops and says so."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from test_train import write_recipe
+
+    path = write_recipe(tmp_path, tiny_model, name="stage", tracking__mode="disabled", train__max_steps=100000)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from workbench import stageproc; stageproc.prepare(['dpo']); "
+         "sys.exit(stageproc.run(['train', sys.argv[1]], sys.argv[2]))", str(path), str(tmp_path / "stage.log")],
+    )  # fmt: skip
+    run = tmp_path / "stage"
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+        assert owner.poll() is None and time.time() < deadline, (tmp_path / "stage.log").read_text()[-3000:]
+        time.sleep(0.5)
+    stage_pid = json.loads((run / ".lock").read_text())["pid"]
+    assert stage_pid != owner.pid
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            os.kill(stage_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(stage_pid, signal.SIGKILL)
+        raise AssertionError("the stage kept training after its owner was killed")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "SIGTERM" in manifest["error"], manifest.get("error")

@@ -5,13 +5,17 @@ spends several seconds of CPU importing them again for every stage.
 
 The server is multiprocessing's `forkserver`: it only imports (never computes), so no thread pool or
 device state is inherited; the child gets the caller's working directory and environment, writes its
-output to the stage log, and runs exactly `workbench train RECIPE [--resume]`.
+output to the stage log, and runs exactly `workbench train RECIPE [--resume]`. A stage whose `workbench
+compare` died (kill -9 included) stops itself and records `failed`, instead of training on as an orphan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,9 +63,14 @@ def run(argv: Sequence[str], log_path: str | Path) -> int:
     """`workbench ARGV` in a child forked from the server, output appended to `log_path`; its exit code."""
     if _context is None:
         prepare(())
-    proc = _context.Process(target=_child, args=(list(argv), str(log_path), os.getcwd(), dict(os.environ)))
+    owner_gone, owner = _context.Pipe(duplex=False)  # the child sees EOF on it once this process is gone
+    proc = _context.Process(target=_child, args=(list(argv), str(log_path), os.getcwd(), dict(os.environ), owner_gone))
     proc.start()
-    proc.join()
+    owner_gone.close()
+    try:
+        proc.join()
+    finally:
+        owner.close()
     return proc.exitcode if proc.exitcode is not None else 1
 
 
@@ -76,8 +85,9 @@ def stop() -> None:
     _context = None
 
 
-def _child(argv: list[str], log_path: str, cwd: str, environ: dict[str, str]) -> None:
+def _child(argv: list[str], log_path: str, cwd: str, environ: dict[str, str], owner_gone: Any) -> None:
     """The stage process: the caller's cwd and environment, stdout/stderr to the log, then the CLI."""
+    threading.Thread(target=_stop_with_owner, args=(owner_gone,), daemon=True).start()
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
@@ -98,6 +108,15 @@ def _child(argv: list[str], log_path: str, cwd: str, environ: dict[str, str]) ->
         sys.stdout.flush()
         sys.stderr.flush()
     sys.exit(code)
+
+
+def _stop_with_owner(owner_gone: Any) -> None:
+    """The stage's parent is the server, not `workbench compare`: when compare dies (kill -9, SIGTERM), nothing
+    else would stop the stage, which would train on holding its run directory's lock. EOF on the pipe whose other
+    end only compare held means it is gone: SIGTERM ourselves, so the run records `failed` and stops."""
+    with contextlib.suppress(EOFError, OSError):
+        owner_gone.recv()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _teardown_wandb() -> None:
