@@ -18,9 +18,20 @@ removed PPOTrainer):
   is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
   (a plain copy otherwise); under LoRA it is the policy with its adapters disabled. The value model is
   trained, so it is part of the prepared engine and sharded like the policy under ZeRO-3.
-- Value model: a separate critic (AutoModelForTokenClassification, from the policy or the reward
-  model) for full fine-tuning; under LoRA by default a value head on the policy's own backbone
-  (one forward for both, no second backbone copy; the value loss also trains the shared adapters).
+- Value model (`value_model: auto`): a scalar value head on the policy's last hidden state, one
+  backbone forward for both (as TRL's classic PPO trainer, AutoModelForCausalLMWithValueHead); a
+  separate critic (AutoModelForTokenClassification) only with `value_init: reward` and a reward-model
+  dir (the critic starts from the RM, full fine-tuning) or `value_model: separate`. Why: the separate
+  critic's second backbone forward/backward made the learning phase ~1.6-1.7x the generation phase;
+  the head gives ~1.0-1.2x, and on benchmarks/ppo_vs_grpo.py (3 seeds x 2 rewards, PPO only,
+  benchmarks/results/ppo_shared_value_head_3seeds.json) a gain of +0.585 ± 0.032 (vowels) and
+  +0.454 ± 0.007 (first_half) against the separate critic's +0.601 ± 0.008 / +0.449 ± 0.026 and
+  GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
+  separate critic took on 2 of 3. The value loss (vf_coef 0.1) also trains the shared backbone (and
+  the adapters under LoRA, where no second backbone copy is held either).
+- Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
+  and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
+  no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
 - Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
   their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing.
   Under DeepSpeed the engine owns clipping: `max_grad_norm` is its `gradient_clipping` (one norm).
@@ -49,11 +60,11 @@ removed PPOTrainer):
   near-uniform reference of the random tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9),
   and TRL GRPO (default beta 0: no KL term) ends at 75 (vowels) / 40 (first_half); diagnose_kl is
   sized for pretrained models, not a random one.
-- Time split: train/time/learn is the experience pass (policy, critic, reference forwards) plus the
-  clipped updates. Tiny model, 16 x 16 tokens, 2 epochs (benchmarks/results/ppo_learn_vs_generate_*):
-  learn / generate per update (median of 100) is 1.56 with the separate critic of full fine-tuning and
-  0.83 with value_model: shared (one backbone; same gain there, one seed): the critic's second
-  backbone forward/backward is the cost. The default stays separate until benchmarked more widely.
+- Time split: train/time/learn is the experience pass (policy (+ critic) and reference forwards)
+  plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
+  (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.6-1.7
+  with a separate critic and ~1.0-1.2 with the default value head: the critic's second backbone
+  forward/backward was the cost; keeping only the response positions' logits cut ~5% more.
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
