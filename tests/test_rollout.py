@@ -173,33 +173,6 @@ def test_warmup_and_schedule_count_updates(tiny_model):
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3) and not math.isnan(lrs[0])
 
 
-def history(n, **trend):
-    """n per-update rows; each key moves linearly from its (start, end)."""
-    base = {
-        "train/objective/scores": (0.4, 0.4),
-        "train/objective/kl": (0.0, 1.0),
-        "train/policy/entropy": (6.0, 5.5),
-        "train/val/explained_variance": (0.0, 0.5),
-        "train/finished_share": (0.4, 0.4),
-        **trend,
-    }
-    return [{k: a + (b - a) * i / (n - 1) for k, (a, b) in base.items()} for i in range(n)]
-
-
-def test_diagnosis_flags_each_unhealthy_pattern_and_nothing_in_a_healthy_run():
-    from workbench.methods.ppo import diagnose
-
-    assert diagnose(history(20), warmup=0, kl_limit=10.0) == []
-    codes = lambda h: [f["code"] for f in diagnose(h, warmup=0, kl_limit=10.0)]  # noqa: E731
-    assert codes(history(20, **{"train/val/explained_variance": (0.0, -2.0)})) == ["value_not_learning"]
-    assert codes(history(20, **{"train/objective/kl": (0.0, 40.0)})) == ["kl_high"]
-    assert codes(history(20, **{"train/finished_share": (0.6, 0.0)})) == ["finished_collapse"]
-    assert codes(history(20, **{"train/objective/scores": (0.4, 0.9), "train/policy/entropy": (6.0, 0.5)})) == [
-        "entropy_collapse"
-    ]
-    assert diagnose(history(3), warmup=0, kl_limit=10.0) == []  # too short to judge
-
-
 def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model):
     """Actor and critic are clipped separately: scores x 1e4 blow up the value loss, the policy's gradient is unchanged
     (advantages are whitened); clipped together, it would shrink by the value gradient's norm."""

@@ -140,7 +140,11 @@ class PPOConfig:
     max_nonfinite_updates: int = _h(
         "Stop after this many updates in a row with a non-finite loss or KL (each such update is undone).", 3
     )  # type: ignore[assignment]
-    diagnose_kl: float = _h("End-of-run diagnosis: flag a final sequence KL above this.", 10.0)  # type: ignore[assignment]
+    diagnose_kl: float = _h(
+        "End-of-run diagnosis: a final sequence KL above this is flagged when the reward did not rise beyond noise or "
+        "the policy degenerated (entropy, length or finished share collapsing); a high KL that bought a clear gain is not.",
+        10.0,
+    )  # type: ignore[assignment]
 
 
 def ppo_value_head(value_model: str, value_init: str, lora: bool, reward_model_dir: str | None) -> bool:

@@ -51,15 +51,18 @@ removed PPOTrainer):
   it collapsed the entropy (6.7 -> 1.6, sequence KL 82). k1 sweep there: kl_coef 0.2 -> gain +0.13
   (KL 6), 0.1 -> +0.27 (KL 16), 0.05 -> +0.61 but by shortening every response to dodge the summed
   KL (finished share 1.0, entropy 0.18), 0.03 -> +0.61 (KL 71, entropy 2.2). With 0.03, 3 seeds x 2
-  rewards (benchmarks/results/ppo_vs_grpo.json): gain above GRPO's on both, but on first_half 2 of 3
-  seeds still took the short-response route (finished share 1.0, entropy ~1.3): a share-type reward
-  with a KL summed over the response rewards stopping early; open. The adaptive controller
-  (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by ~3% over a
-  1,600-sample run. On that benchmark no method reaching GRPO's final reward can stay under the
-  diagnosis' diagnose_kl 10: the least-KL policy at vowel share 0.94 (tokens independent, the
-  near-uniform reference of the random tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9),
-  and TRL GRPO (default beta 0: no KL term) ends at 75 (vowels) / 40 (first_half); diagnose_kl is
-  sized for pretrained models, not a random one.
+  rewards (separate critic): gain above GRPO's on both, but on first_half 2 of 3 seeds took the
+  short-response route (finished share 1.0, entropy ~1.3): a share-type reward with a KL summed over
+  the response rewards stopping early; with the value head (the default now) no seed did. The
+  adaptive controller (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by
+  ~3% over a 1,600-sample run.
+- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest): a high KL alone is not
+  flagged, because on that benchmark no method reaching GRPO's final reward stays under 10 nats: the
+  least-KL policy at vowel share 0.94 (tokens independent, the near-uniform reference of the random
+  tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9), and TRL GRPO (beta 0) ends at 75 / 40.
+  KL above `diagnose_kl` is reported when it bought no reward gain (kl_without_gain) or came with a
+  degenerate policy (kl_high beside entropy_collapse, short_responses or finished_collapse); those
+  and value_not_learning are reported on their own too, each naming the knob to turn.
 - Time split: train/time/learn is the experience pass (policy (+ critic) and reference forwards)
   plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
   (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.6-1.7
@@ -85,6 +88,7 @@ from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
 from workbench.generation import hf_generation_config
+from workbench.health import PPO_HISTORY_KEYS, ppo_diagnosis
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
 from workbench.rollout import completion_batch, refuse_unmodelled_sampling, sample_and_score
@@ -281,56 +285,7 @@ class PPOLoop:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-HISTORY_KEYS = (
-    "train/objective/scores",
-    "train/objective/kl",
-    "train/policy/entropy",
-    "train/val/explained_variance",
-    "train/finished_share",
-)
-
-
-def diagnose(history: list[dict[str, float]], warmup: int, kl_limit: float) -> list[dict[str, str]]:
-    """Short end-of-run findings when the training signals look unhealthy (pure: per-update metrics in, messages out)."""
-    if len(history) < 4:
-        return []
-    k = max(1, len(history) // 5)
-    first, last = history[:k], history[-k:]
-    avg = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    out = []
-    after = history[warmup:][-k:] or last
-    if avg(after, "train/val/explained_variance") < 0:
-        out.append(
-            {
-                "code": "value_not_learning",
-                "message": "explained variance is below 0 at the end: the critic predicts returns worse than their mean (raise critic_learning_rate, add critic_warmup_steps)",
-            }
-        )
-    if avg(last, "train/objective/kl") > kl_limit:
-        out.append(
-            {
-                "code": "kl_high",
-                "message": f"sequence KL to the reference ended at {avg(last, 'train/objective/kl'):.3g} (> {kl_limit}): raise kl_coef or set target_kl",
-            }
-        )
-    f0, f1 = avg(first, "train/finished_share"), avg(last, "train/finished_share")
-    if f0 >= 0.2 and f1 < 0.5 * f0:
-        out.append(
-            {
-                "code": "finished_collapse",
-                "message": f"the share of responses that end on their own fell from {f0:.2f} to {f1:.2f}: the policy learned to run to the length cap (set missing_eos_penalty)",
-            }
-        )
-    s0, s1 = avg(first, "train/objective/scores"), avg(last, "train/objective/scores")
-    e0, e1 = avg(first, "train/policy/entropy"), avg(last, "train/policy/entropy")
-    if s1 > s0 and e0 > 0 and e1 < 0.25 * e0:
-        out.append(
-            {
-                "code": "entropy_collapse",
-                "message": f"reward rose while entropy collapsed ({e0:.2f} -> {e1:.2f}): likely reward hacking or a degenerate policy",
-            }
-        )
-    return out
+HISTORY_KEYS = PPO_HISTORY_KEYS  # per update, kept for the end-of-run diagnosis (workbench/health.py)
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -340,7 +295,7 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    findings = diagnose(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
+    findings = ppo_diagnosis(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
     for f in findings:
         log.warning("PPO diagnosis: %s", f["message"])
     ctx.tracker.update_manifest(diagnosis=findings)
