@@ -367,7 +367,7 @@ class Learner:
             float(vf_loss.detach()) * share,
             float(kl_loss.detach()) * share,
             total,
-            float(clipfrac),
-            float(approxkl),
-            float(vclipfrac),
+            float(clipfrac.detach()),
+            float(approxkl.detach()),
+            float(vclipfrac.detach()),
         )
