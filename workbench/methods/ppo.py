@@ -67,7 +67,10 @@ removed PPOTrainer):
   plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
   (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.6-1.7
   with a separate critic and ~1.0-1.2 with the default value head: the critic's second backbone
-  forward/backward was the cost; keeping only the response positions' logits cut ~5% more.
+  forward/backward was the cost; keeping only the response positions' logits cut ~5% more. The
+  reference log-probs and old values come from the one experience pass (never per epoch); the only
+  repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
+  one of eight forward-equivalents per update; not done).
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
