@@ -27,7 +27,9 @@ removed PPOTrainer):
   benchmarks/results/ppo_shared_value_head_3seeds.json) a gain of +0.585 ± 0.032 (vowels) and
   +0.454 ± 0.007 (first_half) against the separate critic's +0.601 ± 0.008 / +0.449 ± 0.026 and
   GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
-  separate critic took on 2 of 3. The value loss (vf_coef 0.1) also trains the shared backbone (and
+  separate critic took on 2 of 3. With the final code, alternating with GRPO
+  (benchmarks/results/ppo_vs_grpo.json): +0.595 ± 0.020 / +0.448 ± 0.019, learn / generate 1.02-1.15,
+  PPO / GRPO CPU seconds 0.79-0.96 per pair. The value loss (vf_coef 0.1) also trains the shared backbone (and
   the adapters under LoRA, where no second backbone copy is held either).
 - Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
   and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
@@ -65,8 +67,8 @@ removed PPOTrainer):
   and value_not_learning are reported on their own too, each naming the knob to turn.
 - Time split: train/time/learn is the experience pass (policy (+ critic) and reference forwards)
   plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
-  (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.6-1.7
-  with a separate critic and ~1.0-1.2 with the default value head: the critic's second backbone
+  (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.5-1.7
+  with a separate critic and 1.02-1.15 with the default value head (6 runs): the critic's second backbone
   forward/backward was the cost; keeping only the response positions' logits cut ~5% more. The
   reference log-probs and old values come from the one experience pass (never per epoch); the only
   repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
