@@ -153,10 +153,8 @@ class PPOLoop:
         self.learner = Learner(accelerator, model, reference, args, recipe.seed, recipe.generation.temperature)
         if self.learner.reference is not None and self.learner.reference is not reference:
             described["reference"] += ", sharded by a DeepSpeed ZeRO-3 inference engine"
-        counts = {
-            "policy_parameters": sum(p.numel() for p in model.policy.parameters()),
-            "value_parameters": sum(p.numel() for p in (model.value or model.value_head).parameters()),
-        }
+        numel = lambda m: sum(getattr(p, "ds_numel", p.numel()) for p in m.parameters())  # noqa: E731  (ZeRO-3: shards hold 0)
+        counts = {"policy_parameters": numel(model.policy), "value_parameters": numel(model.value or model.value_head)}
         self.score = reward_source(recipe.reward_model, recipe.data.max_length, accelerator.device)
         self.controller = losses.AdaptiveKLController(args.kl_coef, args.target_kl or 1.0, args.kl_horizon)
         self.tokenized = [t.prompt_ids for t in ctx.data.tokenized["train"]]
