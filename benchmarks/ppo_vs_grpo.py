@@ -154,13 +154,18 @@ def grpo_child(a: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(series))
 
 
-def run(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
+def run(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds (user + system) of the child process, its stdout); CPU time is less
+    sensitive than wall time to other jobs on a shared machine."""
+    import resource
+
+    t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
-    return wall, res.stdout
+    return wall, cpu, res.stdout
 
 
 def gain(rewards: list[float]) -> tuple[float, float]:
@@ -185,6 +190,8 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     if results["grpo"] and results["ppo"]:
         ratios = [p_["wall_s"] / g_["wall_s"] for p_, g_ in zip(results["ppo"], results["grpo"])]
         out["wall_ratio"] = {"per_pair": ratios, "mean": statistics.mean(ratios), "max": max(ratios)}
+        cpu = [p_["cpu_s"] / g_["cpu_s"] for p_, g_ in zip(results["ppo"], results["grpo"])]
+        out["cpu_ratio"] = {"per_pair": cpu, "mean": statistics.mean(cpu), "max": max(cpu)}
     return out
 
 
@@ -221,14 +228,14 @@ def main() -> None:
                 if method == "grpo":
                     cmd = [sys.executable, __file__, "--child", "grpo", "--model", str(model), "--recipe", str(recipe)]
                     cmd += ["--out", str(tmp / f"grpo-{name}"), "--seed", str(seed), "--reward", reward, "--steps", str(a.steps)]
-                    wall, out = run(cmd)
+                    wall, cpu, out = run(cmd)
                     logged = json.loads(out.split("RESULT ", 1)[1])
                     rewards = logged["rewards"]
                     row["logged_entropy_first5_last5"] = gain(logged["entropy"]) if len(logged["entropy"]) >= 5 else None
                     row["logged_kl_last5"] = gain(logged["kl"])[1] if len(logged["kl"]) >= 5 else None
                     final = tmp / f"grpo-{name}" / "model"
                 else:
-                    wall, _ = run([sys.executable, "-m", "workbench", "train", str(recipe)])
+                    wall, cpu, _ = run([sys.executable, "-m", "workbench", "train", str(recipe)])
                     run_dir = tmp / f"ppo-{name}"
                     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
                     rewards = [m["train/objective/scores"] for m in lines]
@@ -241,7 +248,7 @@ def main() -> None:
                     row["diagnosis"] = [d["code"] for d in json.loads((run_dir / "manifest.json").read_text())["diagnosis"]]
                     final = run_dir / "model"
                 first, end = gain(rewards)
-                row.update(first5=first, last5=end, gain=end - first, wall_s=wall)
+                row.update(first5=first, last5=end, gain=end - first, wall_s=wall, cpu_s=cpu)
                 row.update(drift(final, model, recipe, seed))
                 results[method].append(row)
                 print(reward, method, json.dumps(row), flush=True)
@@ -258,14 +265,15 @@ def table_row(reward: str, s: dict[str, Any]) -> str:
 
     gain_fmt = "{gain_mean:+.3f} ± {gain_sd:.3f} ({n})"
     wall = f"{s['wall_ratio']['mean']:.2f}, {s['wall_ratio']['max']:.2f}" if "wall_ratio" in s else "-"
+    cpu = f"{s['cpu_ratio']['mean']:.2f}, {s['cpu_ratio']['max']:.2f}" if "cpu_ratio" in s else "-"
     kl = f"{cell('grpo', '{end_kl_mean:.1f}'):>7} / {cell('ppo', '{end_kl_mean:.1f}'):<7}"
     ent = f"{cell('grpo', '{end_entropy_mean:.2f}'):>10} / {cell('ppo', '{end_entropy_mean:.2f}'):<10}"
-    return f"{reward:<11} | {cell('grpo', gain_fmt):<20} | {cell('ppo', gain_fmt):<20} | {kl} | {ent} | {wall}"
+    return f"{reward:<11} | {cell('grpo', gain_fmt):<20} | {cell('ppo', gain_fmt):<20} | {kl} | {ent} | {wall:<23} | {cpu}"
 
 
 def print_table(report: dict[str, Any]) -> None:
     print(
-        "\nreward      | GRPO gain (n)        | PPO gain (n)         | end KL GRPO / PPO | end entropy GRPO / PPO | wall PPO/GRPO mean, max"
+        "\nreward      | GRPO gain (n)        | PPO gain (n)         | end KL GRPO / PPO | end entropy GRPO / PPO | wall PPO/GRPO mean, max | CPU s PPO/GRPO mean, max"
     )
     for reward, entry in report["rewards"].items():
         print(table_row(reward, entry["summary"]))
@@ -273,6 +281,11 @@ def print_table(report: dict[str, Any]) -> None:
         for row in entry["runs"]["ppo"]:
             print(
                 f"{reward} seed {row['seed']}: PPO diagnosis {row['diagnosis'] or 'none'}, learn/generate {row['learn_over_generate']:.2f}"
+            )
+        for g_, p_ in zip(entry["runs"]["grpo"], entry["runs"]["ppo"]):
+            print(
+                f"{reward} seed {p_['seed']}: wall PPO {p_['wall_s']:.0f} s / GRPO {g_['wall_s']:.0f} s = {p_['wall_s'] / g_['wall_s']:.2f}; "
+                f"CPU {p_['cpu_s']:.0f} s / {g_['cpu_s']:.0f} s = {p_['cpu_s'] / g_['cpu_s']:.2f}"
             )
 
 

@@ -217,12 +217,18 @@ def test_roles_per_method():
     assert roles_of(recipe(base, "dpo", reference={"precompute_log_probs": True})) == [("policy", "full", "engine")]
     separate = recipe(base, "dpo", model={"lora": {"r": 8}}, reference={"name_or_path": "other"})
     assert roles_of(separate) == [("policy", "lora", "engine"), ("reference", "frozen", "engine")]
-    ppo = recipe(base, "ppo", reward_model={"name_or_path": "rm"})
+    ppo = recipe(base, "ppo", reward_model={"name_or_path": "rm"}, train={"value_model": "separate"})
     assert roles_of(ppo) == [
         ("policy", "full", "engine"),
         ("reference", "frozen", "engine"),  # an inference engine sharded like the policy under ZeRO-3
         ("value", "full", "engine"),
         ("reward", "frozen", "plain"),  # a whole copy on each process's device
+    ]
+    ppo_default = recipe(base, "ppo", reward_model={"name_or_path": "rm"})  # value head on the policy's backbone
+    assert roles_of(ppo_default) == [
+        ("policy", "full", "engine"),
+        ("reference", "frozen", "engine"),
+        ("reward", "frozen", "plain"),
     ]
     ppo_lora = recipe(base, "ppo", model={"lora": {"r": 8}}, reward_model={"function": "m:f"})
     assert roles_of(ppo_lora) == [("policy", "lora", "engine")]  # value head on the policy's backbone
@@ -236,7 +242,7 @@ def test_value_rule_follows_value_init_and_dtype():
     r = recipe("pol", "ppo", reward_model={"name_or_path": "rm"}, train={"value_init": "reward"})
     value = P.value_role(r, P.train_settings(r))
     assert (value.name_or_path, value.head, value.training, value.dtype) == ("rm", "token-cls", "full", "float32")
-    r = recipe("pol", "ppo", model={"dtype": "bfloat16"}, reward_model={"function": "m:f"})
+    r = recipe("pol", "ppo", model={"dtype": "bfloat16"}, reward_model={"function": "m:f"}, train={"value_model": "separate"})
     value = P.value_role(r, P.train_settings(r))
     assert (value.name_or_path, value.dtype) == ("pol", "bfloat16")
 
@@ -424,8 +430,17 @@ def test_dpo_8b_plan_json_keys_and_fit(llama8b, tmp_path, capsys):
 
 def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     r = recipe(
-        str(tiny_model), "ppo", reward_model={"name_or_path": str(tiny_model)}, generation={"batch_size": 4, "max_new_tokens": 8}
+        str(tiny_model),
+        "ppo",
+        reward_model={"name_or_path": str(tiny_model)},
+        generation={"batch_size": 4, "max_new_tokens": 8},
+        train={"value_model": "separate"},
     )
+    assert [m.role for m in P.build_plan(dataclasses.replace(r, train={}), P.Launch(processes=2, zero_stage=3)).models] == [
+        "policy",
+        "reference",
+        "reward",
+    ]  # the default value head on the policy's backbone adds no model (and no engine to merge buffers with)
     r = dataclasses.replace(r, data=dataclasses.replace(r.data, max_length=32))
     train = P.train_settings(r)
     launch = P.Launch(processes=2, zero_stage=3, overlap_comm=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from workbench import health as H
 from workbench.stats import Estimate
 
@@ -71,3 +73,73 @@ def test_ppo_negative_explained_variance_under_either_key_name():
         assert [f["code"] for f in bad] == ["value_not_learning"], key
         assert H.training_flags("ppo", lines(key, [-0.5, 0.0, 0.3, 0.6])) == []
     assert H.training_flags("ppo", []) == [] and H.training_flags("sft", lines("train/loss", [0.6931] * 4)) == []
+
+
+# PPO's end-of-run diagnosis on hand-built per-update histories (first and last fifth compared)
+
+
+def history(n=20, **trend):
+    """n per-update rows of a healthy run that learned (reward 0.4 -> 0.9, KL 0 -> 40 nats); each key in `trend`
+    moves linearly from its (start, end) instead."""
+    base = {
+        H.PPO_SCORES: (0.4, 0.9),
+        H.PPO_KL: (0.0, 40.0),
+        H.PPO_ENTROPY: (6.0, 3.0),
+        H.PPO_EV: (0.0, 0.5),
+        H.PPO_FINISHED: (0.4, 0.4),
+        H.PPO_LENGTH: (12.0, 12.0),
+        **{getattr(H, k): v for k, v in trend.items()},
+    }
+    return [{k: a + (b - a) * i / (n - 1) for k, (a, b) in base.items()} for i in range(n)]
+
+
+def codes(h, warmup=0, kl_limit=10.0):
+    return [f["code"] for f in H.ppo_diagnosis(h, warmup, kl_limit)]
+
+
+def test_ppo_diagnosis_leaves_a_high_kl_that_bought_a_clear_gain_alone():
+    assert codes(history()) == []  # KL 40 > 10, but the reward rose well beyond noise with a healthy policy
+    assert codes(history(3, PPO_KL=(0.0, 100.0), PPO_SCORES=(0.4, 0.4))) == []  # too short to judge
+
+
+def test_ppo_diagnosis_kl_without_gain():
+    assert codes(history(PPO_SCORES=(0.4, 0.4))) == ["kl_without_gain"]
+    assert codes(history(PPO_SCORES=(0.4, 0.4), PPO_KL=(0.0, 8.0))) == []  # under the limit: nothing to say
+    # a noisy reward: 0.3 / 0.5 alternating, the last fifth 0.02 higher: gain 0.02 against a standard error of
+    # sqrt(2 x var / 4) with var = 4 x 0.1^2 / 3 (sample variance of each window of 4): 0.0816
+    noisy = history(PPO_SCORES=(0.4, 0.4))
+    for i, row in enumerate(noisy):
+        row[H.PPO_SCORES] = (0.5 if i % 2 else 0.3) + (0.02 if i >= 16 else 0.0)
+    gain, se = H.reward_gain(noisy[:4], noisy[-4:])
+    assert gain == pytest.approx(0.02) and se == pytest.approx(math.sqrt(2 * (0.04 / 3) / 4))
+    assert codes(noisy) == ["kl_without_gain"]
+
+
+def test_ppo_diagnosis_value_not_learning_counts_after_warmup():
+    assert codes(history(PPO_EV=(0.0, -2.0))) == ["value_not_learning"]
+    h = history(PPO_EV=(-3.0, 0.5))
+    assert codes(h, warmup=0) == [] and codes(history(PPO_EV=(0.5, -3.0)), warmup=19) == ["value_not_learning"]
+
+
+def test_ppo_diagnosis_finished_collapse_with_the_kl_it_came_with():
+    assert codes(history(PPO_FINISHED=(0.6, 0.0))) == ["finished_collapse", "kl_high"]
+    assert codes(history(PPO_FINISHED=(0.6, 0.0), PPO_KL=(0.0, 5.0))) == ["finished_collapse"]
+    assert codes(history(PPO_FINISHED=(0.1, 0.0))) == []  # never ended on their own: nothing collapsed
+
+
+def test_ppo_diagnosis_short_responses():
+    """The first_half route: responses shrink to a few tokens that all end on their own, at a lower entropy."""
+    short = history(PPO_LENGTH=(16.0, 3.0), PPO_FINISHED=(0.0, 1.0), PPO_ENTROPY=(6.7, 2.0))
+    assert codes(short) == ["short_responses", "kl_high"]
+    flags = H.ppo_diagnosis(short, 0, 10.0)
+    # windows of 4 of a line from 16 to 3 over 20 updates: means 14.97 and 4.03 tokens, finished 0.92 at the end
+    assert "15.0 to 4.0 tokens and 92% end" in flags[0]["message"] and "short_responses" in flags[1]["message"]
+    assert codes(history(PPO_LENGTH=(16.0, 3.0), PPO_FINISHED=(0.0, 0.7))) == []  # shorter, but not ending early
+    assert codes(history(PPO_LENGTH=(16.0, 9.0), PPO_FINISHED=(0.0, 1.0))) == []  # ending, but not collapsed
+
+
+def test_ppo_diagnosis_entropy_collapse_needs_the_reward_to_rise():
+    assert codes(history(PPO_ENTROPY=(6.0, 0.5))) == ["entropy_collapse", "kl_high"]
+    # the reward fell: no hacking to report, but the KL spent on nothing is
+    assert codes(history(PPO_ENTROPY=(6.0, 0.5), PPO_SCORES=(0.4, 0.3))) == ["kl_without_gain"]
+    assert codes(history(PPO_ENTROPY=(6.0, 2.0))) == []  # a third of its start: sharper, not collapsed

@@ -87,6 +87,38 @@ def test_log_probs_entropy_and_kl_are_those_of_the_tempered_distribution(tiny_mo
     assert float(exp.kl.abs().max()) < 1e-6  # the reference is the same tempered distribution before training
 
 
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_kept_positions_give_the_whole_forwards_logprobs_entropy_and_values(tiny_model, value_model):
+    """The learner's forwards keep only the R + 1 last positions (`logits_to_keep`) and never build a (B, R, V)
+    log-softmax: log-probs, entropies and values equal those of a whole forward and log_softmax(logits / T)."""
+    import torch
+
+    from workbench.logprobs import rollout_tensors
+    from workbench.methods.ppo_learner import response_values
+    from workbench.rollout import logprobs_and_entropy, model_inputs
+
+    learner, tok = make_learner(tiny_model, value_model=value_model, per_device_train_batch_size=8)
+    model = learner.unwrapped
+    if value_model == "shared":  # the new head starts at zero: give it weights so the values mean something
+        torch.nn.init.normal_(model.value_head.weight, std=1.0)
+    prompts, responses, _ = fixed_rollouts(8)
+    batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        whole_logits, whole_values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        kept_logits, kept_values = model(**model_inputs(batch))
+    p, r, m = batch["prompt_width"], batch["response_mask"].shape[1], batch["response_mask"]
+    assert kept_logits.shape[1] == kept_values.shape[1] == r + 1 < whole_logits.shape[1]
+    z = whole_logits[:, p - 1 : p - 1 + r] / 0.7
+    expected_lp = torch.log_softmax(z, -1).gather(-1, batch["input_ids"][:, p:, None]).squeeze(-1)
+    expected_entropy = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+    lp, entropy = logprobs_and_entropy(kept_logits, batch, 0.7)
+    assert float(((lp - expected_lp) * m).abs().max()) < 1e-5
+    assert float(((entropy - expected_entropy) * m).abs().max()) < 1e-5
+    expected_values = whole_values[:, p - 1 : p - 1 + r]
+    assert float(((response_values(kept_values, batch) - expected_values) * m).abs().max()) < 1e-5
+    assert float((expected_values * m).abs().max()) > 1e-3  # not trivially zero
+
+
 def test_a_non_finite_update_is_undone_exactly(tiny_model, monkeypatch):
     import torch
 
@@ -139,33 +171,6 @@ def test_warmup_and_schedule_count_updates(tiny_model):
     # 2 optimizer steps per update, warmup over 2 updates = 4 steps, then constant 1e-3
     assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3])
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3) and not math.isnan(lrs[0])
-
-
-def history(n, **trend):
-    """n per-update rows; each key moves linearly from its (start, end)."""
-    base = {
-        "train/objective/scores": (0.4, 0.4),
-        "train/objective/kl": (0.0, 1.0),
-        "train/policy/entropy": (6.0, 5.5),
-        "train/val/explained_variance": (0.0, 0.5),
-        "train/finished_share": (0.4, 0.4),
-        **trend,
-    }
-    return [{k: a + (b - a) * i / (n - 1) for k, (a, b) in base.items()} for i in range(n)]
-
-
-def test_diagnosis_flags_each_unhealthy_pattern_and_nothing_in_a_healthy_run():
-    from workbench.methods.ppo import diagnose
-
-    assert diagnose(history(20), warmup=0, kl_limit=10.0) == []
-    codes = lambda h: [f["code"] for f in diagnose(h, warmup=0, kl_limit=10.0)]  # noqa: E731
-    assert codes(history(20, **{"train/val/explained_variance": (0.0, -2.0)})) == ["value_not_learning"]
-    assert codes(history(20, **{"train/objective/kl": (0.0, 40.0)})) == ["kl_high"]
-    assert codes(history(20, **{"train/finished_share": (0.6, 0.0)})) == ["finished_collapse"]
-    assert codes(history(20, **{"train/objective/scores": (0.4, 0.9), "train/policy/entropy": (6.0, 0.5)})) == [
-        "entropy_collapse"
-    ]
-    assert diagnose(history(3), warmup=0, kl_limit=10.0) == []  # too short to judge
 
 
 def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model):

@@ -160,3 +160,128 @@ def training_flags(method: str, lines: Sequence[Mapping[str, Any]], loss_types: 
     if method == "ppo":
         found.append(negative_explained_variance(series(lines, *EXPLAINED_VARIANCE_KEYS)))
     return [f for f in found if f is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO's end-of-run diagnosis, from its per-update history (one dict of metrics per update)
+#
+# Sequence KL alone is not a finding: reaching a high reward from a near-uniform (e.g. random tiny)
+# model needs a large KL (benchmarks/ppo_vs_grpo.py: >= ~18 nats for vowel share 0.94; TRL GRPO ends
+# at 40-75), so a fixed KL limit flags every run that learned. KL is reported when it comes with a sign
+# that it bought nothing (no reward gain) or bought a degenerate policy (entropy, length or finished
+# share collapsing), each with the knob to turn.
+
+PPO_SCORES, PPO_KL, PPO_ENTROPY = "train/objective/scores", "train/objective/kl", "train/policy/entropy"
+PPO_EV, PPO_FINISHED, PPO_LENGTH = "train/val/explained_variance", "train/finished_share", "train/response_length"
+PPO_HISTORY_KEYS = (PPO_SCORES, PPO_KL, PPO_ENTROPY, PPO_EV, PPO_FINISHED, PPO_LENGTH)
+
+
+def _window_mean(rows: Sequence[Mapping[str, float]], key: str) -> float | None:
+    values = [float(r[key]) for r in rows if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def _window_var(rows: Sequence[Mapping[str, float]], key: str) -> float:
+    values = [float(r[key]) for r in rows if key in r]
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return sum((v - m) ** 2 for v in values) / (len(values) - 1)
+
+
+def reward_gain(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> tuple[float, float]:
+    """(mean score of the last window - of the first, its standard error from the update-to-update spread)."""
+    s0, s1 = _window_mean(first, PPO_SCORES), _window_mean(last, PPO_SCORES)
+    if s0 is None or s1 is None:
+        return 0.0, 0.0
+    se = math.sqrt(_window_var(first, PPO_SCORES) / len(first) + _window_var(last, PPO_SCORES) / len(last))
+    return s1 - s0, se
+
+
+def value_not_learning(after_warmup: Sequence[Mapping[str, float]]) -> Flag | None:
+    """Explained variance below 0 at the end (after critic warm-up): the advantages are noise."""
+    ev = _window_mean(after_warmup, PPO_EV)
+    if ev is None or ev >= 0:
+        return None
+    return flag(
+        "value_not_learning",
+        f"explained variance ends at {ev:.2f} (< 0): the critic predicts returns worse than their mean "
+        "(raise train.critic_learning_rate, add train.critic_warmup_steps)",
+    )
+
+
+def finished_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
+    """The share of responses that end on their own fell below half its start: the policy runs to the length cap."""
+    f0, f1 = _window_mean(first, PPO_FINISHED), _window_mean(last, PPO_FINISHED)
+    if f0 is None or f1 is None or f0 < 0.2 or f1 >= 0.5 * f0:
+        return None
+    return flag(
+        "finished_collapse",
+        f"the share of responses that end on their own fell from {f0:.2f} to {f1:.2f}: the policy learned to run "
+        "to the length cap (set train.missing_eos_penalty)",
+    )
+
+
+def short_responses(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
+    """Responses shrank below half their starting length while nearly all of them end on their own: stopping early pays."""
+    l0, l1 = _window_mean(first, PPO_LENGTH), _window_mean(last, PPO_LENGTH)
+    f1 = _window_mean(last, PPO_FINISHED)
+    if l0 is None or l1 is None or f1 is None or l1 >= 0.5 * l0 or f1 < 0.9:
+        return None
+    return flag(
+        "short_responses",
+        f"responses shrank from {l0:.1f} to {l1:.1f} tokens and {f1:.0%} end on their own: the policy learned that "
+        "stopping early pays (a KL penalty summed over the response, or a share-type reward, rewards short answers): "
+        "read samples; try train.kl_in: loss or a lower train.kl_coef",
+    )
+
+
+def entropy_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
+    """Reward rose while the policy's entropy fell below a quarter of its start: likely reward hacking or a degenerate policy."""
+    s0, s1 = _window_mean(first, PPO_SCORES), _window_mean(last, PPO_SCORES)
+    e0, e1 = _window_mean(first, PPO_ENTROPY), _window_mean(last, PPO_ENTROPY)
+    if None in (s0, s1, e0, e1) or not s1 > s0 or not e0 > 0 or e1 >= 0.25 * e0:  # type: ignore[operator]
+        return None
+    return flag(
+        "entropy_collapse",
+        f"reward rose while entropy collapsed ({e0:.2f} -> {e1:.2f} nats per token): likely reward hacking or a "
+        "degenerate policy (read samples; raise train.kl_coef or lower train.learning_rate)",
+    )
+
+
+def kl_finding(
+    last: Sequence[Mapping[str, float]], gain: tuple[float, float], degenerate: Sequence[Flag], kl_limit: float
+) -> Flag | None:
+    """A final sequence KL above `kl_limit` that bought no reward gain (within 2 standard errors), or came with a
+    degeneration flag; a high KL that bought a clear gain with a healthy policy is what learning costs."""
+    kl = _window_mean(last, PPO_KL)
+    if kl is None or kl <= kl_limit:
+        return None
+    delta, se = gain
+    if degenerate:
+        codes = ", ".join(f["code"] for f in degenerate)
+        return flag(
+            "kl_high",
+            f"sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {kl_limit:g}) together with "
+            f"{codes}: the policy left the reference to exploit the reward; raise train.kl_coef or set train.target_kl",
+        )
+    if delta <= 2 * se:
+        return flag(
+            "kl_without_gain",
+            f"sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {kl_limit:g}) while the reward "
+            f"moved {delta:+.3g} (within noise, 2 x {se:.2g}): the policy drifts without learning the reward; lower "
+            "train.learning_rate or raise train.kl_coef, and check the reward function",
+        )
+    return None
+
+
+def ppo_diagnosis(history: Sequence[Mapping[str, float]], warmup: int, kl_limit: float) -> list[Flag]:
+    """Short end-of-run findings from PPO's per-update metrics (first and last fifth compared); [] under 4 updates."""
+    if len(history) < 4:
+        return []
+    k = max(1, len(history) // 5)
+    first, last = history[:k], history[-k:]
+    degenerate = [f for f in (finished_collapse(first, last), short_responses(first, last), entropy_collapse(first, last)) if f]
+    found = [value_not_learning(history[warmup:][-k:] or last), *degenerate]
+    found.append(kl_finding(last, reward_gain(first, last), degenerate, kl_limit))
+    return [f for f in found if f is not None]

@@ -398,13 +398,15 @@ def checkpointing_on(train: dict[str, Any]) -> bool:
 
 def value_role(recipe: Any, train: dict[str, Any]) -> Role | None:
     """PPO's value model as ppo_learner.py builds it: a value head on the policy's backbone (None: no extra
-    model) with `value_model: shared`, or by default under LoRA; otherwise a separate token-classification
-    critic from the policy (or, with value_init: reward, the reward model), trained in the policy's engine,
-    loaded in float32 when model.dtype is auto. Change here if PPO changes."""
-    mode = train.get("value_model", "auto")
-    if mode == "shared" or (mode == "auto" and recipe.model.lora is not None):
-        return None
+    model) by the rule of train_configs.ppo_value_head; otherwise a separate token-classification critic
+    from the policy (or, with value_init: reward, the reward model), trained in the policy's engine,
+    loaded in float32 when model.dtype is auto."""
+    from workbench.train_configs import ppo_value_head
+
     rm = recipe.reward_model
+    mode, init = train.get("value_model", "auto"), train.get("value_init", "policy")
+    if ppo_value_head(mode, init, recipe.model.lora is not None, rm.name_or_path if rm is not None else None):
+        return None
     source = (
         rm.name_or_path
         if train.get("value_init") == "reward" and rm is not None and rm.name_or_path
@@ -715,8 +717,9 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
     train = train_settings(recipe)
     roles, notes = model_roles(recipe, train)
     models = [plan_model(r, launch) for r in roles]
-    if recipe.method == "ppo" and launch.deepspeed:  # ppo.py wraps policy and value in one engine: one set of buffers
-        value, policy = next(m for m in models if m.role == "value"), models[0]
+    value = next((m for m in models if m.role == "value"), None)  # None: a value head on the policy's backbone
+    if recipe.method == "ppo" and launch.deepspeed and value is not None:  # one engine for policy and value: one set of buffers
+        policy = models[0]
         policy.states.buffers = max(policy.states.buffers, value.states.buffers)
         value.states.buffers = 0
         value.note += " (in the policy's DeepSpeed engine)"

@@ -16,7 +16,7 @@ from typing import Any
 from workbench.config import GenerationConfig
 from workbench.errors import WorkbenchError
 from workbench.generation import Completion, GenerationStats, generate
-from workbench.logprobs import rollout_tensors
+from workbench.logprobs import response_logprobs, rollout_tensors
 
 
 def refuse_unmodelled_sampling(cfg: GenerationConfig, method: str) -> None:
@@ -77,20 +77,40 @@ def completion_batch(
     )
 
 
-def response_logits(logits: Any, batch: dict[str, Any], temperature: float) -> Any:
-    """The processed logits each response token was sampled from: logits / temperature, (B, R, V) float32."""
-    p = batch["prompt_width"]
-    return logits[:, p - 1 : p - 1 + batch["response_mask"].shape[1]].float() / temperature
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Forward kwargs that make logits only at the R + 1 last positions, the ones that predict response tokens.
+
+    Prompt positions never get a (vocabulary-wide) logit row: on a 49k vocabulary that is 0.2 MB per token
+    in float32, and on the tiny model the LM head is about half of a forward's FLOPs.
+    """
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": batch["position_ids"],
+        "logits_to_keep": batch["response_mask"].shape[1] + 1,
+    }
 
 
-def logprobs_and_entropy(logits: Any, batch: dict[str, Any], temperature: float, with_entropy: bool = True) -> tuple[Any, Any]:
-    """log pi_T(response token) and the entropy of pi_T at each response position, both (B, R)."""
+def response_entropy(logits: Any, batch: dict[str, Any], temperature: float, chunk_rows: int = 4) -> Any:
+    """Entropy of pi_T at each response position, (B, R), a few rows at a time (aligned like logprobs.response_logprobs)."""
     import torch
 
     from workbench.losses import entropy_from_logits
 
-    z = response_logits(logits, batch, temperature)
-    p = batch["prompt_width"]
-    targets = batch["input_ids"][:, p : p + z.shape[1]]
-    logprobs = torch.log_softmax(z, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logprobs, (entropy_from_logits(z) if with_entropy else None)
+    r = batch["response_mask"].shape[1]
+    start = logits.shape[1] - (r + 1)  # whole-sequence logits or only the kept R + 1 positions
+    out = []
+    for lo in range(0, logits.shape[0], chunk_rows):
+        z = logits[lo : lo + chunk_rows, start : start + r].float()  # (b, R, V)
+        out.append(entropy_from_logits(z / temperature if temperature != 1.0 else z))
+    return torch.cat(out) if out else logits.new_zeros((0, r))
+
+
+def logprobs_and_entropy(logits: Any, batch: dict[str, Any], temperature: float, with_entropy: bool = True) -> tuple[Any, Any]:
+    """log pi_T(response token) and the entropy of pi_T at each response position, both (B, R).
+
+    pi_T = softmax(logits / temperature), the distribution sampling used. `logits` are the whole sequence's
+    or only the last R + 1 positions' (`model_inputs`); no (B, R, V) log-softmax is materialized.
+    """
+    logprobs = response_logprobs(logits, batch, temperature)
+    return logprobs, (response_entropy(logits, batch, temperature) if with_entropy else None)

@@ -18,9 +18,22 @@ removed PPOTrainer):
   is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
   (a plain copy otherwise); under LoRA it is the policy with its adapters disabled. The value model is
   trained, so it is part of the prepared engine and sharded like the policy under ZeRO-3.
-- Value model: a separate critic (AutoModelForTokenClassification, from the policy or the reward
-  model) for full fine-tuning; under LoRA by default a value head on the policy's own backbone
-  (one forward for both, no second backbone copy; the value loss also trains the shared adapters).
+- Value model (`value_model: auto`): a scalar value head on the policy's last hidden state, one
+  backbone forward for both (as TRL's classic PPO trainer, AutoModelForCausalLMWithValueHead); a
+  separate critic (AutoModelForTokenClassification) only with `value_init: reward` and a reward-model
+  dir (the critic starts from the RM, full fine-tuning) or `value_model: separate`. Why: the separate
+  critic's second backbone forward/backward made the learning phase ~1.6-1.7x the generation phase;
+  the head gives ~1.0-1.2x, and on benchmarks/ppo_vs_grpo.py (3 seeds x 2 rewards, PPO only,
+  benchmarks/results/ppo_shared_value_head_3seeds.json) a gain of +0.585 ± 0.032 (vowels) and
+  +0.454 ± 0.007 (first_half) against the separate critic's +0.601 ± 0.008 / +0.449 ± 0.026 and
+  GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
+  separate critic took on 2 of 3. With the final code, alternating with GRPO
+  (benchmarks/results/ppo_vs_grpo.json): +0.595 ± 0.020 / +0.448 ± 0.019, learn / generate 1.02-1.15,
+  PPO / GRPO CPU seconds 0.79-0.96 per pair. The value loss (vf_coef 0.1) also trains the shared backbone (and
+  the adapters under LoRA, where no second backbone copy is held either).
+- Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
+  and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
+  no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
 - Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
   their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing.
   Under DeepSpeed the engine owns clipping: `max_grad_norm` is its `gradient_clipping` (one norm).
@@ -40,20 +53,26 @@ removed PPOTrainer):
   it collapsed the entropy (6.7 -> 1.6, sequence KL 82). k1 sweep there: kl_coef 0.2 -> gain +0.13
   (KL 6), 0.1 -> +0.27 (KL 16), 0.05 -> +0.61 but by shortening every response to dodge the summed
   KL (finished share 1.0, entropy 0.18), 0.03 -> +0.61 (KL 71, entropy 2.2). With 0.03, 3 seeds x 2
-  rewards (benchmarks/results/ppo_vs_grpo.json): gain above GRPO's on both, but on first_half 2 of 3
-  seeds still took the short-response route (finished share 1.0, entropy ~1.3): a share-type reward
-  with a KL summed over the response rewards stopping early; open. The adaptive controller
-  (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by ~3% over a
-  1,600-sample run. On that benchmark no method reaching GRPO's final reward can stay under the
-  diagnosis' diagnose_kl 10: the least-KL policy at vowel share 0.94 (tokens independent, the
-  near-uniform reference of the random tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9),
-  and TRL GRPO (default beta 0: no KL term) ends at 75 (vowels) / 40 (first_half); diagnose_kl is
-  sized for pretrained models, not a random one.
-- Time split: train/time/learn is the experience pass (policy, critic, reference forwards) plus the
-  clipped updates. Tiny model, 16 x 16 tokens, 2 epochs (benchmarks/results/ppo_learn_vs_generate_*):
-  learn / generate per update (median of 100) is 1.56 with the separate critic of full fine-tuning and
-  0.83 with value_model: shared (one backbone; same gain there, one seed): the critic's second
-  backbone forward/backward is the cost. The default stays separate until benchmarked more widely.
+  rewards (separate critic): gain above GRPO's on both, but on first_half 2 of 3 seeds took the
+  short-response route (finished share 1.0, entropy ~1.3): a share-type reward with a KL summed over
+  the response rewards stopping early; with the value head (the default now) no seed did. The
+  adaptive controller (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by
+  ~3% over a 1,600-sample run.
+- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest): a high KL alone is not
+  flagged, because on that benchmark no method reaching GRPO's final reward stays under 10 nats: the
+  least-KL policy at vowel share 0.94 (tokens independent, the near-uniform reference of the random
+  tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9), and TRL GRPO (beta 0) ends at 75 / 40.
+  KL above `diagnose_kl` is reported when it bought no reward gain (kl_without_gain) or came with a
+  degenerate policy (kl_high beside entropy_collapse, short_responses or finished_collapse); those
+  and value_not_learning are reported on their own too, each naming the knob to turn.
+- Time split: train/time/learn is the experience pass (policy (+ critic) and reference forwards)
+  plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
+  (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.5-1.7
+  with a separate critic and 1.02-1.15 with the default value head (6 runs): the critic's second backbone
+  forward/backward was the cost; keeping only the response positions' logits cut ~5% more. The
+  reference log-probs and old values come from the one experience pass (never per epoch); the only
+  repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
+  one of eight forward-equivalents per update; not done).
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
@@ -74,6 +93,7 @@ from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
 from workbench.generation import hf_generation_config
+from workbench.health import PPO_HISTORY_KEYS, ppo_diagnosis
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
 from workbench.rollout import completion_batch, refuse_unmodelled_sampling, sample_and_score
@@ -133,10 +153,8 @@ class PPOLoop:
         self.learner = Learner(accelerator, model, reference, args, recipe.seed, recipe.generation.temperature)
         if self.learner.reference is not None and self.learner.reference is not reference:
             described["reference"] += ", sharded by a DeepSpeed ZeRO-3 inference engine"
-        counts = {
-            "policy_parameters": sum(p.numel() for p in model.policy.parameters()),
-            "value_parameters": sum(p.numel() for p in (model.value or model.value_head).parameters()),
-        }
+        numel = lambda m: sum(getattr(p, "ds_numel", p.numel()) for p in m.parameters())  # noqa: E731  (ZeRO-3: shards hold 0)
+        counts = {"policy_parameters": numel(model.policy), "value_parameters": numel(model.value or model.value_head)}
         self.score = reward_source(recipe.reward_model, recipe.data.max_length, accelerator.device)
         self.controller = losses.AdaptiveKLController(args.kl_coef, args.target_kl or 1.0, args.kl_horizon)
         self.tokenized = [t.prompt_ids for t in ctx.data.tokenized["train"]]
@@ -270,56 +288,7 @@ class PPOLoop:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-HISTORY_KEYS = (
-    "train/objective/scores",
-    "train/objective/kl",
-    "train/policy/entropy",
-    "train/val/explained_variance",
-    "train/finished_share",
-)
-
-
-def diagnose(history: list[dict[str, float]], warmup: int, kl_limit: float) -> list[dict[str, str]]:
-    """Short end-of-run findings when the training signals look unhealthy (pure: per-update metrics in, messages out)."""
-    if len(history) < 4:
-        return []
-    k = max(1, len(history) // 5)
-    first, last = history[:k], history[-k:]
-    avg = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    out = []
-    after = history[warmup:][-k:] or last
-    if avg(after, "train/val/explained_variance") < 0:
-        out.append(
-            {
-                "code": "value_not_learning",
-                "message": "explained variance is below 0 at the end: the critic predicts returns worse than their mean (raise critic_learning_rate, add critic_warmup_steps)",
-            }
-        )
-    if avg(last, "train/objective/kl") > kl_limit:
-        out.append(
-            {
-                "code": "kl_high",
-                "message": f"sequence KL to the reference ended at {avg(last, 'train/objective/kl'):.3g} (> {kl_limit}): raise kl_coef or set target_kl",
-            }
-        )
-    f0, f1 = avg(first, "train/finished_share"), avg(last, "train/finished_share")
-    if f0 >= 0.2 and f1 < 0.5 * f0:
-        out.append(
-            {
-                "code": "finished_collapse",
-                "message": f"the share of responses that end on their own fell from {f0:.2f} to {f1:.2f}: the policy learned to run to the length cap (set missing_eos_penalty)",
-            }
-        )
-    s0, s1 = avg(first, "train/objective/scores"), avg(last, "train/objective/scores")
-    e0, e1 = avg(first, "train/policy/entropy"), avg(last, "train/policy/entropy")
-    if s1 > s0 and e0 > 0 and e1 < 0.25 * e0:
-        out.append(
-            {
-                "code": "entropy_collapse",
-                "message": f"reward rose while entropy collapsed ({e0:.2f} -> {e1:.2f}): likely reward hacking or a degenerate policy",
-            }
-        )
-    return out
+HISTORY_KEYS = PPO_HISTORY_KEYS  # per update, kept for the end-of-run diagnosis (workbench/health.py)
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -329,7 +298,7 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    findings = diagnose(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
+    findings = ppo_diagnosis(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
     for f in findings:
         log.warning("PPO diagnosis: %s", f["message"])
     ctx.tracker.update_manifest(diagnosis=findings)

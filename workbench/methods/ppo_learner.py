@@ -17,7 +17,8 @@ from workbench import losses
 from workbench.config import ModelConfig
 from workbench.errors import WorkbenchError
 from workbench.models import apply_lora, load_causal_lm, plain_loading
-from workbench.rollout import logprobs_and_entropy
+from workbench.rollout import logprobs_and_entropy, model_inputs
+from workbench.train_configs import ppo_value_head
 
 
 def disable_dropout(model: Any) -> None:
@@ -50,12 +51,15 @@ class PolicyAndValue(_module_base()):  # type: ignore[misc]
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any) -> tuple[Any, Any]:
+    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, logits_to_keep: int = 0) -> tuple[Any, Any]:
+        """(logits, values) at the last `logits_to_keep` positions (0: all): (B, K, V), (B, K)."""
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         if self.value is None:
-            out = self.policy(**kw, output_hidden_states=True)
-            return out.logits, self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
-        return self.policy(**kw).logits, self.value(**kw).logits.squeeze(-1)  # (B, L, V), (B, L)
+            out = self.policy(**kw, logits_to_keep=logits_to_keep, output_hidden_states=True)
+            hidden = out.hidden_states[-1][:, keep]  # (B, K, H)
+            return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return self.policy(**kw, logits_to_keep=logits_to_keep).logits, self.value(**kw).logits[:, keep].squeeze(-1)
 
     def critic_parameters(self) -> list[Any]:
         part = self.value_head if self.value is None else self.value
@@ -83,10 +87,10 @@ def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[Po
             )
         reference.eval().requires_grad_(False)
         disable_dropout(reference)
-    shared = args.value_model == "shared" or (args.value_model == "auto" and recipe.model.lora is not None)
+    rm = recipe.reward_model
+    shared = ppo_value_head(args.value_model, args.value_init, recipe.model.lora is not None, rm and rm.name_or_path)
     value, described = None, "value head on the policy's backbone"
     if not shared:
-        rm = recipe.reward_model
         value_from = (
             rm.name_or_path if args.value_init == "reward" and rm is not None and rm.name_or_path else recipe.model.name_or_path
         )
@@ -127,8 +131,9 @@ def frozen_engine(model: Any, accelerator: Any) -> Any:
 
 
 def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
-    """The frozen reference's logits: a separate model, or the LoRA policy with its adapters disabled."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    """The frozen reference's logits at the positions predicting response tokens: a separate model, or the LoRA
+    policy with its adapters disabled."""
+    kwargs = model_inputs(batch)
     if reference is not None:
         return reference(**kwargs).logits
     with policy.disable_adapter():
@@ -136,9 +141,10 @@ def reference_logits(reference: Any, policy: Any, batch: dict[str, Any]) -> Any:
 
 
 def response_values(values: Any, batch: dict[str, Any]) -> Any:
-    """V(state before each response token), (B, R)."""
-    p = batch["prompt_width"]
-    return values[:, p - 1 : p - 1 + batch["response_mask"].shape[1]].float()
+    """V(state before each response token), (B, R), from values at all positions or only the last R + 1."""
+    r = batch["response_mask"].shape[1]
+    start = values.shape[1] - (r + 1)
+    return values[:, start : start + r].float()
 
 
 def select_rows(batch: dict[str, Any], rows: Any) -> dict[str, Any]:
@@ -217,12 +223,11 @@ class Learner:
         mask = batch["response_mask"]
         self.model.eval()
         with torch.no_grad():
-            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            logits, values = self.model(**model_inputs(batch))  # (B, R + 1, V), (B, R + 1)
             old_logprobs, entropy = logprobs_and_entropy(logits, batch, temp)
             del logits
-            ref_logprobs, _ = logprobs_and_entropy(
-                reference_logits(self.reference, self.unwrapped.policy, batch), batch, temp, False
-            )
+            policy = self.unwrapped.policy if self.reference is None else None  # unwrapping is not free
+            ref_logprobs, _ = logprobs_and_entropy(reference_logits(self.reference, policy, batch), batch, temp, False)
             old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
             old_values = response_values(values, batch) * mask
             kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
@@ -325,7 +330,7 @@ class Learner:
         mb = select_rows(exp.batch, rows)
         m = mb["response_mask"]
         with acc.accumulate(self.model):
-            logits, values = self.model(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+            logits, values = self.model(**model_inputs(mb))  # (b, R + 1, V), (b, R + 1)
             new_logprobs, _ = logprobs_and_entropy(logits, mb, self.temperature, with_entropy=False)
             new_logprobs = new_logprobs * m
             pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
@@ -362,7 +367,7 @@ class Learner:
             float(vf_loss.detach()) * share,
             float(kl_loss.detach()) * share,
             total,
-            float(clipfrac),
-            float(approxkl),
-            float(vclipfrac),
+            float(clipfrac.detach()),
+            float(approxkl.detach()),
+            float(vclipfrac.detach()),
         )
