@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -309,3 +310,121 @@ def test_sft_lowers_held_out_loss_and_keeps_the_end_of_turn(tmp_path, smollm2, s
     run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     losses = evals(tmp_path / "sft", "eval/loss")
     assert len(losses) == 2 and losses[1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_kto_lora_separates_desirable_from_undesirable_on_held_out_pairs(tmp_path, smollm2):
+    """KTO on the same pairs split into unpaired rows (chosen desirable, rejected undesirable), LoRA adapters."""
+    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    train = {"learning_rate": 1e-3, "beta": 0.1, "max_steps": 4, "eval_on_start": False}
+    path = real_recipe(tmp_path, smollm2, "kto", train, model={"name_or_path": str(smollm2), "dtype": "float32", "lora": lora})
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / "kto"
+    margins = evals(run, "eval/rewards/margins")
+    assert len(margins) == 1 and margins[0] > 0.5, margins  # adapters off (the reference) gives exactly 0
+    assert (run / "model" / "adapter_config.json").is_file()
+
+
+# Short questions the instruct model answers within a few tokens, so sampled responses end at <|im_end|>.
+QUESTIONS = [
+    "In one word, what colour is {}?", "Answer with one word: is {} big or small?", "Name one thing made of {}.",
+    "In one word, where would I find {}?",
+]  # fmt: skip
+THINGS = ["grass", "snow", "coal", "the sky", "a lemon", "blood", "milk", "a tomato", "the sea", "sand", "ice", "chocolate"]
+
+
+def question_prompts(path: Path) -> Path:
+    """Prompt-only conversational rows (online methods and rejection sampling read the prompts)."""
+    rows = [{"prompt": [{"role": "user", "content": q.format(t)}]} for q in QUESTIONS for t in THINGS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def online_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **sections) -> Path:
+    """LoRA, sampling at T = 0.7 from the real chat model, the vowel-share rule as reward, nothing saved midway."""
+    recipe = {
+        "method": method,
+        "model": {"name_or_path": str(model_dir), "dtype": "float32",
+                  "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}},
+        "data": {"sources": [{"path": str(question_prompts(tmp_path / "questions.jsonl")), "format": "prompt"}],
+                 "eval_split": 0.0, "max_length": 96},
+        "generation": {"max_new_tokens": 24, "temperature": 0.7, "batch_size": 16},
+        "reward_model": {"function": "workbench.data.synthetic:vowel_reward"},
+        "train": {"logging_steps": 1, "save_steps": 1000, "max_steps": 2, **train},
+        "tracking": {"project": "wb-tests", "mode": "disabled"},
+        "output_dir": str(tmp_path / method),
+        "seed": 0,
+        **sections,
+    }  # fmt: skip
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_ppo_samples_real_chat_responses_and_trains_on_exactly_their_log_probs(tmp_path, smollm2, smol_tokenizer):
+    """With one epoch of one mini-batch, the update's forward sees the weights that sampled the rollout, so the
+    ratio is 1 at every token: any mismatch between sampling and training (temperature, the end-of-turn
+    token doubling as pad, the chat template's BOS) shows as approxkl / clipfrac above zero."""
+    train = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "num_generations": 4, "ppo_epochs": 1,
+             "num_mini_batches": 1, "kl_coef": 0.05}  # fmt: skip
+    run_ok(["train", str(online_recipe(tmp_path, smollm2, "ppo", train))], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / "ppo"
+    rows = [m for m in read_metrics(run) if "train/policy/approxkl" in m]
+    assert len(rows) == 2, rows
+    first = rows[0]
+    assert abs(first["train/policy/approxkl"]) < 1e-5 and first["train/policy/clipfrac"] == 0.0, first
+    assert first["train/finished_share"] >= 0.5 and first["train/response_length"] < 24, first  # stops at <|im_end|>
+    assert all(math.isfinite(m[k]) for m in rows for k in ("train/loss", "train/objective/kl", "train/loss/value"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["export_check"]["ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_grpo_and_rloo_run_on_the_real_chat_model(tmp_path, smollm2, method):
+    """TRL's online trainers on the real model through the workbench: completions end at <|im_end|> (not at the
+    length cap), the reward is the recipe's, and the LoRA adapter is exported and reloads."""
+    train = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "num_generations": 4}
+    run_ok(["train", str(online_recipe(tmp_path, smollm2, method, train))], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / method
+    rows = [m for m in read_metrics(run) if "train/completions/clipped_ratio" in m]
+    assert len(rows) == 2, read_metrics(run)[:3]
+    # some completions of every batch end at <|im_end|> before the 24-token cap
+    assert all(m["train/completions/clipped_ratio"] < 1.0 and m["train/completions/mean_terminated_length"] > 0 for m in rows)
+    rewards = [m[k] for m in rows for k in m if k.startswith("train/rewards/") and k.endswith("/mean")]
+    assert len(rewards) == 2 and all(0.0 < r < 1.0 for r in rewards), rows  # vowel shares of real text
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["export_check"]["ok"]
+    assert (run / "model" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, smollm2, smol_tokenizer):
+    """Generate 4 per prompt from the chat model, score, keep each prompt's best, fine-tune on those: the kept
+    completion is the top-scoring one, completions end where the turn ended (no run-on into
+    a next turn), and the SFT stage learns them (its second epoch's loss is below its first's)."""
+    train = {"learning_rate": 5e-4, "per_device_train_batch_size": 8, "selection": "best", "max_steps": 4}
+    path = online_recipe(tmp_path, smollm2, "rejection_sampling", train, generation={
+        "max_new_tokens": 24, "temperature": 0.7, "batch_size": 16, "num_samples": 4})  # fmt: skip
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["sources"][0]["weight"] = 1 / 3  # 16 prompts: 16 selected, 2 steps per epoch
+    path.write_text(yaml.safe_dump(recipe))
+    run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
+    samples = tmp_path / "rejection_sampling" / "samples"
+    generated = [json.loads(line) for line in (samples / "generations.jsonl").read_text().splitlines()]
+    assert len(generated) == 16 * 4
+    texts = [g["completion"] if isinstance(g["completion"], str) else g["completion"][0]["content"] for g in generated]
+    assert not any("\nuser\n" in t or "\nassistant\n" in t for t in texts)  # no run-on into a next turn
+    assert sum(g["finished"] for g in generated) >= 0.25 * len(generated)  # many answers end within 24 tokens
+    best: dict = {}
+    for row in generated:  # scored in place
+        best[row["prompt_id"]] = max(best.get(row["prompt_id"], -1.0), row["score"])
+    selected = [json.loads(line) for line in (samples / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == len(best) and all(row["score"] == best[row["prompt_id"]] for row in selected)
+    losses = [m["train/loss"] for m in read_metrics(tmp_path / "rejection_sampling") if "train/loss" in m]
+    assert len(losses) == 4 and losses[2] + losses[3] < losses[0] + losses[1], losses
