@@ -221,6 +221,9 @@ def test_nan_loss_stops_the_run_and_nothing_non_finite_is_saved(tmp_path, tiny_m
     from safetensors.torch import load_file
 
     path = recipe(tmp_path, tiny_model, "nan", learning_rate=1e30, max_steps=4, save_steps=1)
+    data = yaml.safe_load(path.read_text())
+    data["keep_checkpoints"] = 0  # applies only to a completed run: a failed one keeps what it can resume from
+    path.write_text(yaml.safe_dump(data))
     res = run_workbench(["train", str(path)])
     run = tmp_path / "nan"
     assert res.returncode == 2, res.stderr[-3000:]
@@ -228,7 +231,7 @@ def test_nan_loss_stops_the_run_and_nothing_non_finite_is_saved(tmp_path, tiny_m
     assert "step 2" in res.stderr and "not finite" in res.stderr
     record = manifest(run)
     assert record["status"] == "failed" and "step 2" in record["error"]
-    assert not (run / "model").exists()
+    assert not (run / "model").exists() and "checkpoints_pruned" not in record
     saved = sorted((run / "checkpoints").glob("checkpoint-*"), key=step)
     assert [step(p) for p in saved] == [1]  # the last finite state, and nothing after
     for ckpt in saved:
@@ -590,3 +593,14 @@ def test_keep_checkpoints_prunes_only_after_a_completed_export(tmp_path, tiny_mo
     before = snapshot(run)
     res = run_ok(["train", str(path), "--resume"])
     assert "already finished" in res.stderr and snapshot(run) == before
+
+
+def test_a_negative_keep_checkpoints_is_refused():
+    from workbench.config import recipe_from_dict
+    from workbench.errors import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict({"model": {"name_or_path": "m"}, "data": {"sources": [{"path": "d.jsonl"}]}, "keep_checkpoints": -1})
+    assert err.value.problems == [
+        "`keep_checkpoints` must be 0 or more (the newest N kept after the run completes; unset keeps all), got -1"
+    ]

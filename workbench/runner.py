@@ -112,12 +112,8 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
 
         cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
         tracker.update_manifest(cost=cost)
-        state.wait_for_everyone()  # every process is done with the checkpoints
-        if state.is_main_process and recipe.keep_checkpoints is not None and result.model_dir is not None:
-            tracker.update_manifest(checkpoints_pruned=prune_after_export(run_dir / "checkpoints", recipe.keep_checkpoints))
         tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
         tracker.finish("completed")
-        return result
     except BaseException as exc:
         on_sigterm(signal.SIG_IGN)  # the launcher's SIGTERM must not cut the failure record short
         error = fail(tracker, run_dir, exc, rank=state.process_index)
@@ -126,6 +122,21 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
         raise error from None
     finally:
         on_sigterm(previous_term)
+    if recipe.keep_checkpoints is not None and result.model_dir is not None:
+        state.wait_for_everyone()  # every process is done with the checkpoints
+        if state.is_main_process:
+            prune_checkpoints(tracker, run_dir, recipe.keep_checkpoints)
+    return result
+
+
+def prune_checkpoints(tracker: Tracker, run_dir: Path, keep: int) -> None:
+    """After `completed` is recorded (a failure here never turns a finished run into a failed one): the
+    checkpoints beyond the newest `keep`; the manifest records what was freed, or why nothing was."""
+    try:
+        tracker.update_manifest(checkpoints_pruned=prune_after_export(run_dir / "checkpoints", keep))
+    except OSError as exc:
+        log.warning("the run completed, but removing its old checkpoints failed: %s", exc)
+        tracker.update_manifest(checkpoints_pruned={"error": str(exc)})
 
 
 def on_sigterm(handler: Any) -> Any:

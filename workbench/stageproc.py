@@ -11,7 +11,6 @@ compare` died (kill -9 included) stops itself and records `failed`, instead of t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -114,9 +113,12 @@ def _stop_with_owner(owner_gone: Any) -> None:
     """The stage's parent is the server, not `workbench compare`: when compare dies (kill -9, SIGTERM), nothing
     else would stop the stage, which would train on holding its run directory's lock. EOF on the pipe whose other
     end only compare held means it is gone: SIGTERM ourselves, so the run records `failed` and stops."""
-    with contextlib.suppress(EOFError, OSError):
+    try:
         owner_gone.recv()
-    os.kill(os.getpid(), signal.SIGTERM)
+    except EOFError:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except OSError as exc:  # the pipe itself broke (e.g. its fd was closed in the stage): stop watching, keep training
+        print(f"warning: cannot watch `workbench compare` any more ({exc}); this stage will not stop with it", file=sys.stderr)
 
 
 def _teardown_wandb() -> None:

@@ -262,6 +262,10 @@ def cross_checks(recipe: Recipe) -> list[str]:
             problems.append(f"`data.sources.{i}.weight` must be > 0, got {src.weight}")
         if src.label is not None and src.format not in ("labeled-pair", "auto"):
             problems.append(f"`data.sources.{i}.label` only applies to `format: labeled-pair`")
+    if recipe.keep_checkpoints is not None and recipe.keep_checkpoints < 0:
+        problems.append(
+            f"`keep_checkpoints` must be 0 or more (the newest N kept after the run completes; unset keeps all), got {recipe.keep_checkpoints}"
+        )
     if not 0.0 <= recipe.data.eval_split < 1.0:
         problems.append(f"`data.eval_split` must be in [0, 1), got {recipe.data.eval_split}")
     if recipe.data.max_prompt_length is not None and recipe.data.max_prompt_length >= recipe.data.max_length:
