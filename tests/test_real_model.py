@@ -365,9 +365,9 @@ def online_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **s
 @pytest.mark.slow
 @pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
 def test_ppo_samples_real_chat_responses_and_trains_on_exactly_their_log_probs(tmp_path, smollm2, smol_tokenizer):
-    """With one epoch of one mini-batch, the update's forward sees the weights that sampled the rollout, so the
-    ratio is 1 at every token: any mismatch between sampling and training (temperature, the end-of-turn
-    token doubling as pad, the chat template's BOS) shows as approxkl / clipfrac above zero."""
+    """PPO end to end on the chat model: responses end at <|im_end|>, and with one epoch of one mini-batch the
+    update's forward (train mode, with gradients) gives exactly the experience pass's log-probs (approxkl 0,
+    clipfrac 0). That the experience log-probs are those generation sampled from is the next test."""
     train = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "num_generations": 4, "ppo_epochs": 1,
              "num_mini_batches": 1, "kl_coef": 0.05}  # fmt: skip
     run_ok(["train", str(online_recipe(tmp_path, smollm2, "ppo", train))], timeout=REAL_TRAINING_TIMEOUT)
@@ -428,3 +428,48 @@ def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, 
     assert len(selected) == len(best) and all(row["score"] == best[row["prompt_id"]] for row in selected)
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "rejection_sampling") if "train/loss" in m]
     assert len(losses) == 4 and losses[2] + losses[3] < losses[0] + losses[1], losses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_ppo_log_probs_are_those_generation_sampled_from(smollm2, smol_tokenizer):
+    """The distribution `generate` sampled each token from (its processed scores: logits / T at T = 0.7) against
+    PPO's forward over [left-padded prompt | response + its own <|im_end|>] with logits kept only at response
+    positions: the same log-probs, on real chat prompts of different lengths, for finished and capped responses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench.batching import left_pad
+    from workbench.config import GenerationConfig
+    from workbench.generation import Completion, cut_at_eos, eos_ids_of, hf_generation_config
+    from workbench.rollout import completion_batch, logprobs_and_entropy, model_inputs
+
+    tok, temperature, cap = smol_tokenizer, 0.7, 20
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32).eval()
+    questions = [q.format(t) for q, t in zip(QUESTIONS * 2, THINGS)][:6] + ["Write a long story about a dragon."]
+    prompts = [
+        list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_dict=False))
+        for q in questions
+    ]
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    eos = eos_ids_of(model, tok)
+    config = hf_generation_config(GenerationConfig(max_new_tokens=cap, temperature=temperature), 1, tok.pad_token_id, eos)
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), generation_config=config,
+                             return_dict_in_generate=True, output_scores=True)  # fmt: skip
+    new = out.sequences[:, len(ids[0]) :]
+    scores = torch.log_softmax(torch.stack(out.scores, 1).float(), -1)  # (B, steps, V): what was sampled from
+    cuts = [cut_at_eos(row, eos) for row in new.tolist()]
+    made = [Completion(i, 0, ids, eos_id is not None, eos_id) for i, (ids, eos_id) in enumerate(cuts)]
+    assert any(c.finished for c in made) and any(not c.finished for c in made)
+    sampled = [[float(scores[i, t, tok_id]) for t, tok_id in enumerate(c.sampled_ids)] for i, c in enumerate(made)]
+
+    batch = completion_batch(prompts, made, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logits = model(**model_inputs(batch)).logits
+    ours, _ = logprobs_and_entropy(logits, batch, temperature, with_entropy=False)
+    for i, c in enumerate(made):
+        assert ours[i, : len(c.sampled_ids)].tolist() == pytest.approx(sampled[i], abs=2e-4), (i, c)
+        assert int(batch["response_mask"][i].sum()) == len(c.sampled_ids)  # and nothing after it is trained on
