@@ -339,3 +339,12 @@ def test_a_forked_stage_stops_and_records_failed_when_compare_is_killed(tmp_path
         raise AssertionError("the stage kept training after its owner was killed")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "SIGTERM" in manifest["error"], manifest.get("error")
+
+
+def test_error_line_of_a_stage_names_its_error_or_says_it_wrote_nothing(tmp_path):
+    from workbench.compare import error_line
+
+    log = tmp_path / "stage.log"
+    log.write_text("loading\nerror: recipe.yaml: 1 problem\n  - unknown key\nbye\n")
+    assert error_line(log) == "error: recipe.yaml: 1 problem"
+    assert error_line(tmp_path / "missing.log") == "no output (the stage process ended before writing its log)"

@@ -104,6 +104,42 @@ def test_reward_export_keeps_head_pad_and_training_stats(reward_run):
 
 
 @pytest.mark.slow
+def test_lora_reward_model_exports_a_plain_scorer_with_its_stats(tmp_path, tiny_model):
+    """A LoRA reward model (a fresh one-label head on the backbone) is exported merged: model/ loads as a plain
+    sequence-classification model with one label, its reward mean/std and pad id, and scores the held-out pairs
+    exactly as the trained adapter did; the adapter itself is kept in model/adapter/."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from workbench.config import ModelConfig
+    from workbench.data.formatting import TokenizationSettings, tokenize_pair
+    from workbench.methods.reward import pair_scores
+    from workbench.models import load_reward_model
+
+    path = reward_recipe(tmp_path, tiny_model, "lora", num_train_epochs=1, per_device_eval_batch_size=66)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    path.write_text(yaml.safe_dump(recipe))
+    run_ok(["train", str(path)])
+    run = tmp_path / "lora"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["export_check"]["ok"], manifest.get("error")
+    assert (run / "model" / "adapter" / "adapter_config.json").is_file()
+    assert not (run / "model" / "adapter_config.json").exists()  # model/ itself is a whole model
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    model = load_reward_model(ModelConfig(name_or_path=str(run / "model")), tok, frozen=True)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
+    assert isinstance(model.config.reward_mean, float) and model.config.reward_std > 0
+    pairs = [tokenize_pair(tok, r, TokenizationSettings(48, 24)) for r in load_from_disk(str(run / "data" / "eval"))]
+    chosen, rejected = pair_scores(model, pairs, tok.pad_token_id, 64)
+    logged = {}
+    for line in read_metrics(run):
+        logged.update(line)
+    assert mean_std(chosen)[0] == pytest.approx(logged["eval/chosen_reward_mean"], abs=1e-4)
+    assert mean_std(rejected)[0] == pytest.approx(logged["eval/rejected_reward_mean"], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_margin_column_flows_into_the_loss(tmp_path, tiny_model):
     data = tmp_path / "m.jsonl"
     rows = [{"prompt": f"Describe item {i}.", "chosen": "aurora audio", "rejected": "rhythm crypts"} for i in range(32)]

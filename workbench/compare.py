@@ -283,6 +283,8 @@ def stage_command(run: StageRun, recipe_path: Path, resume: bool) -> list[str]:
 
 def error_line(log_path: Path) -> str:
     """The most telling line of a failed stage's log: its `error:` message, else the last line."""
+    if not log_path.is_file():  # the stage process died before it could open its log
+        return "no output (the stage process ended before writing its log)"
     lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("error:") or "Error:" in line:

@@ -13,7 +13,7 @@ from workbench.checkpoint import assert_finite_weights, completion_callback, non
 from workbench.config import train_config_class
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
-from workbench.models import plain_loading
+from workbench.models import load_reward_model, plain_loading
 from workbench.tracking import trainer_callback
 
 if TYPE_CHECKING:
@@ -91,17 +91,36 @@ def export(trainer: Any, ctx: RunContext, head: str = "causal-lm") -> Path:
     """model/: gathered weights as safetensors (ZeRO-3 included), tokenizer, merged LoRA on request; then checked."""
     model_dir = ctx.run_dir / "model"
     assert_finite_weights(trainer.model, "model/", trainer.state.global_step)
+    lora = ctx.recipe.model.lora is not None
     with removed_on_failure(model_dir, ctx.is_main):
-        trainer.save_model(str(model_dir))
+        trainer.save_model(str(model_dir / "adapter" if lora and head == "reward" else model_dir))
         if ctx.is_main:
             ctx.tokenizer.save_pretrained(str(model_dir))
-            if ctx.recipe.model.lora is not None and ctx.recipe.model.merge_lora_on_export:
+            if lora and head == "reward":
+                merge_reward_adapter(trainer.accelerator.unwrap_model(trainer.model).config, ctx, model_dir)
+            elif lora and ctx.recipe.model.merge_lora_on_export:
                 merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
                 merged.save_pretrained(str(model_dir / "merged"), safe_serialization=True)
                 ctx.tokenizer.save_pretrained(str(model_dir / "merged"))
     trainer.accelerator.wait_for_everyone()
     check_export(trainer.model, trainer.accelerator, ctx, model_dir, head)
     return model_dir
+
+
+def merge_reward_adapter(trained_config: Any, ctx: RunContext, model_dir: Path) -> None:
+    """A LoRA reward model is exported whole: model/ = the base with the adapter merged in and the trained
+    one-label head, with the config the training set (reward mean/std, pad id), so every scorer loads it
+    as a plain sequence-classification model (an adapter directory would reload with a two-label head and
+    without the stats). The adapter stays in model/adapter/."""
+    from peft import PeftModel
+
+    with plain_loading():
+        base = load_reward_model(ctx.recipe.model, ctx.tokenizer, frozen=True)
+        merged = PeftModel.from_pretrained(base, str(model_dir / "adapter")).merge_and_unload()
+    for key in ("reward_mean", "reward_std", "pad_token_id"):
+        if getattr(trained_config, key, None) is not None:
+            setattr(merged.config, key, getattr(trained_config, key))
+    merged.save_pretrained(str(model_dir), safe_serialization=True)
 
 
 @contextlib.contextmanager
@@ -141,7 +160,8 @@ def check_export(model: Any, accelerator: Any, ctx: RunContext, model_dir: Path,
     model.train(was_training)
     if ctx.is_main:
         with plain_loading():
-            reloaded = load_export(model_dir, head, is_peft=ctx.recipe.model.lora is not None, dtype=dtype)
+            is_peft = ctx.recipe.model.lora is not None and head != "reward"  # a LoRA reward model is exported merged
+            reloaded = load_export(model_dir, head, is_peft=is_peft, dtype=dtype)
         with torch.no_grad():
             again = reloaded.to(accelerator.device)(input_ids=ids).logits.float().cpu()
         diff = float((trained - again).abs().max())
