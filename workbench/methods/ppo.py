@@ -298,7 +298,9 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    findings = ppo_diagnosis(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
+    findings = ppo_diagnosis(
+        loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl, ctx.recipe.generation.max_new_tokens
+    )
     for f in findings:
         log.warning("PPO diagnosis: %s", f["message"])
     ctx.tracker.update_manifest(diagnosis=findings)
