@@ -131,6 +131,7 @@ def save_checkpoint(loop: PPOLoop, step: int) -> None:
             "scheduler": loop.learner.scheduler.state_dict(),
             "moments": loop.learner.moments.state_dict(),
             "history": loop.history,
+            "value_model": value_kind(loop.learner.unwrapped),
         }
         (path / "ppo_state.json").write_text(json.dumps(state))
     acc.wait_for_everyone()
@@ -174,8 +175,15 @@ class PPOLoop:
         ctx.tracker.update_manifest(**described, **counts)
 
     def resume(self, checkpoint: Path) -> None:
-        self.learner.acc.load_state(str(checkpoint))
         state = json.loads((checkpoint / "ppo_state.json").read_text())
+        now = value_kind(self.learner.unwrapped)
+        refuse_other_value_model(checkpoint, state.get("value_model"), now)
+        try:
+            self.learner.acc.load_state(str(checkpoint))
+        except RuntimeError as e:  # an unrecorded kind in a format whose keys we do not read (DeepSpeed's)
+            if "value_head." in str(e) or "value.model" in str(e):
+                refuse_other_value_model(checkpoint, "separate" if now == "head" else "head", now)
+            raise
         self.start, self.position = state["step"], state["position"]
         self.controller.load_state_dict(state["kl"])
         self.tokens = state.get("tokens", self.tokens)
@@ -306,6 +314,41 @@ def run(ctx: RunContext) -> RunResult:
     ctx.tracker.update_manifest(diagnosis=findings)
     model_dir = export_policy(loop.learner, ctx)
     return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
+
+
+VALUE_KINDS = {"head": ("a value head on the policy's backbone", "shared"), "separate": ("a separate critic", "separate")}
+
+
+def value_kind(model: Any) -> str:
+    """ "head" or "separate": the resolved value model, recorded in ppo_state.json so a resume can check it."""
+    return "head" if model.value is None else "separate"
+
+
+def checkpoint_value_kind(checkpoint: Path) -> str | None:
+    """The value model a checkpoint's weights hold, from its key names (accelerate's model.safetensors); None: unknown."""
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    if any(k.startswith("value_head.") for k in keys):
+        return "head"
+    return "separate" if any(k.startswith("value.") for k in keys) else None
+
+
+def refuse_other_value_model(checkpoint: Path, recorded: str | None, now: str) -> None:
+    """One sentence instead of a state-dict traceback when a checkpoint holds the other kind of value model (a run
+    started when `value_model: auto` meant a separate critic, resumed after it came to mean a value head)."""
+    was = recorded or checkpoint_value_kind(checkpoint)
+    if was is None or was == now:
+        return
+    setting = VALUE_KINDS[was][1]
+    raise WorkbenchError(
+        f"{checkpoint} was trained with {VALUE_KINDS[was][0]} but train.value_model now resolves to {VALUE_KINDS[now][0]}; "
+        f"resume with --set train.value_model={setting} --allow-changes train.value_model"
+    )
 
 
 def guard_nonfinite(count: int, args: SimpleNamespace, step: int, what: str) -> int:
