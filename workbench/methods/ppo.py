@@ -29,14 +29,25 @@ removed PPOTrainer):
   GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
   separate critic took on 2 of 3. With the final code, alternating with GRPO
   (benchmarks/results/ppo_vs_grpo.json): +0.595 ± 0.020 / +0.448 ± 0.019, learn / generate 1.02-1.15,
-  PPO / GRPO CPU seconds 0.79-0.96 per pair. The value loss (vf_coef 0.1) also trains the shared backbone (and
-  the adapters under LoRA, where no second backbone copy is held either).
+  PPO / GRPO CPU seconds 0.79-0.96 per pair (those figures with the value loss training the backbone too).
+  The head reads the LM head's input (a forward pre-hook on `get_output_embeddings()`, through peft's
+  wrappers too: the final-normed last hidden state at the kept positions only), never
+  `output_hidden_states`, which kept every layer's (B, L, H) states (8B model, 16 x 1024 tokens: ~4.4 GB).
+  By default the head learns on that state detached (`value_head_trains_backbone: false`): the policy's
+  weights get only the policy's gradient, clipped on its own, and critic warm-up leaves them bitwise
+  unchanged. Seed 0, both rewards, alternating with GRPO: +0.579 / +0.460 against GRPO's +0.559 / +0.386,
+  learn / generate 1.01 / 1.12. `value_head_trains_backbone: true` lets the value loss train the backbone
+  (as TRL's classic trainer; the backbone's gradient then holds both terms, clipped as one; never during
+  critic warm-up).
 - Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
   and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
   no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
 - Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
-  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing.
-  Under DeepSpeed the engine owns clipping: `max_grad_norm` is its `gradient_clipping` (one norm).
+  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing (with the
+  value head: since the value loss does not reach the backbone, see above). Under DeepSpeed the engine
+  owns clipping: `max_grad_norm` is its `gradient_clipping`, one norm over actor and critic together
+  (DeepSpeed clips inside its step, over partitioned gradients, with no per-group norm), so there a
+  huge value loss does shrink the policy's step; keep `vf_coef` moderate under DeepSpeed.
 - Rewards: the score (optionally minus the leave-one-out mean of its prompt's other samples, and
   normalized by the running mean/std of all scores) on the last token; KL either as a per-token
   reward penalty (k1/k3) or as a loss term. Advantages (and rewards, when whitened) are whitened with
@@ -73,6 +84,9 @@ removed PPOTrainer):
   reference log-probs and old values come from the one experience pass (never per epoch); the only
   repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
   one of eight forward-equivalents per update; not done).
+- Resume: ppo_state.json records the value model (head or separate); a checkpoint of the other kind
+  (e.g. a run started when `value_model: auto` meant a separate critic) is refused with the setting to
+  resume it with.
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
