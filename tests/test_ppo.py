@@ -261,6 +261,29 @@ def test_ppo_under_zero3_with_a_trained_reward_model(tmp_path, tiny_model, train
 
 
 @pytest.mark.distributed
+def test_critic_warmup_under_zero3_leaves_the_policy_bitwise_unchanged(tmp_path, tiny_model):
+    """Even with the value loss allowed into the backbone, warm-up updates train only the value head; under ZeRO-3 the
+    exported policy after two warm-up updates is the starting model bit for bit (update 2 has a non-zero head)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = ppo_recipe(
+        tmp_path,
+        tiny_model,
+        "z3warm",
+        max_steps=2,
+        critic_warmup_steps=2,
+        value_head_trains_backbone=True,
+        per_device_train_batch_size=8,
+        save_steps=0,
+    )
+    run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_zero3.yaml")])
+    start, end = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "z3warm" / "model" / "model.safetensors")
+    common = set(start) & set(end)
+    assert len(common) >= len(start) - 1 and all(torch.equal(start[k], end[k]) for k in common)
+
+
+@pytest.mark.distributed
 def test_ppo_under_zero3_with_the_default_value_head(tmp_path, tiny_model):
     """The default value head on the policy's backbone trains inside the ZeRO-3 engine; the manifest counts whole
     models, not this process's shards (it logged 0 and 0 under ZeRO-3)."""
