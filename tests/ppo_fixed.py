@@ -20,8 +20,10 @@ def make_args(**overrides: Any) -> SimpleNamespace:
     return SimpleNamespace(**{**train_field_defaults(train_config_class("ppo")), "learning_rate": 1e-3, **overrides})
 
 
-def make_learner(model_dir: Path, temperature: float = 1.0, **overrides: Any) -> tuple[Any, Any]:
-    """(Learner, tokenizer) for the tiny model with PPO defaults plus `overrides`."""
+def make_learner(
+    model_dir: Path, temperature: float = 1.0, lora: dict[str, Any] | None = None, **overrides: Any
+) -> tuple[Any, Any]:
+    """(Learner, tokenizer) for the tiny model with PPO defaults plus `overrides` (and a LoRA config, if given)."""
     import yaml
     from accelerate import Accelerator
 
@@ -32,6 +34,8 @@ def make_learner(model_dir: Path, temperature: float = 1.0, **overrides: Any) ->
     data = yaml.safe_load((REPO / "recipes" / "ppo.yaml").read_text())
     data["model"]["name_or_path"] = str(model_dir)
     data["output_dir"] = "/nonexistent"
+    if lora is not None:
+        data["model"]["lora"] = lora
     recipe = recipe_from_dict(data)
     args = make_args(**overrides)
     from transformers import set_seed

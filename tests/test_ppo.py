@@ -188,6 +188,35 @@ def test_killed_ppo_resumes_to_the_same_end(tmp_path, tiny_model):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+def test_resuming_a_checkpoint_of_the_other_value_model_says_how(tmp_path, tiny_model):
+    """A run started when `value_model: auto` meant a separate critic (its recipe.yaml says auto, its ppo_state.json
+    records no kind): resumed now that auto means the value head, one sentence names the fix, and the fix resumes."""
+    common = {"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 8, "value_model": "separate"}
+    path = ppo_recipe(tmp_path, tiny_model, "old", **common)
+    run = tmp_path / "old"
+    kill_when(["train", str(path)], run / "checkpoints" / "checkpoint-2" / ".complete")
+    state_path = run / "checkpoints" / "checkpoint-2" / "ppo_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["value_model"] == "separate"
+    auto = ppo_recipe(tmp_path, tiny_model, "old", **{**common, "value_model": "auto"})
+    for recorded in (True, False):  # recorded in ppo_state.json, then read from the checkpoint's key names
+        if not recorded:  # as an older workbench wrote it; the completeness marker lists the file's new size
+            state_path.write_text(json.dumps({k: v for k, v in state.items() if k != "value_model"}))
+            marker = state_path.parent / ".complete"
+            listed = json.loads(marker.read_text())
+            listed["files"]["ppo_state.json"] = state_path.stat().st_size
+            marker.write_text(json.dumps(listed))
+        (run / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace("value_model: separate", "value_model: auto"))
+        res = run_workbench(["train", str(auto), "--resume"])
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert (
+            "was trained with a separate critic but train.value_model now resolves to a value head on the policy's "
+            "backbone; resume with --set train.value_model=separate --allow-changes train.value_model"
+        ) in res.stderr
+    run_ok(["train", str(auto), "--resume", "--set", "train.value_model=separate", "--allow-changes", "train.value_model"])
+    assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4]
+
+
 def test_non_finite_updates_stop_the_run_and_no_nan_weights_are_saved(tmp_path, tiny_model):
     # a learning rate this large makes the first update's loss non-finite
     path = ppo_recipe(
@@ -229,6 +258,29 @@ def test_ppo_under_zero3_with_a_trained_reward_model(tmp_path, tiny_model, train
         assert m["train/time/generate"] > 0 and m["train/time/learn"] > 0 and m["train/time/score"] > 0
     scores = [m["train/objective/scores"] for m in metrics]
     assert all(abs(s) < 1e3 for s in scores) and len(set(scores)) == 3
+
+
+@pytest.mark.distributed
+def test_critic_warmup_under_zero3_leaves_the_policy_bitwise_unchanged(tmp_path, tiny_model):
+    """Even with the value loss allowed into the backbone, warm-up updates train only the value head; under ZeRO-3 the
+    exported policy after two warm-up updates is the starting model bit for bit (update 2 has a non-zero head)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = ppo_recipe(
+        tmp_path,
+        tiny_model,
+        "z3warm",
+        max_steps=2,
+        critic_warmup_steps=2,
+        value_head_trains_backbone=True,
+        per_device_train_batch_size=8,
+        save_steps=0,
+    )
+    run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_zero3.yaml")])
+    start, end = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "z3warm" / "model" / "model.safetensors")
+    common = set(start) & set(end)
+    assert len(common) >= len(start) - 1 and all(torch.equal(start[k], end[k]) for k in common)
 
 
 @pytest.mark.distributed

@@ -93,8 +93,8 @@ def history(n=20, **trend):
     return [{k: a + (b - a) * i / (n - 1) for k, (a, b) in base.items()} for i in range(n)]
 
 
-def codes(h, warmup=0, kl_limit=10.0):
-    return [f["code"] for f in H.ppo_diagnosis(h, warmup, kl_limit)]
+def codes(h, warmup=0, kl_limit=10.0, cap=None):
+    return [f["code"] for f in H.ppo_diagnosis(h, warmup, kl_limit, cap)]
 
 
 def test_ppo_diagnosis_leaves_a_high_kl_that_bought_a_clear_gain_alone():
@@ -128,14 +128,44 @@ def test_ppo_diagnosis_finished_collapse_with_the_kl_it_came_with():
 
 
 def test_ppo_diagnosis_short_responses():
-    """The first_half route: responses shrink to a few tokens that all end on their own, at a lower entropy."""
-    short = history(PPO_LENGTH=(16.0, 3.0), PPO_FINISHED=(0.0, 1.0), PPO_ENTROPY=(6.7, 2.0))
-    assert codes(short) == ["short_responses", "kl_high"]
-    flags = H.ppo_diagnosis(short, 0, 10.0)
-    # windows of 4 of a line from 16 to 3 over 20 updates: means 14.97 and 4.03 tokens, finished 0.92 at the end
-    assert "15.0 to 4.0 tokens and 92% end" in flags[0]["message"] and "short_responses" in flags[1]["message"]
-    assert codes(history(PPO_LENGTH=(16.0, 3.0), PPO_FINISHED=(0.0, 0.7))) == []  # shorter, but not ending early
-    assert codes(history(PPO_LENGTH=(16.0, 9.0), PPO_FINISHED=(0.0, 1.0))) == []  # ending, but not collapsed
+    """The first_half route: responses that ran to the 16-token cap shrink to a few tokens that all end on their own."""
+    short = history(PPO_LENGTH=(16.0, 2.0), PPO_FINISHED=(0.0, 1.0), PPO_ENTROPY=(6.7, 2.0))
+    assert codes(short, cap=16) == ["short_responses", "kl_high"]
+    assert codes(short) == ["short_responses", "kl_high"]  # cap unknown: a final 3.1 tokens is under the 4-token floor
+    flags = H.ppo_diagnosis(short, 0, 10.0, 16)
+    # windows of 4 of a line from 16 to 2 over 20 updates: means 14.89 and 3.11 tokens, finished 0.92 at the end
+    assert "14.9 to 3.1 tokens and 92% end" in flags[0]["message"] and "short_responses" in flags[1]["message"]
+    assert codes(history(PPO_LENGTH=(16.0, 2.0), PPO_FINISHED=(0.0, 0.7)), cap=16) == []  # shorter, but not ending early
+    assert codes(history(PPO_LENGTH=(16.0, 9.0), PPO_FINISHED=(0.0, 1.0)), cap=16) == []  # ending, but not collapsed
+
+
+def test_a_policy_that_learns_to_stop_before_the_cap_is_healthy():
+    """Starts running to the 64-token cap (finished 0.05), learns to stop at ~20 tokens (finished 1.0) while the reward
+    rises: no short_responses, and so no kl_high for its KL of 40 that bought a clear gain."""
+    learned_to_stop = history(PPO_LENGTH=(64.0, 20.0), PPO_FINISHED=(0.05, 1.0))
+    assert codes(learned_to_stop, cap=64) == [] and codes(learned_to_stop) == []
+
+
+def test_shorter_responses_alone_do_not_make_a_high_kl_degenerate():
+    """Responses that already ended on their own halve (40 -> 17 of a 64 cap, windows 38.2 -> 18.8): reported, but a KL
+    that bought a clear gain is not blamed on it; a collapse to a quarter of the cap (16) or less is."""
+    halved = history(PPO_LENGTH=(40.0, 17.0), PPO_FINISHED=(0.9, 1.0))
+    assert codes(halved, cap=64) == ["short_responses"]
+    collapsed = history(PPO_LENGTH=(40.0, 3.0), PPO_FINISHED=(0.9, 1.0))
+    assert codes(collapsed, cap=64) == ["short_responses", "kl_high"]
+
+
+def test_few_updates_give_no_noise_free_gain():
+    """With 6-14 updates the windows hold 3 updates, so a reward that only alternates (0.3 / 0.5) is within its noise;
+    with 4-5 updates there is no noise estimate and kl_without_gain is not judged at all."""
+    noisy = history(8, PPO_SCORES=(0.4, 0.4))
+    for i, row in enumerate(noisy):
+        row[H.PPO_SCORES] = 0.3 if i % 2 == 0 else 0.5  # first window 0.3 0.5 0.3, last 0.5 0.3 0.5
+    gain, se = H.reward_gain(noisy[:3], noisy[-3:])
+    assert gain == pytest.approx(0.2 / 3) and se == pytest.approx(math.sqrt(2 * (0.04 / 3) / 3))
+    assert codes(noisy) == ["kl_without_gain"]  # windows of 1 (0.3 vs 0.5) read this as a clear gain
+    assert codes(history(5, PPO_SCORES=(0.4, 0.4))) == []  # windows of 1, se 0: a flat reward cannot be judged
+    assert codes(history(5, PPO_SCORES=(0.4, 0.4), PPO_ENTROPY=(6.0, 0.5))) == []  # nor a dip read as no gain
 
 
 def test_ppo_diagnosis_entropy_collapse_needs_the_reward_to_rise():

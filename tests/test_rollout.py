@@ -173,24 +173,91 @@ def test_warmup_and_schedule_count_updates(tiny_model):
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3) and not math.isnan(lrs[0])
 
 
-def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model):
-    """Actor and critic are clipped separately: scores x 1e4 blow up the value loss, the policy's gradient is unchanged
-    (advantages are whitened); clipped together, it would shrink by the value gradient's norm."""
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model, value_model):
+    """Actor and critic are clipped separately: on the same rollouts, a value loss weighted 1e6 leaves the gradient the
+    policy's weights step with exactly as it was; clipped together it would shrink to the value gradient's direction.
+    The shared head gets non-zero weights: at zero, d(value loss)/d(hidden) is 0 and the check would be vacuous."""
+    import torch
+
     from workbench.logprobs import rollout_tensors
 
-    norms = {}
-    for scale in (1.0, 1e4):
-        learner, tok = make_learner(tiny_model, reward_normalization="none", ppo_epochs=1, per_device_train_batch_size=8)
+    grads = {}
+    for vf_coef in (0.1, 1e6):
+        learner, tok = make_learner(
+            tiny_model, value_model=value_model, vf_coef=vf_coef, ppo_epochs=1, per_device_train_batch_size=8
+        )
+        if value_model == "shared":
+            torch.manual_seed(1)
+            torch.nn.init.normal_(learner.unwrapped.value_head.weight, std=1.0)
         actor = {id(p) for p in learner.actor_params}
         seen = []
         learner.optimizer.optimizer.register_step_pre_hook(
             lambda opt, *a, seen=seen, actor=actor: seen.append(
-                sum(float(p.grad.pow(2).sum()) for g in opt.param_groups for p in g["params"] if id(p) in actor) ** 0.5
+                [p.grad.clone() for g in opt.param_groups for p in g["params"] if id(p) in actor]
             )
         )
         prompts, responses, scores = fixed_rollouts(8)
         batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
-        exp = learner.experience(batch, [s * scale for s in scores], kl_coef=0.0)
+        exp = learner.experience(batch, scores, kl_coef=0.0)
         assert learner.update(1, exp, kl_coef=0.0) is not None
-        norms[scale] = seen[0]
-    assert norms[1e4] == pytest.approx(norms[1.0], rel=1e-3) and norms[1.0] > 0
+        assert float(exp.old_values.abs().max()) > 1e-3  # the value head's gradient is not trivially zero
+        grads[vf_coef] = seen[0]
+    norm = sum(float(g.pow(2).sum()) for g in grads[0.1]) ** 0.5
+    assert norm > 0 and all(torch.allclose(a, b, rtol=1e-5, atol=1e-9) for a, b in zip(grads[0.1], grads[1e6]))
+
+
+@pytest.mark.parametrize("trains_backbone", [False, True])
+def test_critic_warmup_leaves_the_policy_bitwise_unchanged(tiny_model, trains_backbone):
+    """During critic_warmup_steps only the value head learns, even when the value loss may otherwise train the backbone."""
+    import torch
+
+    learner, tok = make_learner(
+        tiny_model, critic_warmup_steps=2, value_head_trains_backbone=trains_backbone, per_device_train_batch_size=8
+    )
+    model = learner.unwrapped
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.value_head.weight, std=1.0)  # so the value loss has a gradient for the backbone
+    policy0 = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    head0 = model.value_head.weight.clone()
+    for step in (1, 2):
+        assert one_update(learner, tok, list(range(8)), step=step) is not None
+    assert all(torch.equal(policy0[k], v) for k, v in model.policy.state_dict().items())
+    assert not torch.equal(head0, model.value_head.weight)
+    assert one_update(learner, tok, list(range(8)), step=3) is not None  # warm-up over: the policy learns
+    assert not all(torch.equal(policy0[k], v) for k, v in model.policy.state_dict().items())
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}])
+def test_the_value_head_reads_the_last_hidden_state_without_keeping_every_layers(tiny_model, lora):
+    """The head's input is the LM head's input (final-normed, only the kept positions): values equal those from
+    `output_hidden_states` within 1e-6, but the policy is never asked for every layer's hidden states."""
+    import torch
+
+    from workbench.logprobs import rollout_tensors
+    from workbench.rollout import model_inputs
+
+    learner, tok = make_learner(tiny_model, lora=lora, per_device_train_batch_size=8)
+    model = learner.unwrapped
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.value_head.weight, std=1.0)
+    prompts, responses, _ = fixed_rollouts(8)
+    batch = rollout_tensors(prompts, responses, tok.pad_token_id, "cpu")
+    asked = []
+    handle = model.policy.register_forward_pre_hook(lambda m, a, kw: asked.append(dict(kw)), with_kwargs=True)
+    with torch.no_grad():
+        whole = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[1]
+        kept = model(**model_inputs(batch))[1]
+    handle.remove()
+    assert asked and not any(kw.get("output_hidden_states") for kw in asked)
+    with torch.no_grad():
+        hidden = model.policy(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            output_hidden_states=True,
+        ).hidden_states[-1]  # (B, L, H)
+        expected = model.value_head(hidden).squeeze(-1)
+    assert float(expected.abs().max()) > 1e-3
+    assert float((whole - expected).abs().max()) < 1e-6
+    assert float((kept - expected[:, -kept.shape[1] :]).abs().max()) < 1e-6

@@ -222,11 +222,26 @@ def finished_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mappi
     )
 
 
-def short_responses(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
-    """Responses shrank below half their starting length while nearly all of them end on their own: stopping early pays."""
+def _short_collapse(last: Sequence[Mapping[str, float]], cap: float | None) -> bool:
+    """Final responses at most a quarter of the length cap (or 4 tokens when the cap is unknown): a clear collapse."""
+    l1 = _window_mean(last, PPO_LENGTH)
+    return l1 is not None and l1 <= (0.25 * cap if cap else 4.0)
+
+
+def short_responses(
+    first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]], cap: float | None = None
+) -> Flag | None:
+    """Responses shrank below half their starting length while nearly all of them end on their own: stopping early pays.
+
+    Only when responses were already ending on their own at the start (finished share >= 0.5), or they end at a
+    quarter of the cap `cap` or less: a policy that starts out running to the cap and learns to stop at a
+    reasonable length is healthy, not short.
+    """
     l0, l1 = _window_mean(first, PPO_LENGTH), _window_mean(last, PPO_LENGTH)
-    f1 = _window_mean(last, PPO_FINISHED)
-    if l0 is None or l1 is None or f1 is None or l1 >= 0.5 * l0 or f1 < 0.9:
+    f0, f1 = _window_mean(first, PPO_FINISHED), _window_mean(last, PPO_FINISHED)
+    if l0 is None or l1 is None or f0 is None or f1 is None or l1 >= 0.5 * l0 or f1 < 0.9:
+        return None
+    if f0 < 0.5 and not _short_collapse(last, cap):
         return None
     return flag(
         "short_responses",
@@ -250,14 +265,14 @@ def entropy_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mappin
 
 
 def kl_finding(
-    last: Sequence[Mapping[str, float]], gain: tuple[float, float], degenerate: Sequence[Flag], kl_limit: float
+    last: Sequence[Mapping[str, float]], gain: tuple[float, float] | None, degenerate: Sequence[Flag], kl_limit: float
 ) -> Flag | None:
     """A final sequence KL above `kl_limit` that bought no reward gain (within 2 standard errors), or came with a
-    degeneration flag; a high KL that bought a clear gain with a healthy policy is what learning costs."""
+    degeneration flag; a high KL that bought a clear gain with a healthy policy is what learning costs.
+    `gain` None: too few updates for a noise estimate, so no kl_without_gain."""
     kl = _window_mean(last, PPO_KL)
     if kl is None or kl <= kl_limit:
         return None
-    delta, se = gain
     if degenerate:
         codes = ", ".join(f["code"] for f in degenerate)
         return flag(
@@ -265,6 +280,9 @@ def kl_finding(
             f"sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {kl_limit:g}) together with "
             f"{codes}: the policy left the reference to exploit the reward; raise train.kl_coef or set train.target_kl",
         )
+    if gain is None:
+        return None
+    delta, se = gain
     if delta <= 2 * se:
         return flag(
             "kl_without_gain",
@@ -275,13 +293,27 @@ def kl_finding(
     return None
 
 
-def ppo_diagnosis(history: Sequence[Mapping[str, float]], warmup: int, kl_limit: float) -> list[Flag]:
-    """Short end-of-run findings from PPO's per-update metrics (first and last fifth compared); [] under 4 updates."""
-    if len(history) < 4:
+MIN_NOISE_WINDOW = 3  # updates per window below which the update-to-update spread is no noise estimate
+
+
+def ppo_diagnosis(
+    history: Sequence[Mapping[str, float]], warmup: int, kl_limit: float, max_new_tokens: int | None = None
+) -> list[Flag]:
+    """Short end-of-run findings from PPO's per-update metrics (first and last fifth compared, windows of at least
+    3 updates once there are 6); [] under 4 updates. With 4-5 updates a reward gain has no noise estimate, so
+    kl_without_gain is not judged. `max_new_tokens`: the length cap, for short_responses."""
+    n = len(history)
+    if n < 4:
         return []
-    k = max(1, len(history) // 5)
+    k = max(1, n // 5)
+    if k < MIN_NOISE_WINDOW and n >= 2 * MIN_NOISE_WINDOW:
+        k = MIN_NOISE_WINDOW
     first, last = history[:k], history[-k:]
-    degenerate = [f for f in (finished_collapse(first, last), short_responses(first, last), entropy_collapse(first, last)) if f]
+    short = short_responses(first, last, max_new_tokens)
+    degenerate = [f for f in (finished_collapse(first, last), short, entropy_collapse(first, last)) if f]
+    # a response that merely got shorter is no degeneration to blame a high KL on; a collapse to a few tokens is
+    blamed = [f for f in degenerate if f is not short or _short_collapse(last, max_new_tokens)]
     found = [value_not_learning(history[warmup:][-k:] or last), *degenerate]
-    found.append(kl_finding(last, reward_gain(first, last), degenerate, kl_limit))
+    gain = reward_gain(first, last) if k >= MIN_NOISE_WINDOW else None
+    found.append(kl_finding(last, gain, blamed, kl_limit))
     return [f for f in found if f is not None]

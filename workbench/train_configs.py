@@ -91,7 +91,10 @@ class PPOConfig:
     warmup_steps: int = _h("Linear warmup, in updates (overrides warmup_ratio when > 0).", 0)  # type: ignore[assignment]
     warmup_ratio: float = _h("Linear warmup as a share of max_steps.", 0.0)  # type: ignore[assignment]
     max_grad_norm: float = _h(
-        "Gradient clipping norm, applied to actor and critic separately (under DeepSpeed: to the engine's gradients).", 1.0
+        "Gradient clipping norm, applied to actor and critic gradients separately (with the value head, the policy's "
+        "weights carry only the policy's gradient unless value_head_trains_backbone); under DeepSpeed the engine clips "
+        "all gradients together to this one norm.",
+        1.0,
     )  # type: ignore[assignment]
     ppo_epochs: int = _h("Passes over each rollout.", 2)  # type: ignore[assignment]
     num_mini_batches: int = _h("Mini-batches per pass (each one optimizer step).", 1)  # type: ignore[assignment]
@@ -136,7 +139,17 @@ class PPOConfig:
         "separate / shared force one.",
         "auto",
     )  # type: ignore[assignment]
-    critic_warmup_steps: int = _h("First updates that train only the value model (the policy is left unchanged).", 0)  # type: ignore[assignment]
+    value_head_trains_backbone: bool = _h(
+        "With the value head: let the value loss train the shared backbone too (as TRL's classic PPO). Off: the head "
+        "learns on the backbone's last hidden state detached, so the policy's weights get only the policy's gradient, "
+        "clipped on its own; on, the backbone's gradient holds both and is clipped as one.",
+        False,
+    )  # type: ignore[assignment]
+    critic_warmup_steps: int = _h(
+        "First updates that train only the value model: the policy's weights are left unchanged (with the value head, "
+        "the backbone is detached from the value loss during them whatever value_head_trains_backbone says).",
+        0,
+    )  # type: ignore[assignment]
     max_nonfinite_updates: int = _h(
         "Stop after this many updates in a row with a non-finite loss or KL (each such update is undone).", 3
     )  # type: ignore[assignment]

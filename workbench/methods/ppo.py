@@ -29,14 +29,25 @@ removed PPOTrainer):
   GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
   separate critic took on 2 of 3. With the final code, alternating with GRPO
   (benchmarks/results/ppo_vs_grpo.json): +0.595 ± 0.020 / +0.448 ± 0.019, learn / generate 1.02-1.15,
-  PPO / GRPO CPU seconds 0.79-0.96 per pair. The value loss (vf_coef 0.1) also trains the shared backbone (and
-  the adapters under LoRA, where no second backbone copy is held either).
+  PPO / GRPO CPU seconds 0.79-0.96 per pair (those figures with the value loss training the backbone too).
+  The head reads the LM head's input (a forward pre-hook on `get_output_embeddings()`, through peft's
+  wrappers too: the final-normed last hidden state at the kept positions only), never
+  `output_hidden_states`, which kept every layer's (B, L, H) states (8B model, 16 x 1024 tokens: ~4.4 GB).
+  By default the head learns on that state detached (`value_head_trains_backbone: false`): the policy's
+  weights get only the policy's gradient, clipped on its own, and critic warm-up leaves them bitwise
+  unchanged. Seed 0, both rewards, alternating with GRPO: +0.579 / +0.460 against GRPO's +0.559 / +0.386,
+  learn / generate 1.01 / 1.12. `value_head_trains_backbone: true` lets the value loss train the backbone
+  (as TRL's classic trainer; the backbone's gradient then holds both terms, clipped as one; never during
+  critic warm-up).
 - Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
   and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
   no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
 - Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
-  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing.
-  Under DeepSpeed the engine owns clipping: `max_grad_norm` is its `gradient_clipping` (one norm).
+  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing (with the
+  value head: since the value loss does not reach the backbone, see above). Under DeepSpeed the engine
+  owns clipping: `max_grad_norm` is its `gradient_clipping`, one norm over actor and critic together
+  (DeepSpeed clips inside its step, over partitioned gradients, with no per-group norm), so there a
+  huge value loss does shrink the policy's step; keep `vf_coef` moderate under DeepSpeed.
 - Rewards: the score (optionally minus the leave-one-out mean of its prompt's other samples, and
   normalized by the running mean/std of all scores) on the last token; KL either as a per-token
   reward penalty (k1/k3) or as a loss term. Advantages (and rewards, when whitened) are whitened with
@@ -73,6 +84,9 @@ removed PPOTrainer):
   reference log-probs and old values come from the one experience pass (never per epoch); the only
   repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
   one of eight forward-equivalents per update; not done).
+- Resume: ppo_state.json records the value model (head or separate); a checkpoint of the other kind
+  (e.g. a run started when `value_model: auto` meant a separate critic) is refused with the setting to
+  resume it with.
 - Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
   all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
   from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
@@ -131,6 +145,7 @@ def save_checkpoint(loop: PPOLoop, step: int) -> None:
             "scheduler": loop.learner.scheduler.state_dict(),
             "moments": loop.learner.moments.state_dict(),
             "history": loop.history,
+            "value_model": value_kind(loop.learner.unwrapped),
         }
         (path / "ppo_state.json").write_text(json.dumps(state))
     acc.wait_for_everyone()
@@ -174,8 +189,15 @@ class PPOLoop:
         ctx.tracker.update_manifest(**described, **counts)
 
     def resume(self, checkpoint: Path) -> None:
-        self.learner.acc.load_state(str(checkpoint))
         state = json.loads((checkpoint / "ppo_state.json").read_text())
+        now = value_kind(self.learner.unwrapped)
+        refuse_other_value_model(checkpoint, state.get("value_model"), now)
+        try:
+            self.learner.acc.load_state(str(checkpoint))
+        except RuntimeError as e:  # an unrecorded kind in a format whose keys we do not read (DeepSpeed's)
+            if "value_head." in str(e) or "value.model" in str(e):
+                refuse_other_value_model(checkpoint, "separate" if now == "head" else "head", now)
+            raise
         self.start, self.position = state["step"], state["position"]
         self.controller.load_state_dict(state["kl"])
         self.tokens = state.get("tokens", self.tokens)
@@ -298,12 +320,49 @@ def run(ctx: RunContext) -> RunResult:
     if ctx.resume_checkpoint:
         loop.resume(Path(ctx.resume_checkpoint))
     loop.train()
-    findings = ppo_diagnosis(loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl)
+    findings = ppo_diagnosis(
+        loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl, ctx.recipe.generation.max_new_tokens
+    )
     for f in findings:
         log.warning("PPO diagnosis: %s", f["message"])
     ctx.tracker.update_manifest(diagnosis=findings)
     model_dir = export_policy(loop.learner, ctx)
     return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
+
+
+VALUE_KINDS = {"head": ("a value head on the policy's backbone", "shared"), "separate": ("a separate critic", "separate")}
+
+
+def value_kind(model: Any) -> str:
+    """ "head" or "separate": the resolved value model, recorded in ppo_state.json so a resume can check it."""
+    return "head" if model.value is None else "separate"
+
+
+def checkpoint_value_kind(checkpoint: Path) -> str | None:
+    """The value model a checkpoint's weights hold, from its key names (accelerate's model.safetensors); None: unknown."""
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    if any(k.startswith("value_head.") for k in keys):
+        return "head"
+    return "separate" if any(k.startswith("value.") for k in keys) else None
+
+
+def refuse_other_value_model(checkpoint: Path, recorded: str | None, now: str) -> None:
+    """One sentence instead of a state-dict traceback when a checkpoint holds the other kind of value model (a run
+    started when `value_model: auto` meant a separate critic, resumed after it came to mean a value head)."""
+    was = recorded or checkpoint_value_kind(checkpoint)
+    if was is None or was == now:
+        return
+    setting = VALUE_KINDS[was][1]
+    raise WorkbenchError(
+        f"{checkpoint} was trained with {VALUE_KINDS[was][0]} but train.value_model now resolves to {VALUE_KINDS[now][0]}; "
+        f"resume with --set train.value_model={setting} --allow-changes train.value_model"
+    )
 
 
 def guard_nonfinite(count: int, args: SimpleNamespace, step: int, what: str) -> int:

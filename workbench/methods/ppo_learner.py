@@ -51,13 +51,18 @@ class PolicyAndValue(_module_base()):  # type: ignore[misc]
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, logits_to_keep: int = 0) -> tuple[Any, Any]:
-        """(logits, values) at the last `logits_to_keep` positions (0: all): (B, K, V), (B, K)."""
+    def forward(
+        self, input_ids: Any, attention_mask: Any, position_ids: Any, logits_to_keep: int = 0, value_grad: bool = False
+    ) -> tuple[Any, Any]:
+        """(logits, values) at the last `logits_to_keep` positions (0: all): (B, K, V), (B, K).
+
+        `value_grad`: let the value head's loss reach the shared backbone (otherwise only the head learns from it)."""
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         if self.value is None:
-            out = self.policy(**kw, logits_to_keep=logits_to_keep, output_hidden_states=True)
-            hidden = out.hidden_states[-1][:, keep]  # (B, K, H)
+            out, hidden = last_hidden_state(self.policy, kw, logits_to_keep)  # hidden: (B, K, H)
+            if not value_grad:
+                hidden = hidden.detach()
             return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return self.policy(**kw, logits_to_keep=logits_to_keep).logits, self.value(**kw).logits[:, keep].squeeze(-1)
 
@@ -67,6 +72,24 @@ class PolicyAndValue(_module_base()):  # type: ignore[misc]
 
     def actor_parameters(self) -> list[Any]:
         return [p for p in self.policy.parameters() if p.requires_grad]
+
+
+def last_hidden_state(policy: Any, kwargs: dict[str, Any], logits_to_keep: int) -> tuple[Any, Any]:
+    """(the policy's output, the input of its output embedding): the final-normed last hidden state at the kept
+    positions only, (B, K, H), without `output_hidden_states` holding every layer's (B, L, H) for the whole pass.
+
+    A pre-hook on `get_output_embeddings()` (found through peft's wrappers too) records what the LM head is given."""
+    captured: list[Any] = []
+
+    def record(module: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        captured.append(args[0] if args else next(iter(kw.values())))
+
+    handle = policy.get_output_embeddings().register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = policy(**kwargs, logits_to_keep=logits_to_keep)
+    finally:
+        handle.remove()
+    return out, captured[-1]
 
 
 def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[PolicyAndValue, Any, dict[str, str]]:
@@ -330,7 +353,9 @@ class Learner:
         mb = select_rows(exp.batch, rows)
         m = mb["response_mask"]
         with acc.accumulate(self.model):
-            logits, values = self.model(**model_inputs(mb))  # (b, R + 1, V), (b, R + 1)
+            # the value loss reaches the shared backbone only when asked and never while the actor is off
+            value_grad = bool(args.value_head_trains_backbone) and actor_on
+            logits, values = self.model(**model_inputs(mb), value_grad=value_grad)  # (b, R + 1, V), (b, R + 1)
             new_logprobs, _ = logprobs_and_entropy(logits, mb, self.temperature, with_entropy=False)
             new_logprobs = new_logprobs * m
             pg_loss, clipfrac, approxkl = losses.clipped_policy_loss(
