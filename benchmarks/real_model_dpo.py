@@ -186,28 +186,41 @@ def main() -> None:
                         f"rep {rep} {side:<4} {setting:<8} {r['train_runtime'] / a.steps:.2f} s/step, {r['rss_mb']:.0f} MB",
                         flush=True,
                     )
-    head = f"SmolLM2-135M-Instruct fp32, batch {a.batch}, steps {a.steps}, max_length {a.max_length}, reps {a.reps}"
-    print(f"\n{head}, {expected} tokens per run on both sides")
+                    report(a, expected, rows, final=False)
+    report(a, expected, rows, final=True)
+
+
+def report(a: argparse.Namespace, expected: int, rows: dict[tuple[str, str], list[dict]], final: bool) -> None:
+    """Print the table (when final) and write the JSON (after every run, so a stopped benchmark keeps what it measured)."""
+    reps = min((len(v) for v in rows.values()), default=0)
+    head = f"SmolLM2-135M-Instruct fp32, batch {a.batch}, steps {a.steps}, max_length {a.max_length}, reps {reps}"
+    if final:
+        print(f"\n{head}, {expected} tokens per run on both sides")
     result: dict[str, Any] = {"settings": vars(a) | {"json": None}, "tokens_per_run": expected, "per_setting": {}}
     for setting in a.settings:
-        ours, trl = (side_summary(rows[(side, setting)], a.steps) for side in ("ours", "trl"))
+        if not rows.get(("trl", setting)):
+            continue
+        n = len(rows[("trl", setting)])
+        ours, trl = (side_summary(rows[(side, setting)][:n], a.steps) for side in ("ours", "trl"))
         ratios = [t["train_runtime"] / o["train_runtime"] for o, t in zip(rows[("ours", setting)], rows[("trl", setting)])]
         spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
         rss = ours["peak_rss_mb"] / trl["peak_rss_mb"]
-        for side, sm in (("ours", ours), ("trl", trl)):
-            print(
-                f"{side + ' ' + setting:<14} s/step {sm['s_per_step']:6.2f} (runs {', '.join(f'{x:.2f}' for x in sm['s_per_step_runs'])})"
-                f"  tokens/s {sm['tokens_per_s']:7.1f}  peak RSS {sm['peak_rss_mb']:7.0f} MB  wall {sm['wall_s']:.0f}s"
-            )
-        print(f"{'':<14} ours/trl tokens/s {statistics.fmean(ratios):.3f} +- {spread:.3f}; peak RSS ours/trl {rss:.2f}")
+        if final:
+            for side, sm in (("ours", ours), ("trl", trl)):
+                print(
+                    f"{side + ' ' + setting:<14} s/step {sm['s_per_step']:6.2f} (runs {', '.join(f'{x:.2f}' for x in sm['s_per_step_runs'])})"
+                    f"  tokens/s {sm['tokens_per_s']:7.1f}  peak RSS {sm['peak_rss_mb']:7.0f} MB  wall {sm['wall_s']:.0f}s"
+                )
+            print(f"{'':<14} ours/trl tokens/s {statistics.fmean(ratios):.3f} +- {spread:.3f}; peak RSS ours/trl {rss:.2f}")
         result["per_setting"][setting] = {
+            "reps": n,
             "ours": ours,
             "trl": trl,
             "tokens_per_s_ratio_ours_over_trl": statistics.fmean(ratios),
             "ratio_stdev": spread,
             "ratio_per_rep": ratios,
             "peak_rss_ratio_ours_over_trl": rss,
-            "runs": {side: rows[(side, setting)] for side in ("ours", "trl")},
+            "runs": {side: rows[(side, setting)][:n] for side in ("ours", "trl")},
         }
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
