@@ -6,7 +6,7 @@ Same chat-templated hh-rlhf prompts (token ids from the data layer, so identical
 max_new_tokens, greedy decoding, same EOS (<|im_end|>) and batch size. Throughput counts the new tokens
 each side actually produced (up to and including EOS), so a side that stops earlier is not credited
 with tokens it did not make; the share of completions identical to the workbench's is reported too.
-Variants alternate within each repetition, so a busy machine slows all of them.
+Variants alternate within each repetition, each going first in turn, so a busy machine slows all of them.
 
   python benchmarks/real_model_generation.py --model runs/smollm2-135m --prompts 32 --reps 2 \\
       --json benchmarks/results/real_model_generation.json
@@ -114,8 +114,10 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in variants}
     tokens: dict[str, list[int]] = {k: [] for k in variants}
     outputs: dict[str, list[list[int]]] = {}
+    names = list(variants)
     for rep in range(a.reps):
-        for name, fn in variants.items():
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:  # each variant goes first in turn
+            fn = variants[name]
             t0 = time.perf_counter()
             outputs[name] = fn()
             seconds = time.perf_counter() - t0
