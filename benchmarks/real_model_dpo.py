@@ -6,7 +6,7 @@ to give identical token ids), in the file's order (sequential sampler on both: o
 order and TRL's random order would put different pairs in the same steps), one epoch of batch x steps
 pairs that fit max_length whole (the two truncation rules differ by design), so both count the same
 tokens -- asserted per run. Same batch size, steps, learning rate, precision and LoRA config; every run
-is a fresh process, and runs alternate (ours, trl, ours, trl, ... per setting) so a busy machine slows
+is a fresh process, and runs alternate (ours then trl, then trl then ours, ... per setting) so a busy machine slows
 both. Reported per setting: s/step and tokens/s from TRL's own counters (train_runtime, num_tokens),
 peak RSS of the process, and the ours/trl ratios with their spread over repetitions.
 
@@ -37,10 +37,11 @@ SETTINGS = {  # name: (lora, gradient_checkpointing)
     "lora": (True, False),
     "lora+gc": (True, True),
 }
-# Runs a command and prints its peak RSS (this wrapper's only child), the same measure on both sides.
+# Runs a command and prints its peak RSS and CPU seconds (user + sys of this wrapper's only child), the same on both sides.
 RSS_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); print('PEAK_RSS_KB', u.ru_maxrss, file=sys.stderr); "
+    "print('CPU_S', u.ru_utime + u.ru_stime, file=sys.stderr); sys.exit(r.returncode)"
 )
 
 
@@ -93,15 +94,18 @@ def write_pairs(out: Path, model: Path, n: int, max_length: int) -> tuple[Path, 
     raise SystemExit(f"only {len(counts)} hh-rlhf pairs fit max_length {max_length} whole; lower --steps or raise it")
 
 
-def measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(result, wall seconds, peak RSS in MB) of one fresh process."""
+def measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """(result, wall seconds, peak RSS in MB, whole-process CPU seconds) of one fresh process.
+
+    CPU seconds are the steadier figure on a shared machine (runs use one thread: OMP_NUM_THREADS=1)."""
     t0 = time.time()
     res = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], capture_output=True, text=True, cwd=REPO)
     wall = time.time() - t0
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{res.stderr[-3000:]}")
     kb = next(int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
-    return res, wall, kb / 1024
+    cpu = next(float(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("CPU_S"))
+    return res, wall, kb / 1024, cpu
 
 
 def run_ours(model: Path, data: Path, out: Path, a: argparse.Namespace, lora: bool, gc: bool) -> dict:
@@ -130,19 +134,25 @@ def run_ours(model: Path, data: Path, out: Path, a: argparse.Namespace, lora: bo
     }
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(recipe))
-    _, wall, rss = measured([sys.executable, "-m", "workbench", "train", str(path)])
+    _, wall, rss, cpu = measured([sys.executable, "-m", "workbench", "train", str(path)])
     final: dict = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         final.update(json.loads(line))
-    return {"train_runtime": final["train/summary/runtime"], "num_tokens": final["train/num_tokens"], "wall": wall, "rss_mb": rss}
+    return {
+        "train_runtime": final["train/summary/runtime"],
+        "num_tokens": final["train/num_tokens"],
+        "wall": wall,
+        "rss_mb": rss,
+        "cpu_s": cpu,
+    }
 
 
 def run_trl(model: Path, data: Path, out: Path, a: argparse.Namespace, lora: bool, gc: bool) -> dict:
     cmd = [sys.executable, str(REPO / "benchmarks" / "trl_dpo_baseline.py"), "--model", str(model), "--data", str(data)]
     cmd += ["--out", str(out), "--batch", str(a.batch), "--max-length", str(a.max_length), "--steps", str(a.steps)]
     cmd += ["--sampler", "sequential"] + (["--lora"] if lora else []) + (["--gradient-checkpointing"] if gc else [])
-    res, wall, rss = measured(cmd)
-    return {**json.loads(res.stdout.strip().splitlines()[-1]), "wall": wall, "rss_mb": rss}
+    res, wall, rss, cpu = measured(cmd)
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), "wall": wall, "rss_mb": rss, "cpu_s": cpu}
 
 
 def side_summary(rows: list[dict], steps: int) -> dict[str, Any]:
@@ -155,6 +165,7 @@ def side_summary(rows: list[dict], steps: int) -> dict[str, Any]:
         "num_tokens": sorted({r["num_tokens"] for r in rows}),
         "peak_rss_mb": max(r["rss_mb"] for r in rows),
         "wall_s": statistics.fmean(r["wall"] for r in rows),
+        "process_cpu_s": statistics.fmean(r["cpu_s"] for r in rows),
     }
 
 
@@ -177,7 +188,8 @@ def main() -> None:
         for rep in range(a.reps):
             for setting in a.settings:
                 lora, gc = SETTINGS[setting]
-                for side, fn in (("ours", run_ours), ("trl", run_trl)):
+                sides = (("ours", run_ours), ("trl", run_trl))
+                for side, fn in sides if rep % 2 == 0 else sides[::-1]:  # each side goes first in turn
                     r = fn(Path(a.model), data, tmp / f"{side}-{setting}-{rep}", a, lora, gc)
                     if r["num_tokens"] != expected:
                         raise SystemExit(f"{side} {setting} counted {r['num_tokens']} tokens, expected {expected}")
@@ -204,6 +216,8 @@ def report(a: argparse.Namespace, expected: int, rows: dict[tuple[str, str], lis
         ours, trl = (side_summary(rows[(side, setting)][:n], a.steps) for side in ("ours", "trl"))
         ratios = [t["train_runtime"] / o["train_runtime"] for o, t in zip(rows[("ours", setting)], rows[("trl", setting)])]
         spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+        cpu_ratios = [t["cpu_s"] / o["cpu_s"] for o, t in zip(rows[("ours", setting)], rows[("trl", setting)])]
+        cpu_spread = statistics.stdev(cpu_ratios) if len(cpu_ratios) > 1 else 0.0
         rss = ours["peak_rss_mb"] / trl["peak_rss_mb"]
         if final:
             for side, sm in (("ours", ours), ("trl", trl)):
@@ -211,7 +225,11 @@ def report(a: argparse.Namespace, expected: int, rows: dict[tuple[str, str], lis
                     f"{side + ' ' + setting:<14} s/step {sm['s_per_step']:6.2f} (runs {', '.join(f'{x:.2f}' for x in sm['s_per_step_runs'])})"
                     f"  tokens/s {sm['tokens_per_s']:7.1f}  peak RSS {sm['peak_rss_mb']:7.0f} MB  wall {sm['wall_s']:.0f}s"
                 )
-            print(f"{'':<14} ours/trl tokens/s {statistics.fmean(ratios):.3f} +- {spread:.3f}; peak RSS ours/trl {rss:.2f}")
+            print(
+                f"{'':<14} ours/trl tokens/s {statistics.fmean(ratios):.3f} +- {spread:.3f}; tokens per process CPU-s "
+                f"{statistics.fmean(cpu_ratios):.3f} +- {cpu_spread:.3f} (CPU s ours {ours['process_cpu_s']:.0f}, trl "
+                f"{trl['process_cpu_s']:.0f}); peak RSS ours/trl {rss:.2f}"
+            )
         result["per_setting"][setting] = {
             "reps": n,
             "ours": ours,
@@ -219,6 +237,8 @@ def report(a: argparse.Namespace, expected: int, rows: dict[tuple[str, str], lis
             "tokens_per_s_ratio_ours_over_trl": statistics.fmean(ratios),
             "ratio_stdev": spread,
             "ratio_per_rep": ratios,
+            "process_cpu_ratio_trl_over_ours": statistics.fmean(cpu_ratios),
+            "process_cpu_ratio_stdev": cpu_spread,
             "peak_rss_ratio_ours_over_trl": rss,
             "runs": {side: rows[(side, setting)][:n] for side in ("ours", "trl")},
         }
