@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="random", help="TrainingArguments.train_sampling_strategy")
     p.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers (peft)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
@@ -42,6 +43,7 @@ def main() -> None:
         save_strategy="no",
         report_to=[],
         seed=a.seed,
+        train_sampling_strategy=a.sampler,
         disable_tqdm=True,
     )
     peft_config = None
