@@ -176,3 +176,18 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model):
     merged = AutoModelForCausalLM.from_pretrained(run / "model" / "merged")
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-5)
+    # The shared evaluation takes the adapter directory as the policy (its tokenizer, the adapter on its base).
+    run_ok(
+        [
+            "eval",
+            str(run),
+            "--set",
+            "eval.num_prompts=4",
+            "--set",
+            "eval.num_pairs=4",
+            "--set",
+            "eval.generation.max_new_tokens=4",
+        ]
+    )
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert metrics["kl_to_reference"] > 0 and 0.0 <= metrics["preference_accuracy"] <= 1.0

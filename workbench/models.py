@@ -26,7 +26,9 @@ def model_location_problem(name_or_path: str) -> str | None:
     """Why `name_or_path` cannot be a model, checked without loading weights; None if it looks fine."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return None if (path / "config.json").is_file() else f"model directory '{name_or_path}' has no config.json"
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():  # a model, or a LoRA adapter on its base
+            return None
+        return f"model directory '{name_or_path}' has no config.json (nor adapter_config.json)"
     if path.exists():
         return f"model path '{name_or_path}' is a file; give the directory holding config.json"
     first = name_or_path.split("/", 1)[0]
