@@ -82,23 +82,27 @@ def test_reward_model_learns_the_rule_and_beats_length(reward_run):
 
 @pytest.mark.slow
 def test_reward_export_keeps_head_pad_and_training_stats(reward_run):
-    from datasets import load_from_disk
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from workbench.data.formatting import TokenizationSettings, tokenize_pair
-    from workbench.methods.reward import pair_scores
 
     model = AutoModelForSequenceClassification.from_pretrained(reward_run / "model")
     tok = AutoTokenizer.from_pretrained(reward_run / "model")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std > 0
-    rows = list(load_from_disk(str(reward_run / "data" / "eval")))
-    pairs = [tokenize_pair(tok, r, TokenizationSettings(48, 24)) for r in rows]
+    assert_scores_as_logged(model, tok, reward_run)
+
+
+def assert_scores_as_logged(model, tok, run):
+    """The reloaded model scores the run's held-out split exactly as the trained one did (its logged means)."""
+    from datasets import load_from_disk
+
+    from workbench.data.formatting import TokenizationSettings, tokenize_pair
+    from workbench.methods.reward import pair_scores
+
+    pairs = [tokenize_pair(tok, r, TokenizationSettings(48, 24)) for r in load_from_disk(str(run / "data" / "eval"))]
     chosen, rejected = pair_scores(model, pairs, tok.pad_token_id, 64)
     logged = {}
-    for line in read_metrics(reward_run):
+    for line in read_metrics(run):
         logged.update(line)
-    # the reloaded model scores the held-out split exactly as the trained one did
     assert mean_std(chosen)[0] == pytest.approx(logged["eval/chosen_reward_mean"], abs=1e-4)
     assert mean_std(rejected)[0] == pytest.approx(logged["eval/rejected_reward_mean"], abs=1e-4)
 
@@ -108,12 +112,9 @@ def test_lora_reward_model_exports_a_plain_scorer_with_its_stats(tmp_path, tiny_
     """A LoRA reward model (a fresh one-label head on the backbone) is exported merged: model/ loads as a plain
     sequence-classification model with one label, its reward mean/std and pad id, and scores the held-out pairs
     exactly as the trained adapter did; the adapter itself is kept in model/adapter/."""
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
 
     from workbench.config import ModelConfig
-    from workbench.data.formatting import TokenizationSettings, tokenize_pair
-    from workbench.methods.reward import pair_scores
     from workbench.models import load_reward_model
 
     path = reward_recipe(tmp_path, tiny_model, "lora", num_train_epochs=1, per_device_eval_batch_size=66)
@@ -130,13 +131,7 @@ def test_lora_reward_model_exports_a_plain_scorer_with_its_stats(tmp_path, tiny_
     model = load_reward_model(ModelConfig(name_or_path=str(run / "model")), tok, frozen=True)
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     assert isinstance(model.config.reward_mean, float) and model.config.reward_std > 0
-    pairs = [tokenize_pair(tok, r, TokenizationSettings(48, 24)) for r in load_from_disk(str(run / "data" / "eval"))]
-    chosen, rejected = pair_scores(model, pairs, tok.pad_token_id, 64)
-    logged = {}
-    for line in read_metrics(run):
-        logged.update(line)
-    assert mean_std(chosen)[0] == pytest.approx(logged["eval/chosen_reward_mean"], abs=1e-4)
-    assert mean_std(rejected)[0] == pytest.approx(logged["eval/rejected_reward_mean"], abs=1e-4)
+    assert_scores_as_logged(model, tok, run)
 
 
 @pytest.mark.slow
