@@ -348,3 +348,84 @@ def test_error_line_of_a_stage_names_its_error_or_says_it_wrote_nothing(tmp_path
     log.write_text("loading\nerror: recipe.yaml: 1 problem\n  - unknown key\nbye\n")
     assert error_line(log) == "error: recipe.yaml: 1 problem"
     assert error_line(tmp_path / "missing.log") == "no output (the stage process ended before writing its log)"
+
+
+def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tmp_path, tiny_model, capsys):
+    """`eval.baseline` a model directory, not a stage (the SmolLM2 recipe's instruct model): the report named the
+    baseline `None` and left the paired-difference column '-'. Now the model is evaluated as itself into
+    seed-N/baseline (win rate 0.5, KL 0 to itself), each policy's difference is paired with its responses, the
+    report names it, and a second evaluation finds it cached."""
+    from test_evaluate import VOWEL, hand_run
+
+    from workbench.compare import Comparison, Outcome, Stage, StageRun, evaluate_seed
+    from workbench.config import EvalConfig, GenerationConfig, RewardModelConfig
+    from workbench.report import aggregate, write_outputs
+    from workbench.tiny import build_tiny_model
+
+    cfg = EvalConfig(
+        baseline=str(tiny_model),
+        reference=str(tiny_model),
+        num_prompts=6,
+        samples_per_prompt=2,
+        num_pairs=10,
+        generation=GenerationConfig(max_new_tokens=6),
+        gold_reward=RewardModelConfig(function=VOWEL),
+    )
+    stages = {n: Stage(n, {}) for n in ("p1", "p2")}
+    comparison = Comparison("m", tmp_path / "cmp", [0], {"model": {"name_or_path": str(tiny_model)}}, stages, cfg)
+    assert comparison.baseline_name == "baseline" and comparison.external_baseline
+
+    def policy_runs() -> dict:
+        runs = {}
+        for seed, name in enumerate(stages, 1):
+            run = tmp_path / name / "run"
+            if not run.exists():
+                hand_run(tmp_path / name, build_tiny_model(tmp_path / f"m{seed}", seed=seed))
+            recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+            runs[name] = StageRun(stages[name], 0, recipe, run, status="completed")
+        return runs
+
+    runs = policy_runs()
+    evaluate_seed(comparison, 0, runs)
+    assert (tmp_path / "cmp" / "seed-0" / "baseline" / "eval_samples.jsonl").is_file()
+    outcome = Outcome(comparison, {0: runs})
+    outcome.results = aggregate(comparison, outcome.runs)
+    write_outputs(comparison, outcome)
+    res = {r["name"]: r for r in outcome.results}
+    assert list(res) == ["p1", "p2", "baseline"]
+    b = res["baseline"]
+    assert (b["method"], b["win_rate_vs_baseline"], b["kl_to_reference"], b["preference_accuracy"]) == (
+        "base model",
+        0.5,
+        0.0,
+        0.5,
+    )
+    assert b["vs_baseline"] == {}
+    for name in ("p1", "p2"):  # paired on the same (prompt, sample): the mean difference is the difference of the means
+        d = res[name]["vs_baseline"]["gold_reward_mean"]
+        assert d["difference"] == pytest.approx(res[name]["gold_reward_mean"] - b["gold_reward_mean"], abs=1e-9)
+        assert d["low"] < d["difference"] < d["high"]
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "None" not in report
+    assert "differences are paired with `baseline`'s response" in report
+    assert f"`baseline` is the model `{tiny_model}` (`eval.baseline`), evaluated as is." in report
+    assert "| Δ gold reward vs baseline [95% CI] |" in report and "| baseline ⚠ | base model | 6 × 2, 10 |" in report
+    cost = report.split("## Cost of training")[1].split("Every stage")[0]
+    assert "| p1 ⚠ | sft |" in cost and "baseline" not in cost  # the base model was not trained here
+    capsys.readouterr()
+    evaluate_seed(comparison, 0, policy_runs())
+    assert f"[seed 0] baseline ({tiny_model}): evaluation cached" in capsys.readouterr().out
+
+
+def test_a_baseline_named_twice_or_clashing_with_a_stage_is_a_recipe_error(tmp_path):
+    from workbench.compare import load_comparison
+    from workbench.errors import RecipeError
+
+    path = tmp_path / "c.yaml"
+    stages = {"baseline": {"method": "sft"}, "dpo": {"method": "dpo"}}
+    path.write_text(yaml.safe_dump({"stages": stages, "baseline_stage": "dpo", "eval": {"baseline": "m"}}))
+    with pytest.raises(RecipeError, match=r"`baseline_stage: dpo` and `eval.baseline: m` both name the win-rate baseline"):
+        load_comparison(path)
+    path.write_text(yaml.safe_dump({"stages": stages, "eval": {"baseline": "m"}}))
+    with pytest.raises(RecipeError, match=r"a stage is named `baseline`, the report's row of `eval.baseline`"):
+        load_comparison(path)

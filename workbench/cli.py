@@ -241,10 +241,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     outcome = compare(load_comparison(args.recipe, args.overrides))
     out = outcome.comparison.output_dir
     for r in outcome.results:
-        gold, win = r.get("gold_reward_mean"), r.get("win_rate_vs_baseline")
+        gold, reward, win = r.get("gold_reward_mean"), r.get("reward_mean"), r.get("win_rate_vs_baseline")
         print(
             f"  {r['name']:<12} {r['method']:<20} {r['status']:<8}"
-            + (f" gold {gold:.3f}" if gold is not None else "")
+            + (f" gold {gold:.3f}" if gold is not None else f" reward {reward:.3f}" if reward is not None else "")
             + (f" win rate {win:.3f}" if win is not None else "")
             + (f" KL {r['kl_to_reference']:.2f}" if r.get("kl_to_reference") is not None else "")
             + ("  ⚠ " + ", ".join(f["code"] for f in r["health"]) if r.get("health") else "")

@@ -65,6 +65,9 @@ log = logging.getLogger("workbench")
 # Keys of a stage that steer the comparison; every other key is a recipe section.
 STAGE_KEYS = ("recipe", "model_from", "reward_from", "accelerate_config", "evaluate")
 TOP_KEYS = ("name", "output_dir", "seeds", "base", "baseline_stage", "reward_stage", "eval", "stages")
+# The report's row of a baseline given as a model (`eval.baseline`) rather than a stage, and its method column.
+BASELINE_ROW = "baseline"
+BASELINE_METHOD = "base model"
 
 
 @dataclass
@@ -93,6 +96,16 @@ class Comparison:
     baseline_stage: str | None = None
     reward_stage: str | None = None
     source: str = "comparison"
+
+    @property
+    def external_baseline(self) -> bool:
+        """The win-rate baseline is a model given as `eval.baseline`, evaluated as its own report row."""
+        return not self.baseline_stage and bool(self.eval.baseline)
+
+    @property
+    def baseline_name(self) -> str | None:
+        """The report's baseline row: the baseline stage, or `baseline` for `eval.baseline`; None without one."""
+        return BASELINE_ROW if self.external_baseline else self.baseline_stage
 
 
 @dataclass
@@ -173,6 +186,16 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
     for key in ("baseline_stage", "reward_stage"):
         if data.get(key) is not None and data[key] not in stages:
             problems.append(f"`{key}: {data[key]}` is not a stage; stages: {', '.join(stages)}")
+    if data.get("baseline_stage") is not None and eval_cfg.baseline:
+        problems.append(
+            f"`baseline_stage: {data['baseline_stage']}` and `eval.baseline: {eval_cfg.baseline}` both name the win-rate "
+            "baseline; keep one (a stage's policy, or a model directory / hub id)"
+        )
+    elif eval_cfg.baseline and BASELINE_ROW in stages:
+        problems.append(
+            f"a stage is named `{BASELINE_ROW}`, the report's row of `eval.baseline`; rename the stage, or make it the "
+            f"baseline with `baseline_stage: {BASELINE_ROW}` instead of `eval.baseline`"
+        )
     if problems:
         raise RecipeError(source, problems)
     comparison = Comparison(
@@ -489,6 +512,57 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
             print(f"[seed {seed}] {run.stage.name}: evaluation failed - {exc}", flush=True)
             continue
         print(f"[seed {seed}] eval {i}/{len(policies)} {run.stage.name}: evaluated in {duration(time.time() - t0)}", flush=True)
+    if comparison.external_baseline:
+        runs[BASELINE_ROW] = evaluate_baseline_model(comparison, seed, runs, cfg, inputs, tokenizer, first, scorer_sets, shared)
+
+
+def evaluate_baseline_model(
+    comparison: Comparison,
+    seed: int,
+    runs: dict[str, StageRun],
+    cfg: EvalConfig,
+    inputs: Any,
+    tokenizer: Any,
+    recipe: Any,
+    scorer_sets: dict[str, dict[str, Any]],
+    shared: Any,
+) -> StageRun:
+    """`eval.baseline`, a model rather than a stage, evaluated like a policy (its reward, KL, length, ...) into
+    seed-N/baseline/, so the report has its row and pairs every policy's responses with its own."""
+    from workbench import evaluate as ev
+
+    model = str(cfg.baseline)
+    out = comparison.output_dir / f"seed-{seed}" / BASELINE_ROW
+    recipe_dict = {"method": BASELINE_METHOD, "model": {"name_or_path": model}}
+    run = StageRun(Stage(BASELINE_ROW, {}), seed, recipe_dict, out, status="completed")
+    run.fingerprint = stable_hash([model, path_fingerprint(model)])[:16]
+    fp = eval_fingerprint(comparison, run, cfg, inputs.fingerprint, runs)
+    saved = read_json(out / "eval.json")
+    if saved.get("details", {}).get("eval_fingerprint") == fp:
+        run.evaluation = saved["metrics"]
+        print(f"[seed {seed}] {BASELINE_ROW} ({model}): evaluation cached", flush=True)
+        return run
+    t0 = time.time()
+    try:
+        run.evaluation = ev.evaluate_model(
+            model,
+            out,
+            name=BASELINE_ROW,
+            method=BASELINE_METHOD,
+            reference=cfg.reference or ev.policy_reference(recipe, cfg),
+            tokenizer=tokenizer,
+            inputs=inputs,
+            cfg=cfg,
+            scorers=shared_scorers(scorer_sets, cfg, cfg.reward_model or recipe.reward_model, inputs.max_length),
+            shared=shared,
+            fingerprint=fp,
+        )
+    except WorkbenchError as exc:
+        run.status, run.error = "failed", f"evaluation: {exc}"
+        print(f"[seed {seed}] {BASELINE_ROW}: evaluation failed - {exc}", flush=True)
+        return run
+    print(f"[seed {seed}] {BASELINE_ROW} ({model}): evaluated in {duration(time.time() - t0)}", flush=True)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------

@@ -401,8 +401,42 @@ def evaluate_run(
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(model_dir)))
     inputs = inputs or eval_inputs(recipe, tokenizer)
     scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
+    results = evaluate_model(
+        model_dir,
+        run_dir,
+        name=recipe.tracking.name or run_dir.name,
+        method=recipe.method,
+        reference=policy_reference(recipe, cfg),
+        tokenizer=tokenizer,
+        inputs=inputs,
+        cfg=cfg,
+        scorers=scorers,
+        shared=shared,
+        baseline=baseline,
+        fingerprint=fingerprint,
+    )
+    log_summary(run_dir, results)
+    return results
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    out_dir: Path,
+    *,
+    name: str,
+    method: str,
+    reference: str,
+    tokenizer: Any,
+    inputs: EvalInputs,
+    cfg: EvalConfig,
+    scorers: dict[str, Callable[..., list[float]]],
+    shared: Shared | None = None,
+    baseline: Samples | None = None,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one model (a run's policy, or a comparison's `eval.baseline` itself); write `out_dir`/eval.json and
+    eval_samples.jsonl. Costs come from `out_dir`/manifest.json when it is a run directory."""
     judge = judge_of(cfg, scorers)
-    reference = policy_reference(recipe, cfg)
     shared = shared if shared is not None else Shared()
     baseline_path = cfg.baseline or reference
     baseline = baseline or shared.baselines.get((baseline_path, id(scorers)))  # scored by these very scorers
@@ -426,18 +460,18 @@ def evaluate_run(
     if inputs.pairs:
         shared.reference_pairs.setdefault(reference, reference_lp)
     results = {
-        "name": recipe.tracking.name or run_dir.name,
-        "method": recipe.method,
+        "name": name,
+        "method": method,
         **quality_metrics(samples, policy_lp, reference_lp, baseline, judge),
         "num_prompts": len(inputs.prompts),
         "samples_per_prompt": cfg.samples_per_prompt,
         "num_pairs": len(inputs.pairs),
-        **cost_metrics(run_dir),
+        **cost_metrics(out_dir),
     }
     details = {
         "policy": str(model_dir),
         "reference": reference,
-        "baseline": cfg.baseline or reference,
+        "baseline": baseline_path,
         "win_rate_judge": judge,
         "scorers": sorted(scorers),
         "num_prompts": len(inputs.prompts),
@@ -448,9 +482,9 @@ def evaluate_run(
         "settings": dataclasses.asdict(cfg),
         "eval_fingerprint": fingerprint,
     }
-    write_json(run_dir / "eval.json", {"metrics": results, "details": details})
-    write_jsonl(run_dir / "eval_samples.jsonl", samples.to_rows(inputs.prompts))
-    log_summary(run_dir, results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "eval.json", {"metrics": results, "details": details})
+    write_jsonl(out_dir / "eval_samples.jsonl", samples.to_rows(inputs.prompts))
     return results
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench import health as H
 from workbench import stats as S
+from workbench.compare import BASELINE_METHOD, BASELINE_ROW
 from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 
@@ -76,10 +77,12 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
     `<metric>_stderr` clustered by prompt, paired differences vs the baseline, sample sizes, health flags, per-seed values."""
     results = []
     num_seeds = len(comparison.seeds)
-    for name, stage in comparison.stages.items():
+    for name in row_names(comparison):
         per_seed_runs = [runs[seed][name] for seed in comparison.seeds if name in runs[seed]]
+        if not per_seed_runs:
+            continue
         method = per_seed_runs[0].method
-        if method not in POLICY_METHODS or not stage.evaluate:
+        if method != BASELINE_METHOD and (method not in POLICY_METHODS or not per_seed_runs[0].stage.evaluate):
             continue
         per_seed = [{"seed": r.seed, "status": r.status, "error": r.error, **(r.evaluation or {})} for r in per_seed_runs]
         entry: dict[str, Any] = {"name": name, "method": method, "status": overall_status(per_seed_runs)}
@@ -102,6 +105,11 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
     add_uncertainty(comparison, runs, results)
     add_health(comparison, runs, results)
     return results
+
+
+def row_names(comparison: Comparison) -> list[str]:
+    """The stages in the order written, then the row of a baseline given as `eval.baseline` (a model, not a stage)."""
+    return [*comparison.stages, *([BASELINE_ROW] if comparison.external_baseline else [])]
 
 
 def overall_status(runs: list[StageRun]) -> str:
@@ -164,7 +172,7 @@ def _interval(est: S.Estimate) -> dict[str, float]:
 
 def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
     """`<metric>_stderr` from the samples, and `vs_baseline`: paired differences with 95% t intervals."""
-    baseline = comparison.baseline_stage
+    baseline = comparison.baseline_name
     base_rows = samples_of(comparison, runs, baseline) if baseline else []
     for r in results:
         if r["status"] != "ok":
@@ -222,7 +230,7 @@ def uses_reward_model(comparison: Comparison, run: StageRun) -> bool:
 def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
     """`health`: the flags of each policy (evaluation, training log, and the reward model it was trained on)."""
     by_name = {r["name"]: r for r in results}
-    base = by_name.get(comparison.baseline_stage or "")
+    base = by_name.get(comparison.baseline_name or "")
     rm = reward_model_summary(comparison, runs)
     rm_flag = H.weak_reward_model(rm["accuracy"], rm["num_pairs"], rm["length_baseline_accuracy"]) if rm else None
     for r in results:
@@ -353,7 +361,7 @@ def quality_table(results: list[dict[str, Any]], baseline: str | None, num_seeds
         "method",
         "prompts × samples, pairs",
         *[SHORT[k] for k in keys],
-        f"Δ {SHORT[judge]} vs {baseline} [95% CI]",
+        *([f"Δ {SHORT[judge]} vs {baseline} [95% CI]"] if baseline else []),
         "finished",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -365,11 +373,10 @@ def quality_table(results: list[dict[str, Any]], baseline: str | None, num_seeds
             if num_seeds > 1 and r.get(f"{k}_std") is not None:
                 cell += f" (sd {r[f'{k}_std']:.3f})"
             cells.append(f"**{cell}**" if r["name"] in best[k] else cell)
-        diff = "(baseline)" if r["name"] == baseline else fmt_interval((r.get("vs_baseline") or {}).get(judge))
+        if baseline:
+            cells.append("(baseline)" if r["name"] == baseline else fmt_interval((r.get("vs_baseline") or {}).get(judge)))
         lines.append(
-            f"| {policy_label(r)} | {r['method']} | {size} | "
-            + " | ".join(cells)
-            + f" | {diff} | {fmt(r.get('finished_share'))} |"
+            f"| {policy_label(r)} | {r['method']} | {size} | " + " | ".join(cells) + f" | {fmt(r.get('finished_share'))} |"
         )
     return lines
 
@@ -413,7 +420,7 @@ def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
 
 def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
     """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
-    baseline = comparison.baseline_stage
+    baseline = comparison.baseline_name
     judge = judge_metric(results)
     ok = [r for r in results if r["status"] == "ok"]
     lines = ["## Findings", ""]
@@ -424,8 +431,8 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
             f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
             + (f" for each of {seeds} seeds" if seeds > 1 else "")
             + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
-            "standard errors clustered by prompt (per-prompt means, then their spread); differences are paired with "
-            f"`{baseline}`'s response to the same prompt and sample index."
+            "standard errors clustered by prompt (per-prompt means, then their spread)"
+            + (f"; differences are paired with `{baseline}`'s response to the same prompt and sample index." if baseline else ".")
             + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
         )
         lines.append("")
@@ -508,11 +515,29 @@ def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]
     return lines
 
 
+def baseline_note(comparison: Comparison, baseline: str) -> str:
+    """What the baseline row is, and which model the KL and preference accuracy are measured against."""
+    from workbench.evaluate import same_model
+
+    cfg = comparison.eval
+    text = (
+        f"`{baseline}` is the model `{cfg.baseline}` (`eval.baseline`), evaluated as is. " if comparison.external_baseline else ""
+    )
+    text += f"Win rate is against `{baseline}`'s responses (ties half); `kl_to_reference` and `preference_accuracy` use "
+    if cfg.reference is None and not comparison.external_baseline or same_model(cfg.reference, cfg.baseline):
+        text += f"`{baseline}` as the reference, so `{baseline}` itself reads 0 and 0.5."
+    elif cfg.reference:
+        text += f"`{cfg.reference}` (`eval.reference`) as the reference."
+    else:
+        text += "each policy's starting model as the reference."
+    return text + f" `finished`: share of responses that end before the {cfg.generation.max_new_tokens}-token cap."
+
+
 def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, str], rm: dict[str, Any] | None = None) -> str:
     results = outcome.results
     seeds = ", ".join(str(s) for s in comparison.seeds)
     base_model = (comparison.base.get("model") or {}).get("name_or_path", "?")
-    baseline = comparison.baseline_stage
+    baseline = comparison.baseline_name
     lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm)]
     lines += [
         "## Quality",
@@ -524,12 +549,7 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
         "",
     ]
     if baseline:
-        lines += [
-            f"Win rate is against `{baseline}`'s responses (ties half); `kl_to_reference` and `preference_accuracy` use "
-            f"`{baseline}` as the reference, so `{baseline}` itself reads 0 and 0.5. `finished`: share of responses that "
-            f"end before the {comparison.eval.generation.max_new_tokens}-token cap.",
-            "",
-        ]
+        lines += [baseline_note(comparison, baseline), ""]
     lines += [*quality_table(results, baseline, len(comparison.seeds)), ""]
     vs_rows = [r for r in results if r.get("vs_baseline")]
     if vs_rows:
@@ -545,7 +565,7 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
         lines.append("")
     if rm is not None:
         lines += reward_model_section(rm, plots)
-    lines += ["## Cost of training", "", *cost_table(results), ""]
+    lines += ["## Cost of training", "", *cost_table([r for r in results if r["method"] != BASELINE_METHOD]), ""]
     lines += ["Every stage, including those that are not policies:", "", *stage_cost_rows(comparison, outcome), ""]
     if plots:
         lines += ["## Plots", ""]
@@ -578,14 +598,14 @@ def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | No
     plots: dict[str, str] = {}
     out = comparison.output_dir
     evaluated = [r for r in outcome.results if r["status"] == "ok"]
-    baseline = next((r for r in evaluated if r["name"] == comparison.baseline_stage), None)
+    baseline = next((r for r in evaluated if r["name"] == comparison.baseline_name), None)
     if evaluated:
         plots["Reward vs KL to the reference"] = frontier_plot(evaluated, baseline, out / "reward_vs_kl.png")
         if any(r.get("win_rate_vs_baseline") is not None for r in evaluated):
-            plots["Win rate vs the baseline"] = win_rate_plot(evaluated, comparison.baseline_stage, out / "win_rate.png")
+            plots["Win rate vs the baseline"] = win_rate_plot(evaluated, comparison.baseline_name, out / "win_rate.png")
         if any(r.get("vs_baseline") for r in evaluated):
             plots["Difference from the baseline"] = difference_plot(
-                evaluated, comparison.baseline_stage, out / "difference_vs_baseline.png"
+                evaluated, comparison.baseline_name, out / "difference_vs_baseline.png"
             )
         plots["Response lengths"] = length_plot(comparison, outcome, out / "response_lengths.png")
     curves = best_of_n_curves(comparison, outcome)
