@@ -190,6 +190,51 @@ def test_truncation_report_counts_pairs_that_lost_their_difference(tokenizer):
     assert all(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= 24 for p in pairs)
 
 
+DIALOGUE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "first question " * 6},
+    {"role": "assistant", "content": "first answer " * 6},
+    {"role": "user", "content": "second question"},
+    {"role": "assistant", "content": "second answer"},
+    {"role": "user", "content": "third question"},
+]
+
+
+def test_a_long_chat_prompt_loses_its_oldest_turns_whole(tokenizer):
+    """A chat prompt over max_prompt_length drops whole turns from the start (the system message stays, what is
+    left starts with a user turn); before, its last tokens were kept, starting mid-message without a role token."""
+    from workbench.data.formatting import prompt_ids, tokenize_prompt, tokenize_sft
+
+    full = prompt_ids(tokenizer, DIALOGUE)
+    kept = [DIALOGUE[0], *DIALOGUE[3:]]  # system + the second exchange + the third question
+    kept_ids = prompt_ids(tokenizer, kept)
+    budget = len(kept_ids) + 2  # room for that, not for the first exchange
+    assert len(prompt_ids(tokenizer, [DIALOGUE[0], *DIALOGUE[1:]])) > budget
+    row = {"prompt": DIALOGUE, "chosen": "yes", "rejected": "no"}
+    pair = tokenize_pair(tokenizer, row, TokenizationSettings(max_length=budget + 8, max_prompt_length=budget))
+    assert pair.prompt_ids == kept_ids and pair.prompt_truncated and not pair.response_truncated
+    assert tokenizer.decode(pair.prompt_ids).startswith("<|system|>\nBe brief.<|end|>\n<|user|>\nsecond question")
+    assert pair.lengths[0] == len(full)  # the report counts tokens before truncation
+    assert pair.chosen_ids == tokenize_pair(tokenizer, {**row, "prompt": kept}, TokenizationSettings(999, 999)).chosen_ids
+    sft = tokenize_sft(tokenizer, {"prompt": DIALOGUE, "completion": "yes"}, TokenizationSettings(budget + 8, budget))
+    assert sft.prompt_ids == kept_ids and sft.prompt_truncated
+    gen = tokenize_prompt(tokenizer, DIALOGUE, budget)
+    assert gen.prompt_ids == kept_ids and gen.prompt_truncated and gen.lengths == (len(full),)
+    # the whole prompt fits the sequence: nothing is cut
+    assert tokenize_pair(tokenizer, row, TokenizationSettings(len(full) + 8, budget)).prompt_ids == full
+
+
+def test_a_last_turn_too_long_on_its_own_is_cut_to_its_last_tokens(tokenizer):
+    from workbench.data.formatting import prompt_ids, tokenize_prompt
+
+    long_last = [*DIALOGUE[:-1], {"role": "user", "content": "third question " * 20}]
+    full = prompt_ids(tokenizer, long_last)
+    gen = tokenize_prompt(tokenizer, long_last, 12)
+    assert gen.prompt_ids == full[-12:] and gen.prompt_truncated  # no leading special token in this template
+    text = tokenize_prompt(tokenizer, "word " * 40, 12)  # a text prompt: its last tokens
+    assert text.prompt_ids == prompt_ids(tokenizer, "word " * 40)[-12:]
+
+
 def test_conversational_tokenization_masks_only_the_response(tokenizer):
     row = {
         "prompt": [{"role": "user", "content": "Hi"}],

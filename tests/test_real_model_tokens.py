@@ -43,3 +43,38 @@ def test_whole_chat_pairs_tokenize_as_trl_does():
         system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"  # the template's default system turn
         assert ours_tok.decode(ours.prompt_ids).startswith(system)
         assert ours.chosen_ids[-2] == ours.rejected_ids[-2] == ours_tok.eos_token_id  # <|im_end|>, then "\n"
+
+
+def test_a_long_hh_dialogue_is_cut_at_a_turn_of_the_chat_template():
+    """SmolLM2's ChatML: a prompt over max_prompt_length keeps the template's system turn and whole later turns;
+    before, it kept `<|im_start|>` followed by the middle of a message."""
+    need_shared()
+    from workbench.cache import cache_root
+
+    model_dir = cache_root() / "models" / "smollm2-135m"
+    if not (model_dir / "tokenizer.json").is_file():
+        pytest.skip(f"no converted SmolLM2 at {model_dir} (workbench fetch-model smollm2-135m {model_dir})")
+    from workbench.config import DataConfig, ModelConfig, SourceConfig
+    from workbench.data.formatting import TokenizationSettings, prompt_ids, tokenize_pair
+    from workbench.data.pipeline import prepare
+    from workbench.models import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))
+    rows = prepare(
+        DataConfig(sources=[SourceConfig(path=str(HH_TEST), format="hh-rlhf")], on_invalid="drop", eval_split=0.0), 0
+    ).train
+    settings = TokenizationSettings(max_length=160, max_prompt_length=112)  # recipes/compare_smollm2_hh.yaml
+    pairs = [(r, tokenize_pair(tok, r, settings)) for r in rows if len(prompt_ids(tok, r["prompt"])) > 112]
+    long = [(r, p) for r, p in pairs if p.lengths[0] + max(p.lengths[1:]) > 160][:20]  # the prompt must be cut
+    assert len(long) == 20
+    whole_turns = 0
+    for row, pair in long:
+        text = tok.decode(pair.prompt_ids)
+        assert pair.prompt_truncated and len(pair.prompt_ids) <= 112
+        assert text.endswith("<|im_start|>assistant\n"), row["pair_id"]
+        if text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"):
+            whole_turns += 1
+            assert "<|im_end|>\n<|im_start|>user\n" in text  # the system turn, then a whole user turn
+        else:  # the last user turn alone is too long: its last tokens
+            assert pair.prompt_ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert whole_turns >= 10

@@ -4,6 +4,9 @@ Every method gets its token ids from here, so a pair is tokenized and truncated 
 whether it feeds DPO, a reward model or evaluation. Truncation keeps the END of long prompts
 (the latest turns matter most) and the START of long responses, and is counted per split,
 including the pairs whose truncation removed every token where chosen and rejected differ.
+A long chat prompt loses its oldest turns whole (a system message stays), so what is left is
+still a well-formed dialogue in the template; only a last user turn too long on its own is cut
+mid-message (keeping a leading special token such as BOS).
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ def truncate_pair(
     """
     longest = max(len(chosen), len(rejected))
     prompt_cut = response_cut = False
-    if len(prompt) + longest > settings.max_length and len(prompt) > settings.max_prompt_length:
+    if _cuts_prompt(len(prompt), longest, settings):
         head = prompt[:1] if keep_first else []
         prompt = head + prompt[len(prompt) - (settings.max_prompt_length - len(head)) :]
         prompt_cut = True
@@ -155,39 +158,86 @@ def truncate_pair(
     return prompt, chosen, rejected, prompt_cut, response_cut
 
 
-def tokenize_pair(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedPair:
-    """A preference row -> truncated token ids plus what truncation did to it."""
-    p = prompt_ids(tokenizer, row["prompt"])
-    shared_c, c = completion_ids(tokenizer, row["prompt"], p, row["chosen"])
-    shared_r, r = completion_ids(tokenizer, row["prompt"], p, row["rejected"])
-    if shared_c != shared_r:  # both responses must follow the same prompt tokens
+def drop_oldest_turns(tokenizer: Any, prompt: Content, budget: int) -> list[Message] | None:
+    """A chat prompt without its oldest turns, keeping as many as fit in `budget` tokens (a leading system
+    message stays; what is left starts with a user turn). None for a text prompt, or when even the last
+    user turn is too long (the caller then cuts tokens)."""
+    if not isinstance(prompt, list):
+        return None
+    system = list(prompt[:1]) if prompt and prompt[0].get("role") == "system" else []
+    turns = prompt[len(system) :]
+    for k in range(1, len(turns)):
+        if turns[k].get("role") == "user":
+            shorter = [*system, *turns[k:]]
+            if len(prompt_ids(tokenizer, shorter)) <= budget:
+                return shorter
+    return None
+
+
+def _pair_ids(tokenizer: Any, prompt: Content, chosen: Content, rejected: Content) -> tuple[list[int], list[int], list[int]]:
+    """Prompt, chosen and rejected ids; both responses follow the same prompt tokens."""
+    p = prompt_ids(tokenizer, prompt)
+    shared_c, c = completion_ids(tokenizer, prompt, p, chosen)
+    shared_r, r = completion_ids(tokenizer, prompt, p, rejected)
+    if shared_c != shared_r:
         c = p[shared_r:shared_c] + c if shared_c > shared_r else c
         r = p[shared_c:shared_r] + r if shared_r > shared_c else r
-    p = p[: min(shared_c, shared_r)]
+    return p[: min(shared_c, shared_r)], c, r
+
+
+def _cuts_prompt(prompt_len: int, longest: int, settings: TokenizationSettings) -> bool:
+    """Whether truncation cuts the prompt: the whole does not fit and the prompt is over its share."""
+    return prompt_len + longest > settings.max_length and prompt_len > settings.max_prompt_length
+
+
+def _keeps_first(tokenizer: Any, ids: list[int]) -> bool:
+    return bool(ids) and ids[0] in set(tokenizer.all_special_ids)
+
+
+def tokenize_pair(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedPair:
+    """A preference row -> truncated token ids plus what truncation did to it."""
+    p, c, r = _pair_ids(tokenizer, row["prompt"], row["chosen"], row["rejected"])
     lengths = (len(p), len(c), len(r))
     differed = c != r
-    keep_first = bool(p) and p[0] in set(tokenizer.all_special_ids)
-    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, settings, keep_first)
-    return TokenizedPair(p, c, r, prompt_cut, response_cut, differed and c == r, lengths)
+    dropped = False
+    if _cuts_prompt(len(p), max(len(c), len(r)), settings):
+        shorter = drop_oldest_turns(tokenizer, row["prompt"], settings.max_prompt_length)
+        if shorter is not None:
+            p, c, r = _pair_ids(tokenizer, shorter, row["chosen"], row["rejected"])
+            dropped = True
+    p, c, r, prompt_cut, response_cut = truncate_pair(p, c, r, settings, _keeps_first(tokenizer, p))
+    return TokenizedPair(p, c, r, prompt_cut or dropped, response_cut, differed and c == r, lengths)
+
+
+def _sft_ids(tokenizer: Any, prompt: Content, completion: Content) -> tuple[list[int], list[int]]:
+    p = prompt_ids(tokenizer, prompt)
+    shared, c = completion_ids(tokenizer, prompt, p, completion)
+    return p[:shared], c
 
 
 def tokenize_sft(tokenizer: Any, row: dict[str, Any], settings: TokenizationSettings) -> TokenizedSFT:
     """A (prompt, completion) row -> truncated token ids, the same rules as for pairs."""
-    p = prompt_ids(tokenizer, row["prompt"])
-    shared, c = completion_ids(tokenizer, row["prompt"], p, row["completion"])
-    p = p[:shared]
+    p, c = _sft_ids(tokenizer, row["prompt"], row["completion"])
     lengths = (len(p), len(c))
-    keep_first = bool(p) and p[0] in set(tokenizer.all_special_ids)
-    p, c, _, prompt_cut, response_cut = truncate_pair(p, c, [], settings, keep_first)
-    return TokenizedSFT(p, c, prompt_cut, response_cut, lengths)
+    dropped = False
+    if _cuts_prompt(len(p), len(c), settings):
+        shorter = drop_oldest_turns(tokenizer, row["prompt"], settings.max_prompt_length)
+        if shorter is not None:
+            (p, c), dropped = _sft_ids(tokenizer, shorter, row["completion"]), True
+    p, c, _, prompt_cut, response_cut = truncate_pair(p, c, [], settings, _keeps_first(tokenizer, p))
+    return TokenizedSFT(p, c, prompt_cut or dropped, response_cut, lengths)
 
 
 def tokenize_prompt(tokenizer: Any, prompt: Content, max_prompt_length: int) -> TokenizedPrompt:
-    """Prompt ids for generation, cut to the last `max_prompt_length` tokens (keeping a leading BOS)."""
+    """Prompt ids for generation within `max_prompt_length`: the oldest turns dropped whole, else the last
+    tokens kept (with a leading special token such as BOS)."""
     p = prompt_ids(tokenizer, prompt)
     if len(p) <= max_prompt_length:
         return TokenizedPrompt(p, False, (len(p),))
-    head = p[:1] if p[0] in set(tokenizer.all_special_ids) else []
+    shorter = drop_oldest_turns(tokenizer, prompt, max_prompt_length)
+    if shorter is not None:
+        return TokenizedPrompt(prompt_ids(tokenizer, shorter), True, (len(p),))
+    head = p[:1] if _keeps_first(tokenizer, p) else []
     return TokenizedPrompt(head + p[len(p) - (max_prompt_length - len(head)) :], True, (len(p),))
 
 
