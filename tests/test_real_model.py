@@ -176,10 +176,13 @@ def test_fetched_model_is_plain_checked_and_licensed(smollm2, smol_tokenizer):
     assert "Paris" in text and reply.finished, text
 
 
+SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"  # the template's default
+
+
 @pytest.mark.slow
 def test_real_tokenizer_and_chat_template_through_the_data_layer(smol_tokenizer):
     """One BOS (the template's <|im_start|>, none added on top), responses ending at <|im_end|>, and
-    a long dialogue cut from its start keeping the leading <|im_start|> and the assistant header."""
+    a long dialogue cut by whole turns, keeping the template's system turn and the assistant header."""
     need_shared()
     from workbench.data.formatting import TokenizationSettings, tokenize_pair
     from workbench.data.sources import hh_to_preference
@@ -199,7 +202,9 @@ def test_real_tokenizer_and_chat_template_through_the_data_layer(smol_tokenizer)
     assert short.chosen_ids[-2:] == [im_end, tok.convert_tokens_to_ids("Ċ")]  # end of turn, then the template's newline
 
     cut = tokenize_pair(tok, long_row, TokenizationSettings(max_length=128, max_prompt_length=64))
-    assert cut.prompt_truncated and len(cut.prompt_ids) == 64
+    assert cut.prompt_truncated and len(cut.prompt_ids) <= 64 and cut.lengths[0] == 805  # 19 turns, 805 tokens
+    text = tok.decode(cut.prompt_ids)  # the oldest turns dropped whole: the system turn, the last user turn, the header
+    assert text == f"{SMOL_SYSTEM}<|im_start|>user\n{long_row['prompt'][-1]['content']}<|im_end|>\n<|im_start|>assistant\n"
     assert cut.prompt_ids[0] == im_start and cut.prompt_ids[-len(header) :] == header
     assert len(cut.prompt_ids) + max(len(cut.chosen_ids), len(cut.rejected_ids)) <= 128
 
