@@ -372,7 +372,8 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
         gold_reward=RewardModelConfig(function=VOWEL),
     )
     stages = {n: Stage(n, {}) for n in ("p1", "p2")}
-    comparison = Comparison("m", tmp_path / "cmp", [0], {"model": {"name_or_path": str(tiny_model)}}, stages, cfg)
+    base = {"model": {"name_or_path": str(tiny_model)}, "tracking": {"mode": "disabled"}}
+    comparison = Comparison("m", tmp_path / "cmp", [0], base, stages, cfg)
     assert comparison.baseline_name == "baseline" and comparison.external_baseline
 
     def policy_runs() -> dict:

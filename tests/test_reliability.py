@@ -604,3 +604,49 @@ def test_a_negative_keep_checkpoints_is_refused():
     assert err.value.problems == [
         "`keep_checkpoints` must be 0 or more (the newest N kept after the run completes; unset keeps all), got -1"
     ]
+
+
+# -- a W&B service inherited from a parent -----------------------------------------------------------
+
+# A parent process that used W&B and lives on (a comparison that logged an evaluation, a notebook, a test
+# runner): wandb puts its service's address in WANDB_SERVICE, which every child process inherits.
+WANDB_SERVICE_HOST = """
+import os, sys, time, wandb
+wandb.init(mode="offline", dir=sys.argv[1], project="host").finish()
+print(os.environ["WANDB_SERVICE"], flush=True)
+time.sleep(900)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_under_a_parents_wandb_service_resumes(tmp_path, tiny_model):
+    """kill -9 of a training run whose W&B service was inherited from a living parent: the service outlived the
+    run and kept its run id "in use", so `--resume` failed ('run ID ... is in use') for as long as the parent
+    lived. Each run now starts a W&B service of its own, which dies with it."""
+    (tmp_path / "host").mkdir()
+    host = subprocess.Popen([sys.executable, "-c", WANDB_SERVICE_HOST, str(tmp_path / "host")], stdout=subprocess.PIPE, text=True)
+    try:
+        token = host.stdout.readline().strip()
+        assert token, "the host process did not start a W&B service"
+        env = {**os.environ, "WANDB_SERVICE": token}
+        env.pop("WANDB_MODE", None)
+        path = write_recipe(tmp_path, tiny_model, name="shared", train__max_steps=6)
+        run = tmp_path / "shared"
+        proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(path)], cwd=REPO, env=env)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run / "checkpoints" / "checkpoint-2" / ".complete").exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert manifest(run)["status"] == "running"
+        first_id = manifest(run)["wandb"]["id"]
+        res = run_workbench(["train", str(path), "--resume"], env={"WANDB_SERVICE": token})
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "is in use" not in res.stderr
+        record = manifest(run)
+        assert record["status"] == "completed" and record["resumed_from_step"] >= 2
+        assert record["wandb"]["id"] == first_id  # the same W&B run, continued
+    finally:
+        host.kill()
+        host.wait()

@@ -124,6 +124,19 @@ def wandb_place(project: str, run_dir: Path) -> dict[str, str]:
     }
 
 
+def own_wandb_service() -> None:
+    """Make this process start a W&B service of its own rather than join one inherited through WANDB_SERVICE.
+
+    A parent that used wandb and lives on (a comparison that logged an evaluation, a notebook, a test runner)
+    hands its service to every child process. That service outlives a run killed with kill -9 and keeps its
+    run id "in use", so `--resume` fails for as long as the parent lives. A service of the run's own dies with it.
+    """
+    setup = sys.modules.get("wandb.sdk.wandb_setup")
+    current = getattr(setup, "_singleton", None) if setup is not None else None
+    if current is None or getattr(current, "_pid", None) != os.getpid():  # nothing of this process's own yet
+        os.environ.pop("WANDB_SERVICE", None)
+
+
 class Tracker:
     """Writes the run directory's records and mirrors metrics to W&B; a no-op off the main process."""
 
@@ -196,6 +209,7 @@ class Tracker:
         import wandb
 
         Path(place["dir"]).mkdir(parents=True, exist_ok=True)
+        own_wandb_service()
         self.wandb_run = wandb.init(
             project=place["project"],
             entity=cfg.entity,
