@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -251,7 +253,6 @@ def test_shared_evaluation_equals_separate_evaluations(tmp_path, tiny_model):
     """A comparison evaluates its policies with one Shared (baseline samples, the reference's pair log-probs): every
     metric equals a separate evaluation of the same policy, and the baseline policy reads exactly 0.5 / 0.0."""
     import dataclasses
-    import shutil
 
     from test_evaluate import VOWEL, hand_run
 
@@ -362,9 +363,11 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
     from workbench.report import aggregate, write_outputs
     from workbench.tiny import build_tiny_model
 
+    instruct = tmp_path / "instruct"
+    shutil.copytree(tiny_model, instruct)
     cfg = EvalConfig(
-        baseline=str(tiny_model),
-        reference=str(tiny_model),
+        baseline=str(instruct),
+        reference=str(instruct),
         num_prompts=6,
         samples_per_prompt=2,
         num_pairs=10,
@@ -372,7 +375,7 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
         gold_reward=RewardModelConfig(function=VOWEL),
     )
     stages = {n: Stage(n, {}) for n in ("p1", "p2")}
-    base = {"model": {"name_or_path": str(tiny_model)}, "tracking": {"mode": "disabled"}}
+    base = {"model": {"name_or_path": str(instruct)}, "tracking": {"mode": "disabled"}}
     comparison = Comparison("m", tmp_path / "cmp", [0], base, stages, cfg)
     assert comparison.baseline_name == "baseline" and comparison.external_baseline
 
@@ -409,13 +412,20 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "None" not in report
     assert "differences are paired with `baseline`'s response" in report
-    assert f"`baseline` is the model `{tiny_model}` (`eval.baseline`), evaluated as is." in report
+    assert f"`baseline` is the model `{instruct}` (`eval.baseline`), evaluated as is." in report
     assert "| Δ gold reward vs baseline [95% CI] |" in report and "| baseline ⚠ | base model | 6 × 2, 10 |" in report
     cost = report.split("## Cost of training")[1].split("Every stage")[0]
     assert "| p1 ⚠ | sft |" in cost and "baseline" not in cost  # the base model was not trained here
     capsys.readouterr()
     evaluate_seed(comparison, 0, policy_runs())
-    assert f"[seed 0] baseline ({tiny_model}): evaluation cached" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"[seed 0] baseline ({instruct}): evaluation cached" in out and "p1: evaluation cached" in out
+    # the baseline model replaced in place (same path): every win rate and KL was judged against the old one
+    weights = instruct / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    evaluate_seed(comparison, 0, policy_runs())
+    out = capsys.readouterr().out
+    assert "eval 1/2 p1: evaluated" in out and f"[seed 0] baseline ({instruct}): evaluated" in out
 
 
 def test_a_baseline_named_twice_or_clashing_with_a_stage_is_a_recipe_error(tmp_path):

@@ -425,8 +425,12 @@ def eval_config(comparison: Comparison, runs: dict[str, StageRun]) -> EvalConfig
 
 
 def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inputs_fp: str, runs: dict[str, StageRun]) -> str:
-    """The policy, the evaluation settings and inputs, and the baseline and reward model it is judged with."""
-    related = {n: runs[n].fingerprint for n in (comparison.baseline_stage, comparison.reward_stage) if n in runs}
+    """The policy, the evaluation settings and inputs, and the baseline, reference and reward model it is judged
+    with: stages by their fingerprints, model directories by their files (a model replaced in place re-evaluates)."""
+    related: dict[str, Any] = {n: runs[n].fingerprint for n in (comparison.baseline_stage, comparison.reward_stage) if n in runs}
+    for key in ("baseline", "reference"):
+        if getattr(cfg, key):
+            related[f"eval.{key}"] = path_fingerprint(getattr(cfg, key))
     return stable_hash([run.fingerprint, dataclasses.asdict(cfg), inputs_fp, related])[:16]
 
 
