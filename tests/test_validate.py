@@ -256,3 +256,32 @@ def test_documented_choices_are_read_from_the_trl_field_help():
     choices = allowed_values(DPOConfig, "loss_type")
     assert choices[:3] == ["sigmoid", "hinge", "ipo"] and "sigmoid_norm" in choices and len(choices) == 15
     assert allowed_values(DPOConfig, "beta") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# tracking.mode online: a W&B key or server that cannot be used is a problem of validate (and of train, before it starts)
+
+
+def test_online_tracking_with_an_unusable_key_or_server_fails_validate_in_one_sentence(tmp_path, tiny_model, capsys, monkeypatch):
+    import socket
+    import time
+
+    path = recipe_file(tmp_path, tiny_model, tracking={"mode": "online"})
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
+    err = validate_err(path, capsys)
+    assert "1 problem:" in err
+    assert "`tracking.mode: online`: WANDB_API_KEY is not a W&B API key (API key must have 40+ characters, has 5.)" in err
+    assert "not-a-key" not in err
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    t0 = time.time()
+    err = validate_err(path, capsys)
+    assert time.time() - t0 < 30
+    assert f"`tracking.mode: online`: cannot reach the W&B server {url}" in err
+    assert main(["train", str(path)]) == 2  # train makes the same check before the W&B run and any weights
+    assert "cannot reach the W&B server" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

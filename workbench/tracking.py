@@ -8,6 +8,7 @@ reach the recipe copy, the manifest, the metrics or the W&B config.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -24,6 +25,7 @@ from workbench.errors import WorkbenchError
 from workbench.secrets import NOT_SECRET, REDACTED, SECRET_NAME, redact_argv
 
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY")
+log = logging.getLogger("workbench")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "wandb", "workbench")
 
 
@@ -90,6 +92,7 @@ def now() -> str:
 
 
 WANDB_MODES = ("online", "offline", "disabled", "shared")
+AUTO_INIT_TIMEOUT = 30.0  # seconds `auto` lets a reachable server take before it falls back to offline
 TRUE = ("1", "true", "yes", "on")
 
 
@@ -106,11 +109,97 @@ def wandb_mode_source(mode: str) -> tuple[str, str]:
         return env, "env WANDB_MODE"
     if mode != "auto":
         return mode, "recipe tracking.mode"
-    return ("online", "auto: WANDB_API_KEY set") if os.environ.get("WANDB_API_KEY") else ("offline", "auto: no WANDB_API_KEY")
+    if not os.environ.get("WANDB_API_KEY"):
+        return "offline", "auto: no WANDB_API_KEY"
+    problem = wandb_online_problem()
+    return ("offline", f"auto: {problem}") if problem else ("online", "auto: WANDB_API_KEY set")
 
 
 def wandb_mode(mode: str) -> str:
     return wandb_mode_source(mode)[0]
+
+
+def wandb_base_url() -> str:
+    """The W&B server a run talks to: WANDB_BASE_URL, else wandb's own settings (settings files, its default)."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    from wandb.sdk import wandb_setup
+
+    return str(wandb_setup.singleton().settings.base_url)
+
+
+def server_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to `url`'s host (or to the proxy the environment names for it) fails within
+    `timeout` seconds, or None. The lookup runs in a thread, since a name lookup takes no timeout of its own."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme) if host and not urllib.request.proxy_bypass(host) else None
+    if proxy:
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+    outcome: dict[str, str] = {}
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = ""
+        except OSError as exc:
+            outcome["error"] = exc.strerror or str(exc) or type(exc).__name__
+
+    thread = threading.Thread(target=connect, name="workbench-wandb-reach", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if "ok" in outcome:
+        return None
+    reason = outcome.get("error") or f"no answer within {timeout:g} s"
+    return reason + (f", through the proxy {host}:{port}" if proxy else "")
+
+
+def api_key_problem(key: str) -> str | None:
+    """wandb's own format check of an API key (a sentence), or None when the key looks usable."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+    except ImportError:  # another wandb: its init will say
+        return None
+    return check_api_key(key)
+
+
+_online_checks: dict[tuple[str, str], str | None] = {}
+
+
+def wandb_online_problem(timeout: float = 3.0) -> str | None:
+    """Why a W&B run cannot go online from here, as a clause naming no secret, or None: a malformed WANDB_API_KEY,
+    or a server that does not answer within `timeout` seconds. Checked before `wandb.init`, which otherwise waits
+    its own long timeout in silence and then raises; memoised per key and server for this process."""
+    key = os.environ.get("WANDB_API_KEY") or ""
+    url = wandb_base_url()
+    if (key, url) not in _online_checks:
+        bad_key = api_key_problem(key) if key else None
+        if bad_key:
+            problem: str | None = f"WANDB_API_KEY is not a W&B API key ({bad_key})"
+        else:
+            unreachable = server_problem(url, timeout)
+            problem = f"cannot reach the W&B server {url} ({unreachable})" if unreachable else None
+        _online_checks[(key, url)] = problem
+    return _online_checks[(key, url)]
+
+
+def wandb_problems(mode: str) -> list[str]:
+    """`validate`'s (and `train`'s) check of online tracking: one sentence when W&B cannot be used online
+    (`auto` needs none: it falls back to offline and says so)."""
+    resolved, source = wandb_mode_source(mode)
+    if resolved != "online":
+        return []
+    problem = wandb_online_problem()
+    if problem is None:
+        return []
+    where = "`tracking.mode: online`" if source == "recipe tracking.mode" else f"{source}=online"
+    return [f"{where}: {problem}; fix that, or use `tracking.mode: auto` to log offline when W&B cannot be reached"]
 
 
 def wandb_place(project: str, run_dir: Path) -> dict[str, str]:
@@ -210,19 +299,41 @@ class Tracker:
 
         Path(place["dir"]).mkdir(parents=True, exist_ok=True)
         own_wandb_service()
-        self.wandb_run = wandb.init(
-            project=place["project"],
-            entity=cfg.entity,
-            group=cfg.group,
-            job_type=cfg.job_type or self.recipe.method,
-            tags=redact(cfg.tags) or None,
-            name=redact(cfg.name or self.run_dir.name),
-            mode=mode,
-            dir=place["dir"],
-            config=redact({"recipe": resolved, "manifest": self.manifest}),
-            reinit="finish_previous",
-            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
-        )
+
+        def init(mode: str) -> Any:
+            return wandb.init(
+                project=place["project"],
+                entity=cfg.entity,
+                group=cfg.group,
+                job_type=cfg.job_type or self.recipe.method,
+                tags=redact(cfg.tags) or None,
+                name=redact(cfg.name or self.run_dir.name),
+                mode=mode,
+                dir=place["dir"],
+                config=redact({"recipe": resolved, "manifest": self.manifest}),
+                reinit="finish_previous",
+                **({"id": resume_id, "resume": "allow"} if resume_id else {}),
+                **({"settings": wandb.Settings(init_timeout=AUTO_INIT_TIMEOUT)} if source.startswith("auto") else {}),
+            )
+
+        auto = source.startswith("auto")
+        try:
+            self.wandb_run = init(mode)
+        except wandb.errors.Error as exc:  # the server refused the key, or stopped answering
+            reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            if not auto:
+                raise WorkbenchError(
+                    f"W&B could not start the run online ({reason}); check WANDB_API_KEY and the network, "
+                    "or use `tracking.mode: auto` to log offline when W&B cannot be reached"
+                ) from None
+            mode, source = "offline", f"auto: W&B could not start the run online ({reason})"
+            self.wandb_run = init(mode)
+        if auto and mode == "offline" and os.environ.get("WANDB_API_KEY"):
+            log.warning(
+                "W&B: %s, so this run logs offline (tracking.mode auto); upload it later with `wandb sync %s`",
+                source.removeprefix("auto: "),
+                Path(self.wandb_run.dir).parent,
+            )
         self.update_manifest(
             wandb={"mode": mode, "mode_source": source, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir), **place}
         )

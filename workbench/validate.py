@@ -29,6 +29,7 @@ from workbench.config import (
 )
 from workbench.data.schema import Reject
 from workbench.errors import RecipeError, WorkbenchError
+from workbench.tracking import wandb_problems
 
 
 def path_problems(recipe: Recipe) -> list[str]:
@@ -318,6 +319,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
 def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:
     """`train`'s (and `launch`'s) first step: the checks of `validate` (no example shown); one RecipeError listing every problem."""
     _, problems = check_recipe(recipe, accelerate_config, example=False)
+    problems += wandb_problems(recipe.tracking.mode)
     if problems:
         raise RecipeError(source, problems)
 
@@ -374,6 +376,7 @@ def validate(path: str, overrides: Sequence[str], accelerate_config: str | None)
     except RecipeError as exc:
         return f"{path}: recipe not valid", exc.problems
     sections, problems = check_recipe(recipe, accelerate_config)
+    problems += wandb_problems(recipe.tracking.mode)
     from workbench.plan import plan_total_line
 
     config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
