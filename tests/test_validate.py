@@ -285,3 +285,48 @@ def test_online_tracking_with_an_unusable_key_or_server_fails_validate_in_one_se
     assert main(["train", str(path)]) == 2  # train makes the same check before the W&B run and any weights
     assert "cannot reach the W&B server" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the verdict comes first (and last); the resolved recipe only on request
+
+
+def validate_output(path: Path, *args: str) -> tuple[int, list[str]]:
+    """`workbench validate` as a user sees it: stdout and stderr in the order printed."""
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench", "validate", str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    return res.returncode, [line for line in res.stdout.splitlines() if line.strip()]
+
+
+def test_validate_puts_the_verdict_and_problems_first_and_the_verdict_last(tmp_path, tiny_model):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:4]) + '{"prompt": "q", "chosen": "a"}\n')
+    path = recipe_file(tmp_path, tiny_model, data, train={"loss_type": ["sigmoidd"]})
+    code, lines = validate_output(path)
+    assert code == 2
+    assert lines[0] == f"{path}: recipe not valid, 2 problems:"
+    assert "'sigmoidd' is not one of" in lines[1] and f"{data}:5" in lines[2]
+    assert lines[-1] == f"{path}: recipe not valid (2 problems, listed at the top)"
+    assert not any(line.startswith(("resolved recipe:", "output_dir:", "method:")) for line in lines)  # no recipe dump
+    assert "Traceback" not in "\n".join(lines)
+
+    ok = recipe_file(tmp_path, tiny_model)
+    code, lines = validate_output(ok)
+    assert code == 0 and lines[0] == lines[-1] == f"{ok}: recipe OK"
+    assert any(line.startswith("global batch:") for line in lines) and not any(line.startswith("method:") for line in lines)
+    assert "W&B: offline (recipe tracking.mode)" in lines
+
+    code, shown = validate_output(ok, "--show-recipe")
+    assert code == 0 and shown[0] == shown[-1] == f"{ok}: recipe OK"
+    start = shown.index("resolved recipe:")
+    assert start > shown.index(next(line for line in shown if line.startswith("global batch:")))  # after the checks
+    assert "method: dpo" in shown[start:] and f"output_dir: {tmp_path / 'run'}" in shown[start:]

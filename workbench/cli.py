@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("validate", help="check a recipe without loading weights")
     _add_recipe_args(p)
     p.add_argument("--accelerate-config", default=None, help="accelerate config used for the global batch")
+    p.add_argument("--show-recipe", action="store_true", help="also print the resolved recipe (every default filled in)")
     p.set_defaults(func=cmd_validate)
 
     data = verbs.add_parser("data", help="data layer commands").add_subparsers(dest="data_verb", required=True)
@@ -159,15 +160,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from workbench.validate import validate
 
-    report, problems = validate(args.recipe, args.overrides, args.accelerate_config)
-    print(report)
-    if problems:
-        print(f"\n{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
-    print("\nrecipe OK")
-    return 0
+    report, problems = validate(args.recipe, args.overrides, args.accelerate_config, args.show_recipe)
+    if not problems:
+        print(f"{args.recipe}: recipe OK", flush=True)
+        print(report)
+        print(f"{args.recipe}: recipe OK")
+        return 0
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    print(f"{args.recipe}: recipe not valid, {count}:", file=sys.stderr)
+    print("\n".join(f"  - {p}" for p in problems), file=sys.stderr, flush=True)
+    if report:
+        print(report, flush=True)
+    print(f"{args.recipe}: recipe not valid ({count}, listed at the top)", file=sys.stderr)
+    return 2
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

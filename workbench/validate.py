@@ -29,7 +29,7 @@ from workbench.config import (
 )
 from workbench.data.schema import Reject
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.tracking import wandb_problems
+from workbench.tracking import wandb_mode_source, wandb_problems
 
 
 def path_problems(recipe: Recipe) -> list[str]:
@@ -280,7 +280,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     from workbench.launch import global_batch
 
     problems = path_problems(recipe)
-    sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
+    sections: list[str] = []
     train = recipe.train
     if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
         from workbench.online import trl_generation_fields
@@ -324,7 +324,7 @@ def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | N
         raise RecipeError(source, problems)
 
 
-def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool = False) -> tuple[str, list[str]]:
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
@@ -334,7 +334,7 @@ def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[
     try:
         comparison = load_comparison(path, overrides)
     except RecipeError as exc:
-        return f"{path}: comparison recipe not valid", exc.problems
+        return "", exc.problems  # the verdict and the problems say it all
     seed = comparison.seeds[0]
     seed_dir = comparison.output_dir / f"seed-{seed}"
     future = [str(seed_dir / name / "model") for name in comparison.stages]
@@ -355,31 +355,45 @@ def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[
             continue
         found, stage_problems = check_recipe(recipe, stage.accelerate_config)
         stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
-        useful = [line for line in found[2:] if not line.startswith("example")]
+        useful = [line for line in found if not line.startswith("example")]
         sections.append(f"\nstage {stage.name} ({recipe.method}): {'OK' if not stage_problems else 'NOT valid'}")
         sections.extend(f"  {line}" for text in useful for line in text.splitlines())
+        if show_recipe:
+            sections.extend(f"  {line}" for line in recipe_text(recipe).splitlines())
         problems.extend(f"stages.{stage.name}: {p}" for p in stage_problems)
     return "\n".join(sections), problems
 
 
-def validate(path: str, overrides: Sequence[str], accelerate_config: str | None) -> tuple[str, list[str]]:
-    """(printable report, problems). Problems include everything found, not just the first."""
+def recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in), under its heading, for `validate --show-recipe`."""
+    return "resolved recipe:\n" + dump_yaml(resolved_dict(recipe)).rstrip()
+
+
+def validate(
+    path: str, overrides: Sequence[str], accelerate_config: str | None, show_recipe: bool = False
+) -> tuple[str, list[str]]:
+    """(printable report, problems). Problems include everything found, not just the first; the report ends with
+    the resolved recipe when `show_recipe`."""
     from workbench.config import read_yaml
 
     try:
         if "stages" in read_yaml(path):
-            return validate_comparison(path, overrides)
+            return validate_comparison(path, overrides, show_recipe)
     except RecipeError as exc:
-        return f"{path}: recipe not valid", exc.problems
+        return "", exc.problems
     try:
         recipe = load_recipe(path, overrides)
     except RecipeError as exc:
-        return f"{path}: recipe not valid", exc.problems
+        return "", exc.problems
     sections, problems = check_recipe(recipe, accelerate_config)
     problems += wandb_problems(recipe.tracking.mode)
+    sections.append("W&B: {} ({})".format(*wandb_mode_source(recipe.tracking.mode)))
     from workbench.plan import plan_total_line
 
     config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
     key = ["plan", plan_inputs(recipe), models_key(recipe), config]
     sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
+    sections.append(
+        "\n" + recipe_text(recipe) if show_recipe else "(the resolved recipe, every default filled in: --show-recipe)"
+    )
     return "\n".join(sections), problems
