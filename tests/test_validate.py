@@ -302,7 +302,7 @@ def validate_output(path: Path, *args: str) -> tuple[int, list[str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "WORKBENCH_CACHE": str(path.parent / "cache")},
     )
     return res.returncode, [line for line in res.stdout.splitlines() if line.strip()]
 

@@ -285,9 +285,14 @@ def _is_main() -> bool:
 
 
 def setup_logging() -> None:
-    level = logging.INFO if _is_main() else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    """Our own INFO lines on the main process; other libraries' only from WARNING up (accelerate's INFO notes
+    repeat on every batch of a resumed epoch); the known third-party noise filtered (workbench.console)."""
+    from workbench.console import quiet_third_party
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO if _is_main() else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
 
 
 def main(argv: list[str] | None = None) -> int:

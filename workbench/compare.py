@@ -56,6 +56,7 @@ from workbench.config import (
     recipe_from_dict,
     unknown_key_message,
 )
+from workbench.console import duration
 from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
@@ -347,14 +348,6 @@ def run_stage(run: StageRun) -> None:
     else:
         run.status, run.error = "failed", f"exit code {code}: {error_line(log_path)} (log: {log_path})"
     write_json(state_path, {"fingerprint": run.fingerprint, "status": run.status, "error": run.error, "seconds": run.seconds})
-
-
-def duration(seconds: float) -> str:
-    """0:07, 3:05, 1:02:03: short enough for a progress line."""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 @dataclass

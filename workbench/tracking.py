@@ -242,6 +242,9 @@ class Tracker:
         self._written_step: int | None = None  # the last line written, which later logs of its step extend
         self._written: dict[str, Any] = {}
         self._written_offset = 0
+        self.print_progress = not sys.stderr.isatty()  # off a terminal: a line per logging step
+        self.total_steps: int | None = None
+        self._progress_from = (self._t0, 0)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -371,8 +374,21 @@ class Tracker:
         self._pending.update(clean)
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
-        if not sys.stderr.isatty() and not getattr(self, "trainer_prints", False):  # off a terminal: a line per logging step
-            print(step_line(step, clean, getattr(self, "total_steps", None)), flush=True)
+        if self.print_progress:
+            print(self.progress_line(step, clean), flush=True)
+
+    def begin_progress(self, total: int | None, step: int = 0, print_lines: bool | None = None) -> None:
+        """Training starts (or resumes) at `step` of `total`: the rate and ETA of the progress lines count from now.
+        `print_lines`: whether this tracker prints them (default: off a terminal, where no progress bar renders)."""
+        self.total_steps, self._progress_from = total, (time.time(), step)
+        if print_lines is not None:
+            self.print_progress = print_lines
+
+    def progress_line(self, step: int, metrics: dict[str, float]) -> str:
+        t0, step0 = self._progress_from
+        elapsed = time.time() - t0
+        rate = (step - step0) / elapsed if step > step0 and elapsed > 0 else None
+        return step_line(step, metrics, self.total_steps, rate)
 
     def flush(self) -> None:
         """Write the pending step's line now (checkpoints call this, so a resumed run loses no line)."""
@@ -423,10 +439,13 @@ def metric_name(key: str) -> str:
     return "train/" + key
 
 
-def step_line(step: int, metrics: dict[str, float], total: int | None = None, width: int = 6) -> str:
-    """`step 10/60 | loss 0.6931 | rewards/margins 0.0123 ...`: the first `width` metrics of one logging step."""
+def step_line(step: int, metrics: dict[str, float], total: int | None = None, rate: float | None = None, width: int = 6) -> str:
+    """`step 10/60 | 2.5 it/s | ETA 0:20 | loss 0.6931 | rewards/margins 0.0123 ...`: progress, then the first
+    `width` metrics of one logging step."""
+    from workbench.console import progress_text
+
     shown = [f"{k.removeprefix('train/')} {v:.4g}" for k, v in list(metrics.items())[:width]]
-    return " | ".join([f"step {step}" + (f"/{total}" if total else ""), *shown])
+    return " | ".join([progress_text(step, total, rate), *shown])
 
 
 def trainer_callback(tracker: Tracker) -> Any:
@@ -435,8 +454,8 @@ def trainer_callback(tracker: Tracker) -> Any:
 
     class TrackingCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            tracker.total_steps = state.max_steps
-            tracker.trainer_prints = bool(args.disable_tqdm)  # transformers' PrinterCallback already prints each log
+            # without the Trainer's bars (off a terminal, or turned off) the tracker prints each log as a progress line
+            tracker.begin_progress(state.max_steps, state.global_step, print_lines=bool(args.disable_tqdm))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and state.is_world_process_zero:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.checkpoint import assert_finite_weights, completion_callback, nonfinite_callback
 from workbench.config import train_config_class
+from workbench.config.train_args import current_names
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
 from workbench.models import load_reward_model, plain_loading
@@ -32,6 +33,8 @@ def default_precision() -> dict[str, bool]:
 
 def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created."""
+    import torch
+
     recipe = ctx.recipe
     train = dict(recipe.train)
     keep_secret_out_of_pickle(train)
@@ -42,6 +45,7 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         "include_num_input_tokens_seen": "non_padding",  # the run's cost in tokens, read by the evaluation
         "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (and stops the run), never hidden as 0.0
         "disable_tqdm": not sys.stderr.isatty(),  # bars on a terminal; else tracking prints a line per logging step
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         **method_fields,
         **train,
         "save_total_limit": None,  # rotation happens after the new checkpoint is marked (checkpoint.rotate)
@@ -52,7 +56,8 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     }
     if cpu_launched():  # keep the gloo state the launch path built (TrainingArguments would reset it)
         fields["accelerator_config"] = {**(fields.get("accelerator_config") or {}), "use_configured_state": True}
-    return train_config_class(recipe.method)(**fields)
+    cls = train_config_class(recipe.method)
+    return cls(**current_names(cls, fields))
 
 
 def keep_secret_out_of_pickle(train: dict[str, Any]) -> None:
@@ -74,6 +79,15 @@ def callbacks(ctx: RunContext) -> list[Any]:
 def resume_from(ctx: RunContext) -> str | None:
     """The checkpoint `--resume` continues from (the newest complete one), or None."""
     return str(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
+
+
+def train(trainer: Any, ctx: RunContext) -> None:
+    """`trainer.train`, from the checkpoint `--resume` names. Without bars the Trainer would print each log as a
+    dict; the tracker prints it as a progress line (step/total, rate, ETA) instead."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=resume_from(ctx))
 
 
 def evaluate_at_end(trainer: Any, ctx: RunContext) -> bool:
