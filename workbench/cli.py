@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     init_distributed_state()  # first: the checks build TrainingArguments, which would create a wrong process state
     preflight(recipe, args.recipe)  # the checks of `validate`, before the W&B run or any weights
-    result = train(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes, command=args.argv)
     if result.already_finished and _is_main():
         print(f"already finished: {result.run_dir} completed earlier; nothing was changed")
     elif result.run_dir and _is_main():
@@ -154,7 +154,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     flags = launch_flags(
         args.accelerate_config, recipe, args.machine_rank, args.main_process_ip, args.main_process_port, args.join_timeout
     )
-    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args), flags)
+    code = launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args), flags, args.argv)
+    from workbench.rundir import read_manifest
+    from workbench.runner import Interrupted, interrupted_line
+
+    manifest = read_manifest(Path(recipe.output_dir))
+    if code != 0 and manifest.get("status") == "interrupted":  # rank 0 said it amid the launcher's output: say it last
+        raise Interrupted(interrupted_line(manifest, Path(recipe.output_dir)))
+    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -243,7 +250,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.compare import compare, load_comparison
 
-    outcome = compare(load_comparison(args.recipe, args.overrides))
+    try:
+        outcome = compare(load_comparison(args.recipe, args.overrides))
+    except KeyboardInterrupt:
+        from workbench.rundir import continue_command
+        from workbench.runner import Interrupted
+
+        raise Interrupted(
+            f"interrupted; continue with: {continue_command(args.argv)} (finished stages are reused, "
+            "and a stage that was training resumes from its last complete checkpoint)"
+        ) from None
     out = outcome.comparison.output_dir
     for r in outcome.results:
         gold, reward, win = r.get("gold_reward_mean"), r.get("reward_mean"), r.get("win_rate_vs_baseline")
@@ -298,6 +314,7 @@ def setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command that continues an interrupted run
     setup_logging()
     try:
         from workbench.secrets import refuse_secret_overrides
@@ -307,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if _is_main():  # an interrupted run's rank 0 says what it kept and how to continue
+            print(str(exc) or "interrupted", file=sys.stderr)
         return 130

@@ -339,7 +339,12 @@ def run_stage(run: StageRun) -> None:
 
     if run.stage.accelerate_config or not stageproc.usable():
         with open(log_path, "a", encoding="utf-8") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the stage too: let it record `interrupted`
+                stageproc.wait_for_interrupted(proc.wait, proc.kill)
+                raise
     else:  # the same command, forked from a process that has imported the libraries already
         code = stageproc.run(cmd[3:], log_path)
     run.seconds = time.time() - t0
@@ -388,7 +393,13 @@ def train_seed(comparison: Comparison, seed: int, progress: Progress | None = No
             print(f"{prefix} {stage.name} ({run.method}): cached, fingerprint {run.fingerprint}", flush=True)
             continue
         print(f"{prefix} {stage.name} ({run.method}): training in {run.run_dir} ...{progress.eta(run)}", flush=True)
-        run_stage(run)
+        try:
+            run_stage(run)
+        except KeyboardInterrupt:
+            last = read_json(run.run_dir / "manifest.json").get("last_checkpoint")
+            kept = f"its last complete checkpoint, {Path(last).name}, is kept" if last else "it had no complete checkpoint"
+            print(f"{prefix} {stage.name}: interrupted ({kept})", flush=True)
+            raise
         print(
             f"{prefix} {stage.name}: {run.status} in {duration(run.seconds)} (total {duration(time.time() - progress.started)})"
             + (f" - {run.error}" if run.error else ""),

@@ -167,8 +167,10 @@ def launch(
     resume: bool = False,
     extra: list[str] | None = None,
     machine_flags: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> int:
     """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code.
+    `command`: the `workbench launch` arguments, which an interrupted rank 0 repeats as the command that continues.
 
     The launcher dies with us (parent-death signal), and each rank watches its own parent, so a
     killed `workbench launch` leaves no rank training as an orphan.
@@ -179,12 +181,48 @@ def launch(
     cmd = launch_command(recipe, accelerate_config, overrides, resume, machine_flags) + list(extra or [])
     print("launching:", " ".join(redact_argv(cmd[1:])), flush=True)
     env = {**os.environ, "WORKBENCH_LAUNCHED": "1"}
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM))
+    if command is not None:
+        env[COMMAND_ENV] = json.dumps(command)
+    # its own process group: a Ctrl-C in the terminal reaches the launcher once, passed on by us (a second SIGINT
+    # would cut short the launcher's shutdown of the ranks, which are recording `interrupted`)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM), process_group=0)
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# the command this process runs, as the user typed it (for the command that continues it)
+
+COMMAND_ENV = "WORKBENCH_COMMAND"  # `workbench launch` hands its own arguments to the ranks it starts
+
+
+def invocation(argv: list[str]) -> tuple[str, list[str]]:
+    """(launcher, workbench arguments) of the command the user ran: `workbench launch ...` for its ranks,
+    the `accelerate launch ... -m workbench` line (read from the launcher process) under a plain accelerate
+    launch, else `workbench` and `argv`."""
+    given = os.environ.get(COMMAND_ENV)
+    if given:
+        return "workbench", list(json.loads(given))
+    if "LOCAL_RANK" in os.environ:
+        return accelerate_prefix(), argv
+    return "workbench", argv
+
+
+def accelerate_prefix() -> str:
+    """The launcher's command line up to `-m workbench`, from /proc (the rank's parent runs `accelerate launch`)."""
+    import shlex
+
+    try:
+        parts = [p.decode() for p in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if p]
+    except OSError:
+        parts = []
+    for i in range(len(parts) - 1):
+        if parts[i] == "-m" and parts[i + 1] == "workbench":
+            return shlex.join(parts[: i + 2])
+    return "accelerate launch [the same options] -m workbench"
 
 
 # ----------------------------------------------------------------------------------------------
