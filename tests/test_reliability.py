@@ -538,6 +538,56 @@ def test_stale_deepspeed_build_lock_fails_with_the_fix_instead_of_hanging(tmp_pa
     assert "Traceback" not in res.stderr
 
 
+EXTENSION_DIR_PROBE = """
+import sys
+from workbench.cli import main
+from workbench.launch import extension_build_dir
+main(["validate", "no-such-recipe.yaml"])  # any command: the CLI's start-up is what is tested
+print("DIR", extension_build_dir("deepspeed_shm_comm"))
+"""
+
+
+def test_deepspeed_extensions_are_built_per_environment_and_a_users_own_dir_is_kept(tmp_path):
+    """Two virtual environments shared ~/.cache/torch_extensions/py311_cpu and rebuilt DeepSpeed's shm extension
+    for each other, silently once a .so existed. Each environment (its prefix, torch and DeepSpeed versions) now
+    builds in a directory of its own; a TORCH_EXTENSIONS_DIR the user set is used as it is."""
+    import site
+    import venv
+
+    other = tmp_path / "other-venv"
+    venv.EnvBuilder(with_pip=False).create(other)
+    (site_dir,) = (other / "lib").glob("python3*/site-packages")
+    (site_dir / "main-env.pth").write_text("\n".join([*site.getsitepackages(), str(REPO)]) + "\n")
+    pythons = {"main": sys.executable, "other": str(other / "bin" / "python")}
+
+    def build_dir(python: str, **env: str) -> str:
+        full = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+        full.update(PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"), **env)  # torch creates the directory
+        res = subprocess.run([python, "-c", EXTENSION_DIR_PROBE], cwd=tmp_path, capture_output=True, text=True, env=full)
+        lines = [line for line in res.stdout.splitlines() if line.startswith("DIR ")]
+        assert lines, res.stderr[-3000:]
+        return lines[0][4:]
+
+    main, again, theirs = build_dir(pythons["main"]), build_dir(pythons["main"]), build_dir(pythons["other"])
+    assert main == again  # the same environment finds its build again
+    assert main != theirs and Path(main).parent.parent == Path(theirs).parent.parent  # one each, side by side
+    assert Path(main).name == Path(theirs).name == "deepspeed_shm_comm"
+    assert Path(main).parent.parent == tmp_path / "cache" / "torch_extensions"  # under torch's own root
+    for python in pythons.values():
+        assert build_dir(python, TORCH_EXTENSIONS_DIR=str(tmp_path / "mine")) == str(tmp_path / "mine" / "deepspeed_shm_comm")
+
+
+def test_the_extensions_directory_is_keyed_by_prefix_python_torch_and_deepspeed(tmp_path):
+    from workbench.launch import environment_extensions_dir
+
+    base = {"prefix": "/envs/a", "python": "3.11.7", "torch": "2.13.0+cpu", "deepspeed": "0.19.8"}
+    first = environment_extensions_dir(tmp_path, **base)
+    assert first.parent == tmp_path and first.name.startswith("a-py311-")
+    assert environment_extensions_dir(tmp_path, **base) == first
+    for key, value in [("prefix", "/envs/b"), ("python", "3.12.1"), ("torch", "2.13.0+cu128"), ("deepspeed", "0.19.9")]:
+        assert environment_extensions_dir(tmp_path, **{**base, key: value}) != first, key
+
+
 def test_build_lock_owner_is_found_while_it_builds(tmp_path):
     from workbench.launch import lock_owners
 

@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command that continues an interrupted run
     setup_logging()
+    from workbench.launch import keep_extensions_per_environment
+
+    keep_extensions_per_environment()  # DeepSpeed's JIT builds: one directory per environment
     try:
         from workbench.secrets import refuse_secret_overrides
 

@@ -272,6 +272,39 @@ def die_with_launcher(poll_s: float = 0.5, grace_s: float = 10.0) -> None:
 # DeepSpeed's one-time extension build and its lock
 
 
+def environment_extensions_dir(root: Path, prefix: str, python: str, torch: str | None, deepspeed: str | None) -> Path:
+    """ROOT/<env name>-pyXY-<hash>: a build directory of this environment's own (its prefix, Python, torch and
+    DeepSpeed versions). Environments sharing one directory rebuild each other's extensions, since each build
+    records the other's paths and flags."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([prefix, python, torch, deepspeed]).encode()).hexdigest()[:10]
+    major, minor = python.split(".")[:2]
+    return root / f"{Path(prefix).name.lstrip('.') or 'env'}-py{major}{minor}-{key}"
+
+
+def keep_extensions_per_environment() -> None:
+    """Point TORCH_EXTENSIONS_DIR (where torch JIT-builds DeepSpeed's ops) at this environment's own directory
+    under torch's usual root, unless the user set it. Reads versions from package metadata: no import."""
+    import platform
+    from importlib import metadata
+
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # torch's root: user_cache_dir
+    root = Path(os.path.realpath(Path(cache) / "torch_extensions"))
+    prefix = os.path.realpath(sys.prefix)
+    where = environment_extensions_dir(root, prefix, platform.python_version(), version("torch"), version("deepspeed"))
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(where)
+
+
 def extension_build_dir(name: str) -> Path:
     """Where torch builds (and locks) a JIT extension: TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/pyXY_cpu/NAME."""
     from torch.utils.cpp_extension import _get_build_directory
@@ -321,10 +354,7 @@ def check_extension_build(name: str) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"waiting for DeepSpeed's {name} extension, being built by pid {owners[0]} ({build})", flush=True)
     elif not any(build.glob("*.so")) and os.environ.get("RANK", "0") == "0":
-        print(
-            f"building DeepSpeed's {name} extension in {build} (once per machine; 2-3 minutes on 2 CPU cores)",
-            flush=True,
-        )
+        print(f"building DeepSpeed's {name} extension in {build} (once per environment; it takes minutes)", flush=True)
 
 
 def world_size() -> int:
