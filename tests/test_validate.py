@@ -143,7 +143,7 @@ def test_a_bad_row_far_into_the_file_is_found(tmp_path, tiny_model, capsys):
     lines = [json.dumps(r) for r in PAIRS[:4]] + ['{"prompt": "x", "chosen": "y"'] + [json.dumps(r) for r in PAIRS[4:]]
     data.write_text("\n".join(lines) + "\n")
     err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
-    assert f"{data}:5: not valid JSON" in err
+    assert f"{data}:5:30: not valid JSON (Expecting ',' delimiter)" in err  # line 5 ends at column 29
 
 
 @pytest.mark.parametrize("method", ["ppo", "rejection_sampling"])
@@ -215,7 +215,7 @@ def test_bad_data_stops_train_before_the_wandb_run(tmp_path, tiny_model, capsys)
     path = recipe_file(tmp_path, tiny_model, data)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{data}:5: not valid JSON" in err and "Traceback" not in err
+    assert f"{data}:5:2: not valid JSON" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 

@@ -90,7 +90,7 @@ def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Reject(label, number, f"not valid JSON ({exc.msg})", line.rstrip("\n")[:500])
+                yield Reject(label, number, f"not valid JSON ({exc.msg})", line.rstrip("\n")[:500], column=exc.colno)
                 continue
             if not isinstance(row, dict):
                 yield Reject(label, number, f"not a JSON object (got {type(row).__name__})", row)
@@ -107,7 +107,9 @@ def read_json(path: Path, label: str) -> Iterator[RawRow | Reject]:
         if exc.msg == "Extra data":  # JSON Lines saved as .json
             yield from read_jsonl(path, label)
             return
-        raise DataError(f"{label}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file or save it as JSON Lines") from None
+        raise DataError(
+            f"{label}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); fix the file or save it as JSON Lines"
+        ) from None
     if isinstance(data, dict):
         rows = next((data[k] for k in ("data", "rows", "examples") if isinstance(data.get(k), list)), None)
         if rows is None:
