@@ -87,10 +87,11 @@ def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
                 continue
             if not line.strip():
                 continue  # blank lines are not rows
+            text = line.rstrip("\r\n")  # parsed alone: the parser's position is the column in this line
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield Reject(label, number, f"not valid JSON ({exc.msg})", line.rstrip("\n")[:500], column=exc.colno)
+                yield Reject(label, number, f"not valid JSON ({exc.msg})", text[:500], column=exc.pos + 1)
                 continue
             if not isinstance(row, dict):
                 yield Reject(label, number, f"not a JSON object (got {type(row).__name__})", row)
