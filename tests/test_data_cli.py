@@ -56,6 +56,23 @@ def test_data_inspect_a_file_writes_report_and_length_plots(tmp_path, tiny_model
     assert lb["chosen_longer"] + lb["rejected_longer"] + lb["equal"] == report["split"]["train"]
 
 
+def test_data_inspect_of_a_file_writes_nothing_unless_told_where(tmp_path, tiny_model, capsys, monkeypatch):
+    """It wrote `inspect-NAME/` into the current directory unasked; now it prints, and writes only with --out."""
+    data = tmp_path / "data" / "pairs.jsonl"
+    data.parent.mkdir()
+    data.write_text(
+        "".join(json.dumps({"prompt": f"q{i}?", "chosen": "a longer answer", "rejected": "no"}) + "\n" for i in range(8))
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["data", "inspect", str(data), "--tokenizer", str(tiny_model)]) == 0
+    printed = capsys.readouterr().out
+    assert "rows read 8, kept 8, dropped 0" in printed
+    assert printed.rstrip().splitlines()[-1] == "nothing written: pass --out DIR to keep the report and the length plots"
+    assert list(work.iterdir()) == [] and sorted(p.name for p in data.parent.iterdir()) == ["pairs.jsonl"]
+
+
 def test_hub_ids_go_through_load_dataset_and_fail_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="auto", help="layout of a data file (auto, preference, conversational, hh-rlhf, labeled-pair)"
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or id for token statistics (data files)")
-    p.add_argument("--out", default=None, help="where to write the report and plots")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where to write the report and plots (default: OUTPUT_DIR/inspect for a recipe; none for a file)",
+    )
     p.set_defaults(func=cmd_data_inspect)
 
     p = verbs.add_parser("eval", help="run the shared evaluation on a trained policy; writes RUN_DIR/eval.json")
@@ -231,8 +235,12 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
             raise RecipeError("data inspect", problems)
         data = DataConfig(sources=[SourceConfig(path=args.target, format=args.format)], on_invalid="drop")
         seed, tok_cfg = 0, ModelConfig(name_or_path=args.tokenizer) if args.tokenizer else None
-        out = Path(args.out or f"inspect-{target.name.split('.')[0]}")
+        out = Path(args.out) if args.out else None  # a data file names no place of the user's to write into
     prepared = prepare(data, seed, load_tokenizer(tok_cfg) if tok_cfg else None)
+    if out is None:
+        print("\n".join(summary_lines(prepared.report)))
+        print("nothing written: pass --out DIR to keep the report and the length plots")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_lengths(prepared.tokenized, out) if prepared.tokenized else []
     prepared.report["plots"] = [p.name for p in plots]
