@@ -81,3 +81,34 @@ def test_hub_ids_go_through_load_dataset_and_fail_clearly_offline(monkeypatch):
     assert str(info.value).startswith(
         "data source 'someone/some-preference-data': not a local file or directory, and loading it as a hub dataset failed"
     )
+
+
+def test_the_report_warns_when_length_alone_explains_nine_pairs_in_ten():
+    from workbench.data.report import length_rule_warning, summary_lines
+
+    def bias(longer: int, shorter: int, pairs: int = 10) -> dict:
+        return {"pairs": pairs, "chosen_longer": longer, "rejected_longer": shorter, "equal": pairs - longer - shorter}
+
+    assert length_rule_warning(bias(9, 1)) == (
+        "warning: one rule, 'the longer response is chosen', explains 9 of 10 train pairs (90%): a reward model can "
+        "reach that accuracy by length alone; judge it against this rule, or balance the lengths"
+    )
+    assert length_rule_warning(bias(0, 19, pairs=20)).startswith(
+        "warning: one rule, 'the shorter response is chosen', explains 19 of 20 train pairs (95%)"
+    )
+    assert length_rule_warning(bias(8, 1)) is None  # 80%: below the bar
+    assert length_rule_warning(bias(0, 0, pairs=0)) is None
+
+    report = {
+        "rows_read": 10,
+        "kept": 10,
+        "dropped": {"total": 0, "by_reason": {}},
+        "duplicates": {"removed": 0, "mode": "exact"},
+        "warnings": {},
+        "sources": [],
+        "split": {"by": "pair", "train": 10, "eval": 0},
+        "contamination": {"eval_pairs_in_train": 0, "eval_prompts_in_train": 0},
+        "length_bias": {"train": {**bias(9, 1), "chosen_longer_share": 0.9}},
+    }
+    lines = summary_lines(report)
+    assert lines[lines.index("length bias (train): chosen longer in 9 of 10 pairs (0.9)") + 1] == length_rule_warning(bias(9, 1))
