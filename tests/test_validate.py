@@ -330,3 +330,26 @@ def test_validate_puts_the_verdict_and_problems_first_and_the_verdict_last(tmp_p
     start = shown.index("resolved recipe:")
     assert start > shown.index(next(line for line in shown if line.startswith("global batch:")))  # after the checks
     assert "method: dpo" in shown[start:] and f"output_dir: {tmp_path / 'run'}" in shown[start:]
+
+
+def test_the_decoded_example_says_when_the_chat_template_is_not_applied(tmp_path, tiny_model, capsys):
+    """CSV cells are plain text, so CSV pairs are tokenized without the model's chat template, while conversational
+    JSON Lines are templated: the decoded example says which, since the two train differently."""
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("prompt,chosen,rejected\n" + "".join(f"question {i}?,good answer {i},bad {i}\n" for i in range(6)))
+    assert main(["validate", str(recipe_file(tmp_path, tiny_model, csv))]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: this prompt is plain text, so it is tokenized as it is, without the model's chat template (only "
+        "message lists, such as conversational JSON Lines, are templated); give the rows as messages to train "
+        "in the chat format" in out
+    )
+    chat = tmp_path / "chat.jsonl"
+    rows = [
+        {"prompt": [{"role": "user", "content": f"question {i}?"}], "chosen": f"good answer {i}", "rejected": f"bad {i}"}
+        for i in range(6)
+    ]
+    write_jsonl(chat, rows)
+    assert main(["validate", str(recipe_file(tmp_path, tiny_model, chat))]) == 0
+    out = capsys.readouterr().out
+    assert "example pair" in out and "chat template" not in out

@@ -215,15 +215,34 @@ def example_text(recipe: Recipe, scan: DataScan) -> str:
     settings = tokenization_settings(recipe.data)
     where = f"({item.source}:{item.line})"
     if scan.kind == "preference":
-        return f"example pair {where}:\n" + describe_pair(tokenizer, tokenize_pair(tokenizer, item.row, settings))
-    if scan.kind == "sft":
+        text = f"example pair {where}:\n" + describe_pair(tokenizer, tokenize_pair(tokenizer, item.row, settings))
+    elif scan.kind == "sft":
         sft = tokenize_sft(tokenizer, item.row, settings)
-        return (
+        text = (
             f"example {where}: prompt {len(sft.prompt_ids)} tokens, completion {len(sft.completion_ids)} tokens (in loss): "
             f"{tokenizer.decode(sft.completion_ids)!r}"
         )
-    prompt = tokenize_prompt(tokenizer, item.row["prompt"], settings.max_prompt_length)
-    return f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
+    else:
+        prompt = tokenize_prompt(tokenizer, item.row["prompt"], settings.max_prompt_length)
+        text = f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
+    note = template_note(tokenizer, item.row.get("prompt"))
+    return f"{text}\n{note}" if note else text
+
+
+def template_note(tokenizer: Any, prompt: Any) -> str | None:
+    """Say when the model's chat template is not applied to this prompt (plain text: every CSV row, and text
+    fields in JSON), or when message lists meet a model without one: the example then trains unlike a chat."""
+    from workbench.data.formatting import has_chat_template
+
+    if isinstance(prompt, str) and has_chat_template(tokenizer):
+        return (
+            "note: this prompt is plain text, so it is tokenized as it is, without the model's chat template (only "
+            "message lists, such as conversational JSON Lines, are templated); give the rows as messages to train "
+            "in the chat format"
+        )
+    if isinstance(prompt, list) and not has_chat_template(tokenizer):
+        return "note: the model has no chat template, so these messages are rendered as plain 'User: ...' / 'Assistant: ...' text"
+    return None
 
 
 def models_key(recipe: Recipe) -> list[Any]:
