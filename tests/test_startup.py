@@ -83,3 +83,21 @@ def test_help_texts_show_what_each_verb_takes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "out_dir where to write the model and its tokenizer" in text
     assert "--seed SEED seed of the random weights (default 0)" in text
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """`workbench ... | head` closes the pipe early: Python raised BrokenPipeError with a traceback."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "tiny-model", str(tmp_path / "m")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `workbench ... | head` closed the pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
     except KeyboardInterrupt as exc:
         if _is_main():  # an interrupted run's rank 0 says what it kept and how to continue
             print(str(exc) or "interrupted", file=sys.stderr)
