@@ -161,7 +161,15 @@ def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):
 
     commands = []
     monkeypatch.setenv("WORKBENCH_FRESH_STAGE_PROCESSES", "1")  # the command as a fresh process gets it (forked: the same argv)
-    monkeypatch.setattr(compare.subprocess, "call", lambda cmd, **kw: commands.append(cmd) or 0)
+
+    class Finished:  # a stage process that ends at once
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", Finished)
 
     class Stage:
         accelerate_config = None
