@@ -111,3 +111,29 @@ def test_checkpointing_reaches_trl_under_its_current_name_with_trls_default(tmp_
     assert (off.activation_checkpointing, off.gradient_checkpointing) == (False, False)
     assert (default.activation_checkpointing, default.gradient_checkpointing) == (True, True)
     assert kwargs.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_two_process_deepspeed_launch_prints_no_known_noise(tmp_path, tiny_model):
+    """`workbench launch` with a CPU ZeRO-2 config: the launcher process (accelerate's, not ours) guessed the
+    accelerator and printed torch's OMP_NUM_THREADS banner; DeepSpeed's gather called a deprecated torch API."""
+    path = write_recipe(tmp_path, tiny_model, "zero2", train__max_steps=4, train__logging_steps=2)
+    config = REPO / "accelerate_configs" / "cpu_zero2.yaml"
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench", "launch", str(path), "--accelerate-config", str(config)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    out = res.stdout
+    assert res.returncode == 0, out[-3000:]
+    noise = {
+        **NOISE,
+        "torch's OMP_NUM_THREADS banner": "Setting OMP_NUM_THREADS environment variable",
+        "DeepSpeed's call of a deprecated gather": "`torch.distributed.all_gather_into_tensor` is deprecated",
+    }
+    assert {name: out.count(text) for name, text in noise.items()} == dict.fromkeys(noise, 0)
+    assert [int(m.group(1)) for m in map(PROGRESS.match, out.splitlines()) if m][:2] == [2, 4]

@@ -15,6 +15,8 @@ from typing import Any
 # Emitted by TRL's own calls into transformers (trl.models.utils), at every checkpoint and evaluation;
 # no setting of ours reaches those calls. The options we set ourselves use the current names instead.
 DEPRECATED_BY_LIBRARIES = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated and will be removed in v6"
+# DeepSpeed's own call of a torch collective that torch deprecated (ZeRO gathers), once per process.
+DEPRECATED_IN_DEEPSPEED = r"`torch\.distributed\.all_gather_into_tensor` is deprecated"
 # DeepSpeed's guess on a machine without a GPU, logged at import by every process (it then uses the CPU, as we do).
 DEEPSPEED_GUESS = "Setting accelerator to CPU"
 
@@ -29,7 +31,8 @@ def quiet_third_party() -> None:
     if _installed:
         return
     _installed = True
-    warnings.filterwarnings("ignore", message=DEPRECATED_BY_LIBRARIES, category=FutureWarning)
+    for message in (DEPRECATED_BY_LIBRARIES, DEPRECATED_IN_DEEPSPEED):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     logging.getLogger("DeepSpeed").addFilter(DropMessage(DEEPSPEED_GUESS))
     warnings.showwarning = ShowOnce(warnings.showwarning)
 

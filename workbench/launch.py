@@ -177,12 +177,10 @@ def launch(
     """
     from workbench.secrets import redact_argv
 
-    read_accelerate_config(accelerate_config)  # a clear error before spawning anything
+    acc = read_accelerate_config(accelerate_config)  # a clear error before spawning anything
     cmd = launch_command(recipe, accelerate_config, overrides, resume, machine_flags) + list(extra or [])
     print("launching:", " ".join(redact_argv(cmd[1:])), flush=True)
-    env = {**os.environ, "WORKBENCH_LAUNCHED": "1"}
-    if command is not None:
-        env[COMMAND_ENV] = json.dumps(command)
+    env = launch_env(acc, dict(os.environ), command)
     # its own process group: a Ctrl-C in the terminal reaches the launcher once, passed on by us (a second SIGINT
     # would cut short the launcher's shutdown of the ranks, which are recording `interrupted`)
     proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM), process_group=0)
@@ -191,6 +189,22 @@ def launch(
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+
+
+def launch_env(acc: dict[str, Any], environ: dict[str, str], command: list[str] | None = None) -> dict[str, str]:
+    """The launcher's environment. Besides the launch markers, it states what the launcher would otherwise guess
+    and announce (accelerate's launcher is not our process, so workbench.console's filters do not reach it): the
+    CPU as DeepSpeed's accelerator when the config says `use_cpu`, and torch's own one OpenMP thread per process
+    when a machine runs several. A value the user set is kept."""
+    env = {**environ, "WORKBENCH_LAUNCHED": "1"}
+    if command is not None:
+        env[COMMAND_ENV] = json.dumps(command)
+    if acc.get("use_cpu"):
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    per_machine = int(acc.get("num_processes") or 1) // max(int(acc.get("num_machines") or 1), 1)
+    if per_machine > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 # ----------------------------------------------------------------------------------------------
