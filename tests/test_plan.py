@@ -459,6 +459,43 @@ def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     assert plan.phases["generation"] == plan.states_bytes + plan.kv_cache_bytes_per_device + plan.generation_gather_bytes
 
 
+def test_generation_kv_cache_holds_every_sample_of_a_generation_batch(llama8b, tiny_model):
+    """Each generate call holds its prompts x their samples; the cache is sized for those rows, not for the prompts."""
+    gib = 2**30
+    # PPO, the issue's 8B example: micro 64 = 8 prompts x 8 generations; generation.batch_size 16 >= 8 prompts, so one
+    # call holds all 8 prompts x 8 samples = 64 rows of 512 + 256 tokens: 2 (K, V) x 32 layers x 64 x 768 x 8 kv heads
+    # x 128 dims x 2 bytes = 6 GiB (sizing it for min(16, 64) = 16 rows gave 1.5 GiB)
+    ppo = recipe(
+        str(llama8b),
+        "ppo",
+        data={"max_length": 1024, "max_prompt_length": 512},
+        reward_model={"name_or_path": str(llama8b)},
+        generation={"max_new_tokens": 256, "batch_size": 16},
+        train={"per_device_train_batch_size": 64, "num_generations": 8},
+    )
+    assert P.build_plan(ppo, P.Launch()).kv_cache_bytes_per_device == 6 * gib
+    # generation.batch_size 4 < 8 prompts: calls of 4 prompts x 8 samples = 32 rows
+    ppo = dataclasses.replace(ppo, generation=dataclasses.replace(ppo.generation, batch_size=4))
+    assert P.build_plan(ppo, P.Launch()).kv_cache_bytes_per_device == 3 * gib
+    # GRPO (TRL counts completions): one generate call holds generation_batch_size / processes completions,
+    # 32 / 2 = 16 rows of 16 + 8 tokens on the tiny model (2 layers, 2 kv heads of 16, float32)
+    grpo = recipe(
+        str(tiny_model),
+        "grpo",
+        model={"dtype": "float32"},
+        data={"max_length": 32},
+        reward_model={"function": "m:f"},
+        generation={"max_new_tokens": 8},
+        train={"per_device_train_batch_size": 8, "num_generations": 4, "generation_batch_size": 32},
+    )
+    assert P.build_plan(grpo, P.Launch(processes=2)).kv_cache_bytes_per_device == 2 * 2 * 16 * 24 * 2 * 16 * 4
+    # without generation_batch_size: per_device x steps_per_generation (default: the accumulation steps) = 8 x 3 rows
+    grpo = dataclasses.replace(
+        grpo, train={"per_device_train_batch_size": 8, "num_generations": 4, "gradient_accumulation_steps": 3}
+    )
+    assert P.build_plan(grpo, P.Launch(processes=2)).kv_cache_bytes_per_device == 2 * 2 * 24 * 24 * 2 * 16 * 4
+
+
 def test_rejection_sampling_generates_with_a_plain_copy_in_its_own_phase(tiny_model):
     r = recipe(str(tiny_model), "rejection_sampling", model={"dtype": "float32"}, reward_model={"function": "m:f"})
     r = dataclasses.replace(r, data=dataclasses.replace(r.data, max_length=32))

@@ -690,9 +690,15 @@ def load_cpu_bytes(params: int, largest_layer: int, load_bytes: float, placement
     return params * load_bytes
 
 
-def rows_and_seq(recipe: Any, train: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(training rows per micro batch, training sequence length, generation rows, generation sequence length)."""
+def rows_and_seq(recipe: Any, train: dict[str, Any], processes: int = 1) -> tuple[int, int, int, int]:
+    """(training rows per micro batch, training sequence length, generation rows, generation sequence length).
+
+    Generation rows are the sequences one generate call holds, every sample of its prompts: PPO and rejection
+    sampling batch `generation.batch_size` prompts x their samples; TRL's GRPO / RLOO generate one generation
+    batch per process in one call (it counts completions).
+    """
     from workbench.config import effective_max_prompt_length
+    from workbench.online import online_batch, trl_generation_fields
 
     method, micro = recipe.method, int(train.get("per_device_train_batch_size", 8))
     seq = recipe.data.max_length
@@ -702,10 +708,13 @@ def rows_and_seq(recipe: Any, train: dict[str, Any]) -> tuple[int, int, int, int
         return 2 * micro, seq, 0, 0  # chosen and rejected in one forward
     if method == "ppo":
         rows = max(1, micro // (int(train["num_mini_batches"]) * int(train["gradient_accumulation_steps"])))
-        return rows, prompt + gen.max_new_tokens, min(gen.batch_size, micro), prompt + gen.max_new_tokens
-    if method in ("grpo", "rloo"):
-        new = int(train.get("max_completion_length") or gen.max_new_tokens)
-        gen_rows = micro * int(train.get("steps_per_generation") or train.get("gradient_accumulation_steps") or 1)
+        samples = int(train["num_generations"])
+        prompts = max(1, micro // samples)  # per process per rollout
+        return rows, prompt + gen.max_new_tokens, min(gen.batch_size, prompts) * samples, prompt + gen.max_new_tokens
+    if method in ("grpo", "rloo"):  # TRL's fields as the run sets them: `generation:` mapped, unless `train:` sets them
+        effective = {**train, **trl_generation_fields(gen, recipe.train)[0]}
+        new = int(effective["max_completion_length"])
+        gen_rows = online_batch(effective, {}, processes).generation_batch // processes
         return micro, prompt + new, gen_rows, prompt + new
     if method == "rejection_sampling":
         return micro, seq, gen.batch_size * gen.num_samples, prompt + gen.max_new_tokens
@@ -723,7 +732,7 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
         policy.states.buffers = max(policy.states.buffers, value.states.buffers)
         value.states.buffers = 0
         value.note += " (in the policy's DeepSpeed engine)"
-    rows, seq, gen_rows, gen_seq = rows_and_seq(recipe, train)
+    rows, seq, gen_rows, gen_seq = rows_and_seq(recipe, train, launch.processes)
     elem = 2 if launch.half else 4
     eager = recipe.model.attn_implementation == "eager"
     trained = [r for r in roles if r.training != "frozen"]
