@@ -1,8 +1,8 @@
 """generate -> score -> log-probs: the one code path for online methods (PPO today; RS and eval can share it).
 
 Log-probabilities, entropies and KLs are computed from the same processed logits that sampling used
-(logits / temperature). Sampling settings whose processed distribution the learner cannot
-reproduce exactly under a changing policy (top_k, top_p truncation) are refused for training
+(logits / temperature). Sampling settings whose processed distribution the log-probs do not
+model (greedy, top_k, top_p truncation) are refused here, once, for training and for evaluation
 rather than silently ignored. Each completion keeps the EOS id that ended it, so a model with
 several EOS ids is trained on the token it actually sampled.
 """
@@ -14,23 +14,47 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.config import GenerationConfig
-from workbench.errors import WorkbenchError
+from workbench.errors import RecipeError
 from workbench.generation import Completion, GenerationStats, generate
 from workbench.logprobs import response_logprobs, rollout_tensors
 
 
-def refuse_unmodelled_sampling(cfg: GenerationConfig, method: str) -> None:
-    """An on-policy learner needs log pi(token) of the distribution sampled; truncated sampling has none it can train."""
+def unmodelled_sampling(cfg: GenerationConfig, who: str, key: str = "generation") -> list[str]:
+    """One sentence per setting whose sampled distribution is not softmax(logits / temperature), the one whose
+    log-probs every consumer computes: a learner would train on wrong log-probs, an evaluation's KL would be
+    NaN (greedy) or biased (truncated sampling)."""
+    out = []
     if cfg.temperature <= 0:
-        raise WorkbenchError(f"{method} samples its own training data: set `generation.temperature` > 0 (1.0 is usual)")
+        out.append(
+            f"{who} needs the log-probs of what it samples and greedy decoding has none (`{key}.temperature: {cfg.temperature}`); "
+            f"set `{key}.temperature` > 0 (1.0 is usual)"
+        )
     if cfg.top_k:
-        raise WorkbenchError(
-            f"{method} cannot train on top-k sampling (its log-probs would be -inf outside the top k); set `generation.top_k: 0`"
+        out.append(
+            f"{who} computes log-probs of the whole distribution, not of top-k sampling (`{key}.top_k: {cfg.top_k}`), "
+            f"which gives every other token probability 0; set `{key}.top_k: 0`"
         )
     if cfg.top_p < 1.0:
-        raise WorkbenchError(
-            f"{method} cannot train on nucleus sampling (its log-probs would be -inf outside the nucleus); set `generation.top_p: 1.0`"
+        out.append(
+            f"{who} computes log-probs of the whole distribution, not of nucleus sampling (`{key}.top_p: {cfg.top_p}`), "
+            f"which gives every token outside the nucleus probability 0; set `{key}.top_p: 1.0`"
         )
+    return out
+
+
+EVAL_SAMPLING = ("evaluation", "eval.generation")  # (who, key) of the shared evaluation's sampling
+
+
+def eval_sampling_problems(cfg: GenerationConfig) -> list[str]:
+    """`unmodelled_sampling` of an `eval.generation` block (run recipes and comparison recipes alike)."""
+    return unmodelled_sampling(cfg, *EVAL_SAMPLING)
+
+
+def refuse_unmodelled_sampling(cfg: GenerationConfig, who: str, key: str = "generation", source: str = "recipe") -> None:
+    """Raise, listing every setting of `unmodelled_sampling`: the one refusal for every sampling path that needs log-probs."""
+    problems = unmodelled_sampling(cfg, who, key)
+    if problems:
+        raise RecipeError(source, problems)
 
 
 @dataclass

@@ -303,6 +303,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         sections.extend(lines)
         problems.extend(more)
     problems.extend(reward_problems(recipe))
+    from workbench.rollout import eval_sampling_problems  # the refusal PPO's rollouts use, for `eval.generation`
+
+    problems.extend(eval_sampling_problems(recipe.eval.generation))
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
         sections.append(scan.describe())
