@@ -220,20 +220,20 @@ def test_roles_per_method():
     ppo = recipe(base, "ppo", reward_model={"name_or_path": "rm"}, train={"value_model": "separate"})
     assert roles_of(ppo) == [
         ("policy", "full", "engine"),
-        ("reference", "frozen", "engine"),  # an inference engine sharded like the policy under ZeRO-3
+        ("reference", "frozen", P.PPO_REFERENCE),  # an inference engine sharded like the policy under ZeRO-3, else plain
         ("value", "full", "engine"),
         ("reward", "frozen", "plain"),  # a whole copy on each process's device
     ]
     ppo_default = recipe(base, "ppo", reward_model={"name_or_path": "rm"})  # value head on the policy's backbone
     assert roles_of(ppo_default) == [
         ("policy", "full", "engine"),
-        ("reference", "frozen", "engine"),
+        ("reference", "frozen", P.PPO_REFERENCE),
         ("reward", "frozen", "plain"),
     ]
     ppo_lora = recipe(base, "ppo", model={"lora": {"r": 8}}, reward_model={"function": "m:f"})
     assert roles_of(ppo_lora) == [("policy", "lora", "engine")]  # value head on the policy's backbone
     shared = recipe(base, "ppo", reward_model={"function": "m:f"}, train={"value_model": "shared"})
-    assert roles_of(shared) == [("policy", "full", "engine"), ("reference", "frozen", "engine")]
+    assert roles_of(shared) == [("policy", "full", "engine"), ("reference", "frozen", P.PPO_REFERENCE)]
     rs = recipe(base, "rejection_sampling", reward_model={"name_or_path": "rm"})
     assert roles_of(rs) == [("policy", "full", "engine"), ("reward", "frozen", "cpu")]
 
@@ -506,6 +506,32 @@ def test_rejection_sampling_generates_with_a_plain_copy_in_its_own_phase(tiny_mo
     assert plan.generation_gather_bytes == shape.params * 4
     assert plan.phases["generation"] == plan.kv_cache_bytes_per_device + plan.generation_gather_bytes  # SFT states not yet held
     assert plan.models[0].states.params == shape.params * 2  # the SFT stage: bf16 in the ZeRO-2 engine
+
+
+def test_plan_labels_say_what_they_describe(tiny_model):
+    """The precision names where it comes from, PPO's reference note matches the copy counted, and the manifest's
+    planned total is labelled with what the measured peak is."""
+    # the TRL-backed methods' bf16 is a GPU default: a CPU run trains in float32, so the label says so
+    launch = P.launch_from_config(None, "sft", {})
+    assert launch.describe().endswith("mixed precision bf16 (" + P.GPU_DEFAULT_PRECISION + ")")
+    assert "without one the run trains in float32" in P.GPU_DEFAULT_PRECISION
+    assert P.launch_from_config(None, "sft", {"bf16": True}).describe().endswith("mixed precision bf16")  # asked for
+    assert P.launch_from_mapping({"use_cpu": True}, REPO, "sft", {}, "cpu").describe().endswith("mixed precision no")
+    # PPO's reference under ZeRO-2 is a whole plain copy in its load dtype (ppo_learner.frozen_engine), not a shard
+    r = recipe(str(tiny_model), "ppo", model={"dtype": "float32"}, reward_model={"function": "m:f"})
+    shape = P.model_shape(str(tiny_model))
+    ref2 = P.build_plan(r, P.Launch(processes=2, zero_stage=2)).models[1]
+    assert ref2.role == "reference" and ref2.placement == "plain" and "sharded like the policy" not in ref2.note
+    assert "whole on each process's device" in ref2.note and ref2.weight_dtype == "float32"
+    assert ref2.states.params == shape.params * 4
+    ref3 = P.build_plan(r, P.Launch(processes=2, zero_stage=3)).models[1]
+    assert ref3.placement == "engine" and "sharded like the policy (ZeRO-3)" in ref3.note
+    assert ref3.states.params == shape.params * 2 / 2  # 16-bit inside the engine, one half per process
+    # the manifest: a planned device total beside a CPU process's resident set is marked as not comparable
+    fields = P.planned_memory(recipe(str(tiny_model), "sft", data={"max_length": 32}), "cpu_max_rss")
+    assert set(fields) == {"planned_device_memory_mb", "planned_vs_measured"} and fields["planned_device_memory_mb"] > 0
+    assert fields["planned_vs_measured"].startswith("not comparable: peak_memory_mb is cpu_max_rss")
+    assert P.planned_vs_measured("cuda_max_allocated").startswith("comparable: ")
 
 
 def test_validate_prints_the_plan_total(tmp_path, tiny_model, capsys):
