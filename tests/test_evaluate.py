@@ -205,6 +205,8 @@ def test_no_nan_reaches_the_metrics():
     lp = LogProbs([[-1.0, -0.5], [-0.2]], [], [])
     m = quality_metrics(samples, lp, lp, None, None)
     assert m["distinct_2"] is None and m["kl_to_reference"] == 0.0
+    one_prompt = quality_metrics(Samples([0, 0], [[5, 6], [7]], [True, False], ["a", "b"]), lp, lp, None, None)
+    assert one_prompt["kl_to_reference_stderr"] is None and one_prompt["finished_share"] == 0.5  # one cluster: no spread
     refuse_non_finite(m, "policy")  # every value finite or None
     with pytest.raises(WorkbenchError, match=r"non-finite kl_to_reference, kl_to_reference_stderr"):
         refuse_non_finite({**m, "kl_to_reference": math.inf, "kl_to_reference_stderr": math.nan}, "policy")

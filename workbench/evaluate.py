@@ -256,8 +256,8 @@ def quality_metrics(
         "response_length_mean": lengths,
         "finished_share": finished,
     }
-    for key, values in per_response.items():
-        out[f"{key}_stderr"] = S.clustered_mean(values, samples.prompt_index).stderr if values else None
+    for key, values in per_response.items():  # None, not NaN, where undefined (a single prompt)
+        out[f"{key}_stderr"] = finite_or_none(S.clustered_mean(values, samples.prompt_index).stderr) if values else None
     return out
 
 
