@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from workbench import health as H
 from workbench.compare import Comparison, Outcome, Stage, StageRun
 from workbench.config import EvalConfig, GenerationConfig
 from workbench.report import aggregate, fmt, write_outputs
@@ -17,9 +18,23 @@ PROMPTS, SAMPLES = 4, 2
 SFT_GOLD = [[0.30, 0.40], [0.50, 0.60], [0.20, 0.20], [0.70, 0.50]]  # [prompt][sample]
 DPO_SHIFT = [0.10, 0.12, 0.08, 0.10]  # per prompt: mean 0.1, sd 0.01633
 PPO_SHIFT = [0.10, -0.10, 0.05, -0.05]  # mean 0: within noise
+# PPO's per-update history: reward up, entropy 6 -> 0.5, KL 0 -> 40, explained variance 0 -> -2 (20 updates)
+PPO_HISTORY = [
+    {
+        H.PPO_SCORES: 0.4 + 0.5 * i / 19,
+        H.PPO_KL: 40.0 * i / 19,
+        H.PPO_ENTROPY: 6.0 - 5.5 * i / 19,
+        H.PPO_EV: -2.0 * i / 19,
+        H.PPO_FINISHED: 0.4,
+        H.PPO_LENGTH: 12.0,
+    }
+    for i in range(20)
+]
 
 
-def write_stage(root: Path, name: str, method: str, gold: list[list[float]], finished: bool, **extra) -> StageRun:
+def write_stage(
+    root: Path, name: str, method: str, gold: list[list[float]], finished: bool, manifest: dict | None = None, **extra
+) -> StageRun:
     run_dir = root / "seed-1" / name
     run_dir.mkdir(parents=True)
     rows = []
@@ -41,7 +56,7 @@ def write_stage(root: Path, name: str, method: str, gold: list[list[float]], fin
     (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in extra.pop("metrics", [])))
     (run_dir / "manifest.json").write_text(
-        json.dumps({"status": "completed", "wall_seconds": 12.0, "cost": {"train_tokens": 3000}})
+        json.dumps({"status": "completed", "wall_seconds": 12.0, "cost": {"train_tokens": 3000}, **(manifest or {})})
     )
     n = len(rows)
     evaluation = {
@@ -86,13 +101,21 @@ def finished_comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Compa
     dpo_gold = [[g + DPO_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
     ppo_gold = [[g + PPO_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
     ev_lines = [{"step": i, "train/val/explained_variance": v} for i, v in enumerate([0.1, -0.2, -0.4, -0.6])]
+    diagnosis = H.ppo_diagnosis(PPO_HISTORY, 0, 10.0, 16)  # what PPO wrote to its manifest at the end of its run
     runs = {
         1: {
             "sft": write_stage(tmp_path, "sft", "sft", SFT_GOLD, True),
             "rm": rm,
             "dpo": write_stage(tmp_path, "dpo", "dpo", dpo_gold, True),
             "ppo": write_stage(
-                tmp_path, "ppo", "ppo", ppo_gold, False, metrics=ev_lines, reward_model={"name_or_path": str(rm_dir / "model")}
+                tmp_path,
+                "ppo",
+                "ppo",
+                ppo_gold,
+                False,
+                manifest={"diagnosis": diagnosis},
+                metrics=ev_lines,
+                reward_model={"name_or_path": str(rm_dir / "model")},
             ),
         }
     }
@@ -126,7 +149,14 @@ def test_results_carry_sizes_clustered_errors_and_paired_intervals(finished_comp
 def test_health_flags_sit_next_to_their_policy(finished_comparison):
     comparison, _ = finished_comparison
     res = {r["name"]: r for r in json.loads((comparison.output_dir / "results.json").read_text())}
-    assert [f["code"] for f in res["ppo"]["health"]] == ["length_cap", "value_not_learning", "weak_reward_model"]
+    manifest = json.loads((comparison.output_dir / "seed-1" / "ppo" / "manifest.json").read_text())
+    assert [f["code"] for f in manifest["diagnosis"]] == ["value_not_learning", "entropy_collapse", "kl_high"]
+    # PPO's own end-of-run diagnosis, word for word as in its manifest, and no second explained-variance check
+    assert res["ppo"]["health"] == [
+        {"code": "length_cap", "message": res["ppo"]["health"][0]["message"]},
+        *manifest["diagnosis"],
+        {"code": "weak_reward_model", "message": res["ppo"]["health"][-1]["message"]},
+    ]
     assert res["dpo"]["health"] == [] and res["sft"]["health"] == []  # dpo trained without the reward model
     report = (comparison.output_dir / "report.md").read_text()
     assert report.startswith("# Comparison: hand\n\n## Findings")
@@ -144,7 +174,9 @@ def test_health_flags_sit_next_to_their_policy(finished_comparison):
     for png in ("reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "reward_margins.png"):
         assert (comparison.output_dir / png).read_bytes()[:4] == b"\x89PNG"
     csv_head, ppo_row = (comparison.output_dir / "results.csv").read_text().splitlines()[0::3][:2]
-    assert "gold_reward_mean_stderr" in csv_head and ppo_row.endswith("length_cap value_not_learning weak_reward_model")
+    assert "gold_reward_mean_stderr" in csv_head
+    assert ppo_row.endswith("length_cap value_not_learning entropy_collapse kl_high weak_reward_model")
+    assert report.count("**value_not_learning**") == 1 and "**entropy_collapse**: reward rose while entropy" in report
 
 
 def test_integers_print_as_integers():

@@ -250,7 +250,8 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
                 continue
             loss_type = (run.recipe.get("train") or {}).get("loss_type") or ["sigmoid"]
             loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-            for f in H.training_flags(run.method, read_jsonl(run.run_dir / "metrics.jsonl"), loss_types):
+            manifest, lines = read_json(run.run_dir / "manifest.json"), read_jsonl(run.run_dir / "metrics.jsonl")
+            for f in H.run_flags(run.method, manifest, lines, loss_types):
                 prefix = f"seed {seed}: " if len(comparison.seeds) > 1 else ""
                 flags.append({"code": f["code"], "message": prefix + f["message"]})
             if rm_flag is not None and uses_reward_model(comparison, run) and rm_flag not in flags:
