@@ -12,7 +12,7 @@ import pytest
 from workbench import health as H
 from workbench.compare import Comparison, Outcome, Stage, StageRun
 from workbench.config import EvalConfig, GenerationConfig
-from workbench.report import aggregate, fmt, write_outputs
+from workbench.report import aggregate, fmt, report_markdown, write_outputs
 
 PROMPTS, SAMPLES = 4, 2
 SFT_GOLD = [[0.30, 0.40], [0.50, 0.60], [0.20, 0.20], [0.70, 0.50]]  # [prompt][sample]
@@ -33,14 +33,24 @@ PPO_HISTORY = [
 
 
 def write_stage(
-    root: Path, name: str, method: str, gold: list[list[float]], finished: bool, manifest: dict | None = None, **extra
+    root: Path,
+    name: str,
+    method: str,
+    gold: list[list[float]],
+    finished: bool,
+    manifest: dict | None = None,
+    seed: int = 1,
+    baseline: list[list[float]] = SFT_GOLD,
+    kl: float | None = None,
+    **extra,
 ) -> StageRun:
-    run_dir = root / "seed-1" / name
+    """A stage's run directory as the comparison leaves it; `gold[prompt][sample]`, wins against `baseline`'s gold,
+    KL `kl` for every response (default: 0 for sft, else 1 + prompt index); `manifest` entries over the defaults."""
+    run_dir = root / f"seed-{seed}" / name
     run_dir.mkdir(parents=True)
     rows = []
-    for p in range(PROMPTS):
-        for s in range(SAMPLES):
-            g = gold[p][s]
+    for p, row in enumerate(gold):
+        for s, g in enumerate(row):
             rows.append(
                 {
                     "prompt_index": p,
@@ -49,15 +59,14 @@ def write_stage(
                     "finished": finished,
                     "gold": g,
                     "reward": 2 * g,
-                    "kl_to_reference": 0.0 if name == "sft" else 1.0 + p,
-                    "win": 1.0 if g > SFT_GOLD[p][s] else 0.5 if g == SFT_GOLD[p][s] else 0.0,
+                    "kl_to_reference": kl if kl is not None else 0.0 if name == "sft" else 1.0 + p,
+                    "win": 1.0 if g > baseline[p][s] else 0.5 if g == baseline[p][s] else 0.0,
                 }
             )
     (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in extra.pop("metrics", [])))
-    (run_dir / "manifest.json").write_text(
-        json.dumps({"status": "completed", "wall_seconds": 12.0, "cost": {"train_tokens": 3000}, **(manifest or {})})
-    )
+    manifest = {"status": "completed", "wall_seconds": 12.0, "cost": {"train_tokens": 3000}, **(manifest or {})}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
     n = len(rows)
     evaluation = {
         "name": name,
@@ -70,14 +79,14 @@ def write_stage(
         "finished_share": sum(r["finished"] for r in rows) / n,
         "distinct_2": 0.8,
         "preference_accuracy": 0.5 if name == "sft" else 0.7,
-        "num_prompts": PROMPTS,
-        "samples_per_prompt": SAMPLES,
+        "num_prompts": len(gold),
+        "samples_per_prompt": len(gold[0]),
         "num_pairs": 50,
-        "wall_seconds": 12.0,
-        "train_tokens": 3000,
+        "wall_seconds": manifest["wall_seconds"],
+        **{k: manifest["cost"].get(k) for k in ("train_tokens", "generated_tokens")},
     }
     recipe = {"method": method, "train": {}, **extra}
-    run = StageRun(Stage(name, {}), 1, recipe, run_dir, status="completed")
+    run = StageRun(Stage(name, {}), seed, recipe, run_dir, status="completed")
     run.evaluation = evaluation
     return run
 
@@ -182,3 +191,69 @@ def test_health_flags_sit_next_to_their_policy(finished_comparison):
 def test_integers_print_as_integers():
     assert fmt(3000.0) == "3,000" and fmt(16.0) == "16" and fmt(12) == "12" and fmt(0.5) == "0.500"
     assert fmt(0.25, 0.01) == "0.250 ± 0.010" and fmt(None) == "-" and fmt(float("nan")) == "-"
+
+
+# ----------------------------------------------------------------------------------------------
+# Several seeds: verdicts that account for the seed-to-seed variance
+
+
+def seeded_comparison(root: Path, shifts: list[list[float]]) -> tuple[Comparison, Outcome, dict[str, dict]]:
+    """sft and dpo on len(shifts) seeds with one sample per prompt; dpo's gold is sft's plus shifts[seed][prompt]."""
+    base = [[0.1 * (p % 5)] for p in range(len(shifts[0]))]
+    seeds = list(range(1, len(shifts) + 1))
+    stages = {n: Stage(n, {}) for n in ("sft", "dpo")}
+    comparison = Comparison("seeds", root, seeds, {"tracking": {"mode": "disabled"}}, stages, EvalConfig(), baseline_stage="sft")
+    runs = {}
+    for seed, shift in zip(seeds, shifts):
+        gold = [[g + shift[p] for g in row] for p, row in enumerate(base)]
+        runs[seed] = {
+            "sft": write_stage(root, "sft", "sft", base, True, seed=seed, baseline=base),
+            "dpo": write_stage(root, "dpo", "dpo", gold, True, seed=seed, baseline=base),
+        }
+    outcome = Outcome(comparison, runs)
+    outcome.results = aggregate(comparison, runs)
+    return comparison, outcome, {r["name"]: r for r in outcome.results}
+
+
+def verdict_line(report: str, start: str) -> str:
+    return next((line for line in report.splitlines() if line.startswith(start)), "")
+
+
+E32 = [0.02 if p % 2 == 0 else -0.02 for p in range(32)]  # a prompt effect on the difference, mean 0
+
+
+def test_two_seeds_of_opposite_sign_are_no_winner(tmp_path):
+    """Issue 25 item 5: +0.5 on one seed, -0.3 on the other, 32 prompts. Seeds pooled in prompt clusters gave
+    `dpo +0.100 [+0.093, +0.107]` under Beat; the seed variance component (0.32, from the seed means) now enters
+    the interval, on t with 1 df, and a method whose seeds disagree in sign is named as such, never a winner."""
+    comparison, outcome, res = seeded_comparison(tmp_path, [[0.5 + e for e in E32], [-0.3 + e for e in E32]])
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    se = math.sqrt(0.0128 / 31 / 32 + 0.32 / 2)  # s^2(prompt means) / 32 + seed component / 2
+    assert d["difference"] == pytest.approx(0.1) and d["stderr"] == pytest.approx(se)
+    assert (d["low"], d["high"]) == pytest.approx((0.1 - 12.706205 * se, 0.1 + 12.706205 * se), abs=1e-5)
+    assert d["interval"] == "seeds and prompts" and d["per_seed"] == pytest.approx([0.5, -0.3])
+    report = report_markdown(comparison, outcome, {})
+    assert verdict_line(report, "- **Beat `sft`**").endswith("none")
+    assert "`dpo` +0.100 [-4.983, +5.183] (seeds +0.500, -0.300)" in verdict_line(report, "- **Seeds disagree**")
+    assert "seed variance component" in report and "t on seeds − 1 = 1 degrees of freedom" in report
+
+
+def test_three_seeds_that_agree_beat_the_baseline(tmp_path):
+    """+0.10, +0.12, +0.11 on 32 prompts: seed component 0.0001, t(2) = 4.302653: [+0.081, +0.139], above zero."""
+    _, outcome, res = seeded_comparison(tmp_path, [[m + e for e in E32] for m in (0.10, 0.12, 0.11)])
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    se = math.sqrt(0.0128 / 31 / 32 + 0.0001 / 3)
+    assert d["stderr"] == pytest.approx(se) and d["low"] == pytest.approx(0.11 - 4.302653 * se, abs=1e-5)
+    report = report_markdown(outcome.comparison, outcome, {})
+    assert "`dpo` +0.110 [+0.081, +0.139]" in verdict_line(report, "- **Beat `sft`**")
+    assert "Seeds disagree" not in report
+
+
+def test_an_interval_above_zero_with_one_seed_below_is_no_winner(tmp_path):
+    """Five seeds: four +0.5 and one -0.01. Seed means 0.5 x 4, -0.01: mean 0.398, sd 0.228, t(4): [+0.115, +0.681]
+    lies above zero, but one seed lost: listed as seeds disagree."""
+    _, outcome, res = seeded_comparison(tmp_path, [[m + e for e in E32[:4]] for m in (0.5, 0.5, 0.5, 0.5, -0.01)])
+    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    assert d["low"] > 0 and d["per_seed"] == pytest.approx([0.5, 0.5, 0.5, 0.5, -0.01])
+    report = report_markdown(outcome.comparison, outcome, {})
+    assert verdict_line(report, "- **Beat `sft`**").endswith("none") and "`dpo`" in verdict_line(report, "- **Seeds disagree**")

@@ -5,8 +5,10 @@ metrics.jsonl), so a report can be rebuilt from a finished comparison directory.
 
 Uncertainty: every mean carries a standard error clustered by prompt, recomputed here from the
 samples of every seed pooled by prompt; each policy's difference from the baseline is paired on
-(seed, prompt, sample index) and given a 95% t interval (workbench.stats). The spread between
-seeds is reported separately as a sample standard deviation (n - 1) with the number of seeds.
+(seed, prompt, sample index) and given a 95% t interval (workbench.stats) which, with several seeds,
+includes the between-seed variance (every seed is evaluated on the same held-out prompts: the split
+is by content, not by seed). The spread of each mean between seeds is reported as a sample standard
+deviation (n - 1) with the number of seeds.
 """
 
 from __future__ import annotations
@@ -146,12 +148,21 @@ def clustered(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
     return S.clustered_mean(list(values), list(clusters))
 
 
+def seeded(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
+    """The mean of a per-response field over seeds and prompts, its interval holding across both (seed_and_prompt_mean)."""
+    triples = [(v, r["seed"], r["prompt_index"]) for r in rows if (v := _value(r, field)) is not None]
+    if len(triples) < len(rows) or len(triples) < 2:
+        return None
+    values, seeds, prompts = zip(*triples)
+    return S.seed_and_prompt_mean(values, seeds, prompts)
+
+
 def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
-    """policy - baseline on the same (seed, prompt, sample index), clustered by prompt."""
+    """policy - baseline on the same (seed, prompt, sample index), clustered by prompt, with the seed variance."""
     if any("sample_index" not in r for r in (*rows, *base_rows)):
         return None  # samples from an older evaluation cannot be paired
     base = {_key(r): _value(r, field) for r in base_rows}
-    policy, baseline, clusters = [], [], []
+    policy, baseline, clusters, seeds = [], [], [], []
     for r in rows:
         a, b = _value(r, field), base.get(_key(r))
         if a is None or b is None:
@@ -159,15 +170,26 @@ def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: s
         policy.append(a)
         baseline.append(b)
         clusters.append(r["prompt_index"])
-    return S.paired_difference(policy, baseline, clusters) if len(policy) > 1 else None
+        seeds.append(r["seed"])
+    return S.paired_difference(policy, baseline, clusters, seeds=seeds) if len(policy) > 1 else None
 
 
 def _key(row: dict[str, Any]) -> tuple[Hashable, ...]:
     return (row["seed"], row["prompt_index"], row["sample_index"])
 
 
-def _interval(est: S.Estimate) -> dict[str, float]:
-    return {"difference": est.mean, "stderr": est.stderr, "low": est.low, "high": est.high}
+def _interval(est: S.Estimate, offset: float = 0.0) -> dict[str, Any]:
+    """An estimate less `offset` as results.json's `vs_baseline` entry: which interval, and each seed's value."""
+    d: dict[str, Any] = {
+        "difference": est.mean - offset,
+        "stderr": est.stderr,
+        "low": est.low - offset,
+        "high": est.high - offset,
+        "interval": est.interval,
+    }
+    if est.per_seed:
+        d["per_seed"] = [v - offset for v in est.per_seed]
+    return d
 
 
 def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
@@ -187,14 +209,9 @@ def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]]
                 est = paired(rows, base_rows, SAMPLE_FIELDS[key])
                 if est is not None:
                     vs[key] = _interval(est)
-            win = clustered(rows, "win")
+            win = seeded(rows, "win")
             if win is not None:  # the win rate already pairs each response with the baseline's: its distance from 0.5
-                vs["win_rate_vs_baseline"] = {
-                    "difference": win.mean - 0.5,
-                    "stderr": win.stderr,
-                    "low": win.low - 0.5,
-                    "high": win.high - 0.5,
-                }
+                vs["win_rate_vs_baseline"] = _interval(win, 0.5)
         r["vs_baseline"] = vs
 
 
@@ -419,46 +436,95 @@ def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
     return lines
 
 
+# How each kind of interval (stats.Estimate.interval) is described in the report; {df}: seeds - 1
+INTERVAL_TEXT = {
+    S.SEEDS_AND_PROMPTS: "their intervals add the seed variance component estimated from the per-seed differences "
+    "(seeds × prompts, crossed random effects: a seed's effect moves every prompt alike, which pooling the seeds per "
+    "prompt hides), with t on seeds − 1 = {df} degrees of freedom",
+    S.SEEDS: "their intervals are t intervals over the per-seed differences (the seeds were evaluated on different "
+    "prompts), seeds − 1 = {df} degrees of freedom",
+}
+VERDICTS = ("better", "noise", "disagree", "worse")
+
+
+def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], sized: dict[str, Any]) -> str:
+    """How much evidence each policy has, and which intervals the verdicts rest on."""
+    baseline, seeds = comparison.baseline_name, len(comparison.seeds)
+    text = (
+        f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
+        + (f" for each of {seeds} seeds" if seeds > 1 else "")
+        + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
+        "standard errors clustered by prompt (per-prompt means, then their spread)"
+    )
+    if baseline:
+        text += f"; differences are paired with `{baseline}`'s response to the same " + (
+            "seed, prompt and sample index" if seeds > 1 else "prompt and sample index"
+        )
+        kinds = {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
+        text += "".join(f"; {INTERVAL_TEXT[k].format(df=seeds - 1)}" for k in (S.SEEDS_AND_PROMPTS, S.SEEDS) if k in kinds)
+    text += "."
+    return text + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
+
+
+def verdict(d: dict[str, Any]) -> str:
+    """better / worse (interval beyond zero and every seed on that side), disagree (seeds of both signs or at zero:
+    never a winner), or noise."""
+    if d.get("per_seed") and S.sign_of_every(d["per_seed"]) == 0:
+        return "disagree"
+    return "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "noise"
+
+
+def verdict_text(r: dict[str, Any], d: dict[str, Any]) -> str:
+    """`name` difference [interval] (per-seed differences) (win rate [interval])."""
+    text = f"`{r['name']}` {fmt_interval(d)}"
+    if d.get("per_seed"):
+        text += " (seeds " + ", ".join(f"{v:+.3f}" for v in d["per_seed"]) + ")"
+    win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
+    if win:  # a rate: its t interval is shown clipped to [0, 1]
+        lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
+        text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
+    return text
+
+
+def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The verdict bullets on the judge metric, and the policy names under each verdict."""
+    baseline = comparison.baseline_name
+    texts: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    names: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    for r in ok:
+        d = (r.get("vs_baseline") or {}).get(judge)
+        if r["name"] == baseline or not d:
+            continue
+        v = verdict(d)
+        texts[v].append(verdict_text(r, d))
+        names[v].append(r["name"])
+    if not baseline:
+        return [], names
+    judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
+    every_seed = " and every seed's difference above zero" if len(comparison.seeds) > 1 else ""
+    lines = [f"Judged by {judge_name}, difference from `{baseline}`:", ""]
+    lines.append(f"- **Beat `{baseline}`** (interval above zero{every_seed}): " + ("; ".join(texts["better"]) or "none"))
+    lines.append("- **Within noise** (interval includes zero): " + ("; ".join(texts["noise"]) or "none"))
+    if texts["disagree"]:
+        lines.append(
+            "- **Seeds disagree** (the per-seed differences are not all of one sign: never counted as a win): "
+            + "; ".join(texts["disagree"])
+        )
+    if texts["worse"]:
+        lines.append(f"- **Worse than `{baseline}`** (interval below zero): " + "; ".join(texts["worse"]))
+    return [*lines, ""], names
+
+
 def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
     """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
-    baseline = comparison.baseline_name
     judge = judge_metric(results)
     ok = [r for r in results if r["status"] == "ok"]
     lines = ["## Findings", ""]
     sized = next((r for r in ok if r.get("num_prompts")), None)
     if sized:
-        seeds = len(comparison.seeds)
-        lines.append(
-            f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
-            + (f" for each of {seeds} seeds" if seeds > 1 else "")
-            + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
-            "standard errors clustered by prompt (per-prompt means, then their spread)"
-            + (f"; differences are paired with `{baseline}`'s response to the same prompt and sample index." if baseline else ".")
-            + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
-        )
-        lines.append("")
-    judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
-    better, worse, noise = [], [], []
-    for r in ok:
-        if r["name"] == baseline:
-            continue
-        d = (r.get("vs_baseline") or {}).get(judge)
-        if not d:
-            continue
-        win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
-        text = f"`{r['name']}` {fmt_interval(d)}"
-        if win:  # a rate: its t interval is shown clipped to [0, 1]
-            lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
-            text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
-        (better if d["low"] > 0 else worse if d["high"] < 0 else noise).append(text)
-    if baseline:
-        lines.append(f"Judged by {judge_name}, difference from `{baseline}`:")
-        lines.append("")
-        lines.append(f"- **Beat `{baseline}`** (interval above zero): " + ("; ".join(better) if better else "none"))
-        lines.append("- **Within noise** (interval includes zero): " + ("; ".join(noise) if noise else "none"))
-        if worse:
-            lines.append(f"- **Worse than `{baseline}`** (interval below zero): " + "; ".join(worse))
-        lines.append("")
+        lines += [evidence_sentence(comparison, results, sized), ""]
+    verdicts, _ = verdict_lines(comparison, ok, judge)
+    lines += verdicts
     top = max((r for r in ok if r.get(judge) is not None), key=lambda r: r[judge], default=None)
     flagged = [r for r in results if r.get("health")]
     if top is not None and top.get("health"):
@@ -555,7 +621,8 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
     vs_rows = [r for r in results if r.get("vs_baseline")]
     if vs_rows:
         keys = [k for k in (*PAIRED_METRICS, "win_rate_vs_baseline") if any(k in r["vs_baseline"] for r in vs_rows)]
-        lines += [f"Paired differences from `{baseline}` (same prompt and sample index), 95% intervals:", ""]
+        same = "seed, prompt and sample index" if len(comparison.seeds) > 1 else "prompt and sample index"
+        lines += [f"Paired differences from `{baseline}` (same {same}), {difference_interval_label(vs_rows)}:", ""]
         lines += [
             "| policy | " + " | ".join(f"Δ {SHORT[k]}" if k != "win_rate_vs_baseline" else "win rate − 0.5" for k in keys) + " |"
         ]
@@ -618,6 +685,14 @@ def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | No
 
 
 INTERVAL_LABEL = "95% interval, clustered by prompt"
+
+
+def difference_interval_label(results: list[dict[str, Any]]) -> str:
+    """What the intervals of the paired differences are: clustered by prompt, or with the seed variance as well."""
+    kinds = {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
+    if S.SEEDS_AND_PROMPTS in kinds or S.SEEDS in kinds:
+        return "95% interval with the seed-to-seed variance"
+    return INTERVAL_LABEL
 
 
 def _half_width(r: dict[str, Any], key: str) -> float:
@@ -717,7 +792,7 @@ def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: P
         ax.errorbar([], [], xerr=[], fmt="o", color=color, label=text)
     ax.set_yticks(ys, [policy_label(r) for r in rows])
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({INTERVAL_LABEL})")
+    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({difference_interval_label(rows)})")
     ax.set_title(f"{SHORT[key].capitalize()}: difference from the baseline")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
