@@ -257,3 +257,87 @@ def test_an_interval_above_zero_with_one_seed_below_is_no_winner(tmp_path):
     assert d["low"] > 0 and d["per_seed"] == pytest.approx([0.5, 0.5, 0.5, 0.5, -0.01])
     report = report_markdown(outcome.comparison, outcome, {})
     assert verdict_line(report, "- **Beat `sft`**").endswith("none") and "`dpo`" in verdict_line(report, "- **Seeds disagree**")
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward model's coin test counts distinct held-out pairs
+
+
+def rm_seeds(root: Path, fingerprints: list[str], num_pairs: int = 100, right: int = 56) -> tuple[Comparison, dict]:
+    """A reward stage and a PPO policy trained on it, per seed; each seed's reward model ranks `right` of the same
+    `num_pairs` held-out pairs right (which ones differs by seed), its pairs named by `fingerprints[seed]`."""
+    seeds = list(range(1, len(fingerprints) + 1))
+    stages = {n: Stage(n, {}) for n in ("sft", "rm", "ppo")}
+    comparison = Comparison("rm", root, seeds, {}, stages, EvalConfig(), baseline_stage="sft", reward_stage="rm")
+    runs: dict[int, dict] = {}
+    for seed, fp in zip(seeds, fingerprints):
+        rm_dir = root / f"seed-{seed}" / "rm"
+        rm_dir.mkdir(parents=True)
+        margins = [0.5 if (i + 7 * seed) % num_pairs < right else -0.5 for i in range(num_pairs)]
+        saved = {"accuracy": right / num_pairs, "length_baseline_accuracy": 0.5, "num_pairs": num_pairs, "margins": margins}
+        (rm_dir / "reward_eval.json").write_text(json.dumps({**saved, "inputs_fingerprint": fp}))
+        runs[seed] = {
+            "sft": write_stage(root, "sft", "sft", SFT_GOLD, True, seed=seed),
+            "rm": StageRun(stages["rm"], seed, {"method": "reward"}, rm_dir, status="completed"),
+            "ppo": write_stage(
+                root, "ppo", "ppo", SFT_GOLD, True, seed=seed, reward_model={"name_or_path": str(rm_dir / "model")}
+            ),
+        }
+    return comparison, runs
+
+
+def test_the_coin_test_counts_each_held_out_pair_once(tmp_path):
+    """Issue 25 item 6: 3 seeds on the same 100 pairs counted n = 300, so accuracy 0.56 (within 0.098 of a coin on
+    100 pairs, beyond 0.057 on 300) was flagged with 1 seed and not with 3. Each pair's accuracy is now averaged over
+    the seeds and n is the 100 distinct pairs."""
+    from workbench.report import reward_model_summary
+
+    comparison, runs = rm_seeds(tmp_path, ["same", "same", "same"])
+    rm = reward_model_summary(comparison, runs)
+    assert (rm["num_pairs"], rm["num_seeds"]) == (100, 3) and rm["accuracy"] == pytest.approx(0.56)
+    res = {r["name"]: r for r in aggregate(comparison, runs)}
+    weak = [f for f in res["ppo"]["health"] if f["code"] == "weak_reward_model"]
+    assert len(weak) == 1 and "0.560 on 100 pairs is within noise of 0.5 (±0.098)" in weak[0]["message"]
+    # seeds evaluated on different pairs: those are distinct pairs, and they add up
+    other, other_runs = rm_seeds(tmp_path / "other", ["a", "b", "c"])
+    assert reward_model_summary(other, other_runs)["num_pairs"] == 300
+    assert not [f for r in aggregate(other, other_runs) for f in r["health"] if f["code"] == "weak_reward_model"]
+    # the report's table: 100 distinct pairs, a coin's 95% band for 100 pairs, each seed's margins in the quantiles
+    report = report_markdown(comparison, Outcome(comparison, runs, list(res.values())), {}, rm)
+    assert "| 100 (each scored by 3 seeds' models) | 0.560 | 0.500 | 0.5 ± 0.098 | - |" in report
+    assert "44% of the 300 scored pairs ranked the wrong way" in report
+    # each pair's accuracy is its mean over the seeds (pairs ranked right by one seed of two count 0.5)
+    two = rm_seeds(tmp_path / "two", ["x", "x"], num_pairs=10, right=5)
+    assert reward_model_summary(*two)["accuracy"] == pytest.approx(0.5) and reward_model_summary(*two)["num_pairs"] == 10
+
+
+def test_every_seed_is_evaluated_on_the_same_held_out_pairs(tmp_path, tokenizer):
+    """The split is by content (a stable hash of the prompt or pair), not by seed: the seeds' held-out pairs are the
+    same, reward_eval.json records them by fingerprint, and the report counts them once."""
+    import dataclasses
+
+    from workbench.compare import evaluate_reward_model, load_comparison, stage_recipe
+    from workbench.config import RewardModelConfig, recipe_from_dict
+    from workbench.evaluate import eval_inputs
+    from workbench.report import reward_model_summary
+
+    quick = load_comparison("recipes/quickstart.yaml")
+    comparison = dataclasses.replace(
+        quick, seeds=[1, 2, 3], output_dir=tmp_path, eval=dataclasses.replace(quick.eval, num_pairs=40)
+    )
+    cfg = dataclasses.replace(comparison.eval, reward_model=RewardModelConfig(function="workbench.data.synthetic:vowel_reward"))
+    runs: dict[int, dict] = {}
+    for seed in comparison.seeds:
+        recipe = recipe_from_dict({**stage_recipe(comparison, comparison.stages["sft"], seed), "train": {}}, source="test")
+        inputs = eval_inputs(dataclasses.replace(recipe, eval=cfg), tokenizer)
+        stage = comparison.stages["reward"]
+        runs[seed] = {
+            "reward": StageRun(stage, seed, {"method": "reward"}, tmp_path / f"seed-{seed}" / "reward", status="completed")
+        }
+        runs[seed]["reward"].run_dir.mkdir(parents=True)
+        evaluate_reward_model(comparison, runs[seed], cfg, inputs, seed)
+    saved = [json.loads((tmp_path / f"seed-{s}" / "reward" / "reward_eval.json").read_text()) for s in comparison.seeds]
+    assert len({s["inputs_fingerprint"] for s in saved}) == 1 and saved[0]["inputs_fingerprint"] == inputs.fingerprint
+    assert all(s["num_pairs"] == 40 and s["margins"] == saved[0]["margins"] for s in saved)
+    rm = reward_model_summary(comparison, runs)
+    assert (rm["num_pairs"], rm["num_seeds"]) == (40, 3) and rm["accuracy"] == pytest.approx(saved[0]["accuracy"])

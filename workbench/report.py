@@ -216,7 +216,10 @@ def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]]
 
 
 def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
-    """The reward stage's held-out accuracy, length-only baseline and margins (every seed's pairs pooled)."""
+    """The reward stage's held-out accuracy, length-only baseline and margins over every seed's model.
+
+    Seeds scored on the same held-out pairs (the same `inputs_fingerprint`: the split is by content, not seed) count
+    each pair once, with its accuracy averaged over the seeds; `num_pairs` is the number of distinct pairs."""
     name = comparison.reward_stage
     if not name:
         return None
@@ -226,13 +229,22 @@ def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, Stage
     evals = [e for e in evals if e.get("num_pairs")]
     if not evals:
         return None
-    n = sum(e["num_pairs"] for e in evals)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i, e in enumerate(evals):  # an evaluation without its fingerprint counts as pairs of its own
+        groups.setdefault(e.get("inputs_fingerprint") or f"seed {i}", []).append(e)
+    per_pair: list[float] = []
+    length_right = 0.0
+    for group in groups.values():
+        per_pair += S.replicate_means([S.win_indicators(e["margins"], [0.0] * len(e["margins"])) for e in group])
+        length_right += group[0]["length_baseline_accuracy"] * group[0]["num_pairs"]
+    n = len(per_pair)
     logged = [line for e in evals[:1] for line in read_jsonl(runs[comparison.seeds[0]][name].run_dir / "metrics.jsonl")]
     return {
         "stage": name,
-        "accuracy": sum(e["accuracy"] * e["num_pairs"] for e in evals) / n,
-        "length_baseline_accuracy": sum(e["length_baseline_accuracy"] * e["num_pairs"] for e in evals) / n,
+        "accuracy": sum(per_pair) / n,
+        "length_baseline_accuracy": length_right / n,
         "num_pairs": n,
+        "num_seeds": len(evals),
         "margins": [m for e in evals for m in e["margins"]],
         "training_eval_accuracy": (H.series(logged, "eval/accuracy") or [None])[-1],
     }
@@ -554,13 +566,16 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
 
 
 def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """Accuracy against a coin's band for the distinct held-out pairs; margins of every seed's model pooled."""
     margins = sorted(rm["margins"])
-    n = len(margins)
+    n, pairs, seeds = len(margins), rm["num_pairs"], rm.get("num_seeds", 1)
 
     def q(p: float) -> float:
         return margins[min(n - 1, int(p * (n - 1) + 0.5))]
 
-    half = 1.96 * math.sqrt(0.25 / n)
+    half = 1.96 * math.sqrt(0.25 / pairs)
+    scored = f" (each scored by {seeds} seeds' models)" if seeds > 1 else ""
+    wrong = f"of the {n} scored pairs" if seeds > 1 else "of pairs"
     lines = [
         f"## Reward model (`{rm['stage']}`)",
         "",
@@ -569,12 +584,12 @@ def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]
         "",
         "| held-out pairs | accuracy | length-only rule (longer wins) | accuracy a coin reaches (95%) | accuracy logged in training |",
         "|---|---|---|---|---|",
-        f"| {n} | {rm['accuracy']:.3f} | {rm['length_baseline_accuracy']:.3f} | 0.5 ± {half:.3f} | "
+        f"| {pairs}{scored} | {rm['accuracy']:.3f} | {rm['length_baseline_accuracy']:.3f} | 0.5 ± {half:.3f} | "
         f"{fmt(rm.get('training_eval_accuracy'))} |",
         "",
         "Margin (score of chosen − score of rejected, normalized rewards): "
         f"mean {sum(margins) / n:+.3f}, 5% {q(0.05):+.3f}, 25% {q(0.25):+.3f}, median {q(0.5):+.3f}, "
-        f"75% {q(0.75):+.3f}, 95% {q(0.95):+.3f}; {sum(m < 0 for m in margins) / n:.0%} of pairs ranked the wrong way.",
+        f"75% {q(0.75):+.3f}, 95% {q(0.95):+.3f}; {sum(m < 0 for m in margins) / n:.0%} {wrong} ranked the wrong way.",
         "",
     ]
     if "Reward model margins" in plots:
@@ -839,7 +854,9 @@ def margins_plot(rm: dict[str, Any], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=f"{rm['num_pairs']} held-out pairs")
+    seeds = rm.get("num_seeds", 1)
+    label = f"{rm['num_pairs']} held-out pairs" + (f" × {seeds} seeds' models" if seeds > 1 else "")
+    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=label)
     ax.axvline(0.0, color="C3", linestyle="--", linewidth=1, label="0: left of it the pair is ranked wrong")
     ax.set_xlabel("score(chosen) − score(rejected)")
     ax.set_ylabel("pairs")
