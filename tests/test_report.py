@@ -341,3 +341,79 @@ def test_every_seed_is_evaluated_on_the_same_held_out_pairs(tmp_path, tokenizer)
     assert all(s["num_pairs"] == 40 and s["margins"] == saved[0]["margins"] for s in saved)
     rm = reward_model_summary(comparison, runs)
     assert (rm["num_pairs"], rm["num_seeds"]) == (40, 3) and rm["accuracy"] == pytest.approx(saved[0]["accuracy"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Findings that do not mislead (issue 30 item 3)
+
+
+def one_seed(root: Path, policies: dict[str, dict], **cfg) -> tuple[dict[str, dict], str]:
+    """`sft` (the baseline) and the given policies (write_stage keyword arguments) on seed 1: results and report.md."""
+    stages = {n: Stage(n, {}) for n in ("sft", *policies)}
+    comparison = Comparison("f", root, [1], {}, stages, EvalConfig(**cfg), baseline_stage="sft")
+    runs = {1: {"sft": write_stage(root, "sft", "sft", SFT_GOLD, True)}}
+    for name, kw in policies.items():
+        runs[1][name] = write_stage(root, name, kw.pop("method", "dpo"), **{"finished": True, **kw})
+    outcome = Outcome(comparison, runs)
+    outcome.results = aggregate(comparison, runs)
+    return {r["name"]: r for r in outcome.results}, report_markdown(comparison, outcome, {})
+
+
+DPO_GOLD = [[g + DPO_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
+
+
+def test_a_policy_that_did_not_move_reads_unchanged(tmp_path):
+    """Its responses are the baseline's (KL 0, every paired difference exactly 0): it read "within noise"."""
+    res, report = one_seed(tmp_path, {"dpo": {"gold": DPO_GOLD}, "idle": {"gold": SFT_GOLD, "kl": 0.0}})
+    assert [f["code"] for f in res["idle"]["health"]] == ["no_change"] and res["dpo"]["health"] == []
+    assert res["idle"]["health"][0]["message"].startswith(
+        "every paired difference from `sft` is exactly 0 (reward, gold reward, KL, length): the policy is unchanged"
+    )
+    assert verdict_line(report, "- **Unchanged** (did it train?)").endswith(": `idle`")
+    assert verdict_line(report, "- **Within noise**").endswith("none") and "- ⚠ `idle` — **no_change**" in report
+    # a policy that moved a little (KL 0.01 per response) is not unchanged, even with the same gold scores
+    res, _ = one_seed(tmp_path / "moved", {"nudged": {"gold": SFT_GOLD, "kl": 0.01}})
+    assert res["nudged"]["health"] == []
+
+
+LOUD_SHIFT = [0.15, -0.10, 0.05, -0.05]  # mean +0.0125: the highest gold mean, within noise
+
+
+def test_nobody_is_crowned_when_nothing_beat_the_baseline(tmp_path):
+    loud = [[g + LOUD_SHIFT[p] for g in row] for p, row in enumerate(SFT_GOLD)]
+    res, report = one_seed(tmp_path, {"ppo": {"gold": loud, "finished": False}})
+    assert res["ppo"]["gold_reward_mean"] > res["sft"]["gold_reward_mean"] and res["ppo"]["health"]
+    assert verdict_line(report, "- **Beat `sft`**").endswith("none") and "The highest" not in report
+    # a flagged policy that does beat the baseline with the highest mean is still called out
+    _, report = one_seed(tmp_path / "beat", {"dpo": {"gold": DPO_GOLD, "finished": False}})
+    assert "⚠ The highest gold reward belongs to `dpo`, which is flagged below" in report
+
+
+def test_findings_say_what_is_compared_and_warn_of_unequal_budgets(tmp_path):
+    ppo_cost = {"wall_seconds": 60.0, "cost": {"train_tokens": 3000, "generated_tokens": 20000}}
+    _, report = one_seed(tmp_path, {"dpo": {"gold": DPO_GOLD}, "ppo": {"gold": SFT_GOLD, "manifest": ppo_cost}})
+    assert (
+        "What is compared: 1 seed (1). Each policy is trained by its own stage with its method's own settings "
+        "(`stages.NAME.train`: learning rate, steps and batch differ per method). Training budget of each policy's "
+        "own stage (the baseline `sft` not counted): `dpo` 3,000 train tokens, - generated, 12 s; "
+        "`ppo` 3,000 train tokens, 20,000 generated, 60 s." in report
+    )
+    assert (
+        "⚠ **budget_mismatch**: training budgets differ by more than 2×: tokens (trained + generated) from 3,000 "
+        "(`dpo`) to 23,000 (`ppo`), 7.7×" in report
+    )
+    assert "wall seconds from 12 (`dpo`) to 60 (`ppo`), 5.0×" in report
+    _, report = one_seed(tmp_path / "equal", {"dpo": {"gold": DPO_GOLD}, "kto": {"gold": SFT_GOLD}})
+    assert "budget_mismatch" not in report and "`kto` 3,000 train tokens, - generated, 12 s." in report
+
+
+def test_fewer_held_out_prompts_than_asked_is_said(tmp_path):
+    """`eval.num_prompts: 16` on a split of 4 distinct prompts evaluated 4 without a word."""
+    _, report = one_seed(tmp_path, {"dpo": {"gold": DPO_GOLD}}, num_prompts=16, num_pairs=50)
+    assert (
+        "⚠ **eval_shortfall**: `eval.num_prompts` asks for 16 but the data's eval split gives only 4: the evaluation "
+        "uses 4 (raise `data.eval_split` or lower `eval.num_prompts`)" in report
+    )
+    assert "`eval.num_pairs`" not in report  # 50 asked, 50 held out
+    _, report = one_seed(tmp_path / "enough", {"dpo": {"gold": DPO_GOLD}}, num_prompts=4, num_pairs=50)
+    assert "eval_shortfall" not in report

@@ -190,3 +190,25 @@ def test_ppo_diagnosis_entropy_collapse_needs_the_reward_to_rise():
     # the reward fell: no hacking to report, but the KL spent on nothing is
     assert codes(history(PPO_ENTROPY=(6.0, 0.5), PPO_SCORES=(0.4, 0.3))) == ["kl_without_gain"]
     assert codes(history(PPO_ENTROPY=(6.0, 2.0))) == []  # a third of its start: sharper, not collapsed
+
+
+def test_no_change_needs_every_difference_exactly_zero_kl_included():
+    zero = Estimate(0.0, 0.0, 0.0, 0.0, 4, 8)
+    f = H.no_change({"reward": zero, "KL": zero, "length": None}, "sft")
+    assert f["code"] == "no_change" and "from `sft` is exactly 0 (reward, KL)" in f["message"]
+    assert H.no_change({"reward": zero, "KL": est(0.001, -0.001, 0.003)}, "sft") is None  # it moved a little
+    assert H.no_change({"reward": zero}, "sft") is None  # without KL, equal scores are no proof of the same policy
+
+
+def test_budget_mismatch_over_twice():
+    f = H.budget_mismatch({"dpo": 3000.0, "ppo": 23000.0, "kto": 4000.0, "rs": None}, "tokens")
+    assert f["code"] == "budget_mismatch" and "tokens from 3,000 (`dpo`) to 23,000 (`ppo`), 7.7×" in f["message"]
+    assert H.budget_mismatch({"dpo": 3000.0, "kto": 6000.0}, "tokens") is None  # exactly 2x: not over
+    assert H.budget_mismatch({"dpo": 3000.0, "rs": 0.0}, "tokens") is None  # nothing recorded to compare with
+
+
+def test_eval_shortfalls():
+    flags = H.eval_shortfalls({"num_prompts": 16, "num_pairs": 256}, {"num_prompts": 8, "num_pairs": 256})
+    assert [f["message"][:45] for f in flags] == ["`eval.num_prompts` asks for 16 but the data's"]
+    assert "gives only 8: the evaluation uses 8" in flags[0]["message"]
+    assert H.eval_shortfalls({"num_prompts": 16, "num_pairs": 256}, {"num_prompts": 16, "num_pairs": 0}) == []  # no pairs

@@ -499,6 +499,8 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
         f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
         flush=True,
     )
+    for f in inputs.shortfalls:
+        print(f"[seed {seed}] ⚠ {f['message']}", flush=True)
     scorer_sets: dict[str, dict[str, Any]] = {}  # each reward model / function loaded once per seed
     evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
     shared = ev.Shared()

@@ -28,10 +28,17 @@ FLAGS: dict[str, str] = {
     "diversity_collapse": "distinct-2 {distinct_2:.2f} is below half the baseline's {baseline:.2f}: responses repeat each other",
     "reward_hacking": "reward vs baseline {reward.mean:+.3f} [{reward.low:+.3f}, {reward.high:+.3f}] while gold reward "
     "{gold.mean:+.3f} [{gold.low:+.3f}, {gold.high:+.3f}]: the policy exploits the reward model",
+    "no_change": "every paired difference from `{baseline}` is exactly 0 ({metrics}): the policy is unchanged; did it "
+    "train? (check its stage's learning rate and steps, and its metrics.jsonl)",
     "weak_reward_model": "reward model held-out accuracy {accuracy:.3f} on {num_pairs} pairs is within noise of 0.5 "
     "(±{half:.3f}): rewards from it are close to random",
     "reward_model_length_only": "reward model held-out accuracy {accuracy:.3f} is no better than the length-only rule's "
     "{length_baseline:.3f} on the same pairs: it may only reward length",
+    # about the comparison as a whole
+    "budget_mismatch": "training budgets differ by more than {factor:g}×: {what} from {low:,.0f} (`{low_name}`) to "
+    "{high:,.0f} (`{high_name}`), {ratio:.1f}×; a lead may come from the budget rather than the method",
+    "eval_shortfall": "`eval.{key}` asks for {requested} but the data's eval split gives only {got}: the evaluation uses "
+    "{got} (raise `data.eval_split` or lower `eval.{key}`)",
     # from the training log
     "dpo_stuck": "DPO loss ends at {end:.4f}, within {tolerance} of ln 2 = {ln2:.4f}: the margins stayed at zero "
     "(learning rate or beta too small, or identical chosen/rejected)",
@@ -88,6 +95,15 @@ def reward_hacking(reward_diff: Estimate | None, gold_diff: Estimate | None) -> 
     return flag("reward_hacking", reward=reward_diff, gold=gold_diff)
 
 
+def no_change(differences: Mapping[str, Estimate | None], baseline: str) -> Flag | None:
+    """Every paired difference from the baseline (KL among them) is exactly 0 with no spread: each response is scored,
+    measured and as long as the baseline's own, so the policy did not move (not a difference within noise)."""
+    present = {name: d for name, d in differences.items() if d is not None}
+    if "KL" not in present or any((d.mean, d.low, d.high) != (0.0, 0.0, 0.0) for d in present.values()):
+        return None
+    return flag("no_change", baseline=baseline, metrics=", ".join(present))
+
+
 def weak_reward_model(accuracy: float | None, num_pairs: int, length_baseline: float | None) -> Flag | None:
     """The reward model's held-out accuracy is within noise of a coin, or no better than "the longer wins"."""
     if accuracy is None or num_pairs <= 0:
@@ -97,6 +113,41 @@ def weak_reward_model(accuracy: float | None, num_pairs: int, length_baseline: f
     if length_baseline is not None and accuracy <= length_baseline:
         return flag("reward_model_length_only", accuracy=accuracy, length_baseline=length_baseline)
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# About the comparison as a whole
+
+
+def budget_mismatch(budgets: Mapping[str, float | None], what: str, factor: float = 2.0) -> Flag | None:
+    """The largest of the policies' training budgets (e.g. tokens) over `factor` times the smallest: an unequal race."""
+    known = {name: float(v) for name, v in budgets.items() if v is not None and v > 0}
+    if len(known) < 2:
+        return None
+    low_name, high_name = min(known, key=known.__getitem__), max(known, key=known.__getitem__)
+    ratio = known[high_name] / known[low_name]
+    if ratio <= factor:
+        return None
+    return flag(
+        "budget_mismatch",
+        factor=factor,
+        what=what,
+        low=known[low_name],
+        low_name=low_name,
+        high=known[high_name],
+        high_name=high_name,
+        ratio=ratio,
+    )
+
+
+def eval_shortfalls(requested: Mapping[str, int], got: Mapping[str, Any]) -> list[Flag]:
+    """Fewer held-out prompts or pairs than `eval.<key>` asked for (the evaluation took what the split had); a key
+    with none held out at all (the pairs of prompt-only data) was not needed and is not flagged."""
+    return [
+        flag("eval_shortfall", key=key, requested=n, got=got[key])
+        for key, n in requested.items()
+        if isinstance(got.get(key), int) and 0 < got[key] < n
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -271,6 +271,7 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
                 H.kl_blowup(r.get("kl_to_reference"), comparison.eval.kl_warning),
                 None if r is base or base is None else H.diversity_collapse(r.get("distinct_2"), base.get("distinct_2")),
                 H.reward_hacking(_estimate(vs.get("reward_mean")), _estimate(vs.get("gold_reward_mean"))),
+                None if r is base or base is None else no_change(vs, base["name"]),
             ]
             flags += [f for f in found if f is not None]
         for seed in comparison.seeds:
@@ -286,6 +287,11 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
             if rm_flag is not None and uses_reward_model(comparison, run) and rm_flag not in flags:
                 flags.append(rm_flag)
         r["health"] = flags
+
+
+def no_change(vs: dict[str, Any], baseline: str) -> H.Flag | None:
+    """health.no_change on the paired differences, named as in the report's tables."""
+    return H.no_change({SHORT[k]: _estimate(vs.get(k)) for k in PAIRED_METRICS}, baseline)
 
 
 def _estimate(d: dict[str, float] | None) -> S.Estimate | None:
@@ -456,7 +462,7 @@ INTERVAL_TEXT = {
     S.SEEDS: "their intervals are t intervals over the per-seed differences (the seeds were evaluated on different "
     "prompts), seeds − 1 = {df} degrees of freedom",
 }
-VERDICTS = ("better", "noise", "disagree", "worse")
+VERDICTS = ("better", "noise", "unchanged", "disagree", "worse")
 
 
 def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], sized: dict[str, Any]) -> str:
@@ -478,9 +484,11 @@ def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], siz
     return text + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
 
 
-def verdict(d: dict[str, Any]) -> str:
-    """better / worse (interval beyond zero and every seed on that side), disagree (seeds of both signs or at zero:
-    never a winner), or noise."""
+def verdict(r: dict[str, Any], d: dict[str, Any]) -> str:
+    """unchanged (flagged no_change: it did not move), better / worse (interval beyond zero and every seed on that
+    side), disagree (seeds of both signs or at zero: never a winner), or noise."""
+    if any(f["code"] == "no_change" for f in r.get("health") or []):
+        return "unchanged"
     if d.get("per_seed") and S.sign_of_every(d["per_seed"]) == 0:
         return "disagree"
     return "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "noise"
@@ -507,8 +515,8 @@ def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) 
         d = (r.get("vs_baseline") or {}).get(judge)
         if r["name"] == baseline or not d:
             continue
-        v = verdict(d)
-        texts[v].append(verdict_text(r, d))
+        v = verdict(r, d)
+        texts[v].append(f"`{r['name']}`" if v == "unchanged" else verdict_text(r, d))
         names[v].append(r["name"])
     if not baseline:
         return [], names
@@ -517,6 +525,8 @@ def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) 
     lines = [f"Judged by {judge_name}, difference from `{baseline}`:", ""]
     lines.append(f"- **Beat `{baseline}`** (interval above zero{every_seed}): " + ("; ".join(texts["better"]) or "none"))
     lines.append("- **Within noise** (interval includes zero): " + ("; ".join(texts["noise"]) or "none"))
+    if texts["unchanged"]:
+        lines.append("- **Unchanged** (did it train?): " + ", ".join(texts["unchanged"]))
     if texts["disagree"]:
         lines.append(
             "- **Seeds disagree** (the per-seed differences are not all of one sign: never counted as a win): "
@@ -527,6 +537,52 @@ def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) 
     return [*lines, ""], names
 
 
+def warning_lines(flags: list[H.Flag]) -> list[str]:
+    """Comparison-wide flags, one bullet each, then a blank line (nothing when there are none)."""
+    return [*(f"- {WARN} **{f['code']}**: {f['message']}" for f in flags), ""] if flags else []
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None else f"{round(value):,}"
+
+
+def budget_lines(comparison: Comparison, ok: list[dict[str, Any]]) -> list[str]:
+    """What is compared: seeds, each policy's own training budget, and a warning when budgets differ by over 2x."""
+    seeds, baseline = comparison.seeds, comparison.baseline_name
+    text = (
+        f"What is compared: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}). Each policy "
+        "is trained by its own stage with its method's own settings (`stages.NAME.train`: learning rate, steps and batch "
+        "differ per method)."
+    )
+    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD]
+    if not policies:
+        return [text, ""]
+    text += (
+        " Training budget of each policy's own stage"
+        + (f" (the baseline `{baseline}` not counted)" if baseline else "")
+        + (", mean over seeds" if len(seeds) > 1 else "")
+        + ": "
+        + "; ".join(
+            f"`{r['name']}` {_count(r.get('train_tokens'))} train tokens, {_count(r.get('generated_tokens'))} generated, "
+            f"{_count(r.get('wall_seconds'))} s"
+            for r in policies
+        )
+        + "."
+    )
+    tokens = {r["name"]: _tokens(r) for r in policies}
+    found = [
+        H.budget_mismatch(tokens, "tokens (trained + generated)"),
+        H.budget_mismatch({r["name"]: r.get("wall_seconds") for r in policies}, "wall seconds"),
+    ]
+    return [text, "", *warning_lines([f for f in found if f is not None])]
+
+
+def _tokens(r: dict[str, Any]) -> float | None:
+    """Tokens trained on plus tokens generated (None when neither was recorded)."""
+    parts = [r.get(k) for k in ("train_tokens", "generated_tokens") if isinstance(r.get(k), (int, float))]
+    return float(sum(parts)) if parts else None
+
+
 def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
     """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
     judge = judge_metric(results)
@@ -535,11 +591,16 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
     sized = next((r for r in ok if r.get("num_prompts")), None)
     if sized:
         lines += [evidence_sentence(comparison, results, sized), ""]
-    verdicts, _ = verdict_lines(comparison, ok, judge)
+        sizes = {k: getattr(comparison.eval, k) for k in ("num_prompts", "num_pairs")}
+        lines += warning_lines(H.eval_shortfalls(sizes, sized))
+    lines += budget_lines(comparison, ok)
+    verdicts, names = verdict_lines(comparison, ok, judge)
     lines += verdicts
     top = max((r for r in ok if r.get(judge) is not None), key=lambda r: r[judge], default=None)
     flagged = [r for r in results if r.get("health")]
-    if top is not None and top.get("health"):
+    # a lead is only a lead when it beat the baseline (or there is no baseline to beat)
+    crowned = top is not None and (top["name"] in names["better"] or not comparison.baseline_name)
+    if crowned and top.get("health"):
         lines += [
             f"{WARN} The highest {SHORT[judge]} belongs to `{top['name']}`, which is flagged below: "
             "do not take its lead at face value.",
