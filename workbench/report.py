@@ -465,6 +465,11 @@ INTERVAL_TEXT = {
 VERDICTS = ("better", "noise", "unchanged", "disagree", "worse")
 
 
+def interval_kinds(results: list[dict[str, Any]]) -> set[str]:
+    """The kinds of interval (stats.PROMPTS, SEEDS_AND_PROMPTS, SEEDS) the paired differences carry."""
+    return {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
+
+
 def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], sized: dict[str, Any]) -> str:
     """How much evidence each policy has, and which intervals the verdicts rest on."""
     baseline, seeds = comparison.baseline_name, len(comparison.seeds)
@@ -478,7 +483,7 @@ def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], siz
         text += f"; differences are paired with `{baseline}`'s response to the same " + (
             "seed, prompt and sample index" if seeds > 1 else "prompt and sample index"
         )
-        kinds = {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
+        kinds = interval_kinds(results)
         text += "".join(f"; {INTERVAL_TEXT[k].format(df=seeds - 1)}" for k in (S.SEEDS_AND_PROMPTS, S.SEEDS) if k in kinds)
     text += "."
     return text + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
@@ -765,8 +770,7 @@ INTERVAL_LABEL = "95% interval, clustered by prompt"
 
 def difference_interval_label(results: list[dict[str, Any]]) -> str:
     """What the intervals of the paired differences are: clustered by prompt, or with the seed variance as well."""
-    kinds = {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
-    if S.SEEDS_AND_PROMPTS in kinds or S.SEEDS in kinds:
+    if interval_kinds(results) & {S.SEEDS_AND_PROMPTS, S.SEEDS}:
         return "95% interval with the seed-to-seed variance"
     return INTERVAL_LABEL
 
