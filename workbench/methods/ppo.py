@@ -69,8 +69,9 @@ removed PPOTrainer):
   the response rewards stopping early; with the value head (the default now) no seed did. The
   adaptive controller (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by
   ~3% over a 1,600-sample run.
-- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest): a high KL alone is not
-  flagged, because on that benchmark no method reaching GRPO's final reward stays under 10 nats: the
+- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest; the comparison report shows it as
+  written): a high KL alone is not flagged, because on that benchmark no method reaching GRPO's final
+  reward stays under 10 nats: the
   least-KL policy at vowel share 0.94 (tokens independent, the near-uniform reference of the random
   tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9), and TRL GRPO (beta 0) ends at 75 / 40.
   KL above `diagnose_kl` is reported when it bought no reward gain (kl_without_gain) or came with a
@@ -107,7 +108,7 @@ from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
 from workbench.generation import hf_generation_config
-from workbench.health import PPO_HISTORY_KEYS, ppo_diagnosis
+from workbench.health import MANIFEST_FLAGS, PPO_HISTORY_KEYS, ppo_diagnosis
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
 from workbench.rollout import completion_batch, refuse_unmodelled_sampling, sample_and_score
@@ -324,8 +325,8 @@ def run(ctx: RunContext) -> RunResult:
         loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl, ctx.recipe.generation.max_new_tokens
     )
     for f in findings:
-        log.warning("PPO diagnosis: %s", f["message"])
-    ctx.tracker.update_manifest(diagnosis=findings)
+        log.warning("PPO diagnosis: %s: %s", f["code"], f["message"])
+    ctx.tracker.update_manifest(**{MANIFEST_FLAGS: findings})  # the report shows these flags as written
     model_dir = export_policy(loop.learner, ctx)
     return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
 
