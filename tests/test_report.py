@@ -225,27 +225,39 @@ E32 = [0.02 if p % 2 == 0 else -0.02 for p in range(32)]  # a prompt effect on t
 def test_two_seeds_of_opposite_sign_are_no_winner(tmp_path):
     """Issue 25 item 5: +0.5 on one seed, -0.3 on the other, 32 prompts. Seeds pooled in prompt clusters gave
     `dpo +0.100 [+0.093, +0.107]` under Beat; the seed variance component (0.32, from the seed means) now enters
-    the interval, on t with 1 df, and a method whose seeds disagree in sign is named as such, never a winner."""
+    the interval, on t with Satterthwaite's ~1 df, and a method whose seeds disagree in sign is named as such, never a
+    winner."""
     comparison, outcome, res = seeded_comparison(tmp_path, [[0.5 + e for e in E32], [-0.3 + e for e in E32]])
     d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
     se = math.sqrt(0.0128 / 31 / 32 + 0.32 / 2)  # s^2(prompt means) / 32 + seed component / 2
     assert d["difference"] == pytest.approx(0.1) and d["stderr"] == pytest.approx(se)
-    assert (d["low"], d["high"]) == pytest.approx((0.1 - 12.706205 * se, 0.1 + 12.706205 * se), abs=1e-5)
+    ms_seed, ms_prompt = 32 * 0.32, 2 * 0.0128 / 31
+    q = t_ppf((ms_seed + ms_prompt) ** 2 / (ms_seed**2 + ms_prompt**2 / 31))  # df 1.00016: 12.70
+    assert (d["low"], d["high"]) == pytest.approx((0.1 - q * se, 0.1 + q * se), abs=1e-6)
     assert d["interval"] == "seeds and prompts" and d["per_seed"] == pytest.approx([0.5, -0.3])
     report = report_markdown(comparison, outcome, {})
     assert verdict_line(report, "- **Beat `sft`**").endswith("none")
-    assert "`dpo` +0.100 [-4.983, +5.183] (seeds +0.500, -0.300)" in verdict_line(report, "- **Seeds disagree**")
-    assert "seed variance component" in report and "t on seeds − 1 = 1 degrees of freedom" in report
+    assert "`dpo` +0.100 [-4.981, +5.181] (seeds +0.500, -0.300)" in verdict_line(report, "- **Seeds disagree**")
+    assert "seed variance component" in report and "Satterthwaite degrees of freedom" in report
+
+
+def t_ppf(df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def test_three_seeds_that_agree_beat_the_baseline(tmp_path):
-    """+0.10, +0.12, +0.11 on 32 prompts: seed component 0.0001, t(2) = 4.302653: [+0.081, +0.139], above zero."""
+    """+0.10, +0.12, +0.11 on 32 prompts: seed component 0.0001; MS_seed 0.0032 (2 df), MS_prompt 3 x 0.0128 / 31
+    (31 df): Satterthwaite df 3.8, t 2.83: [+0.091, +0.129], above zero."""
     _, outcome, res = seeded_comparison(tmp_path, [[m + e for e in E32] for m in (0.10, 0.12, 0.11)])
     d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
     se = math.sqrt(0.0128 / 31 / 32 + 0.0001 / 3)
-    assert d["stderr"] == pytest.approx(se) and d["low"] == pytest.approx(0.11 - 4.302653 * se, abs=1e-5)
+    ms_seed, ms_prompt = 32 * 0.0001, 3 * 0.0128 / 31
+    df = (ms_seed + ms_prompt) ** 2 / (ms_seed**2 / 2 + ms_prompt**2 / 31)  # 3.811
+    assert d["stderr"] == pytest.approx(se) and d["low"] == pytest.approx(0.11 - t_ppf(df) * se, abs=1e-6)
     report = report_markdown(outcome.comparison, outcome, {})
-    assert "`dpo` +0.110 [+0.081, +0.139]" in verdict_line(report, "- **Beat `sft`**")
+    assert "`dpo` +0.110 [+0.091, +0.129]" in verdict_line(report, "- **Beat `sft`**")
     assert "Seeds disagree" not in report
 
 

@@ -115,26 +115,43 @@ def test_seed_variance_component_by_hand():
     assert S.seed_variance_component([[1.0, 2.0, 3.0], [2.0, 1.0, 3.0]]) == 0.0
 
 
+def satterthwaite(terms: list[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variance terms (value, its df): (sum v)^2 / sum v^2 / df."""
+    return sum(v for v, _ in terms) ** 2 / sum(v * v / df for v, df in terms)
+
+
+def t975(df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
 def test_seed_and_prompt_interval_by_hand():
-    """Variance of the mean: s^2(prompt means) / prompts + seed component / seeds; Student-t on seeds - 1 df."""
+    """Variance of the mean: s^2(prompt means) / prompts + seed component / seeds = (MS_seed + MS_prompt - MS_resid) /
+    (seeds x prompts); Student-t on the Satterthwaite df of those mean squares (seeds - 1, prompts - 1, residual df)."""
     values, seeds, prompts = by_cells([[[0.5, 1.5], [2.0, 2.0], [3.0, 3.0]], [[3.0, 3.0], [4.0, 4.0], [7.0, 9.0]]])
     est = S.seed_and_prompt_mean(values, seeds, prompts)
     # s^2(prompt means 2, 3, 5.5) = (2.25 + 0.25 + 4) / 2 = 3.25; seed component 4.0
     se = math.sqrt(3.25 / 3 + 4.0 / 2)  # 1.755942
     assert est.mean == pytest.approx(3.5) and est.stderr == pytest.approx(se)
-    assert est.high - est.mean == pytest.approx(12.706205 * se, abs=1e-5)  # t(1, 0.975)
+    # MS_seed = 3 x 4.5 = 13.5 (1 df), MS_prompt = 2 x 3.25 = 6.5 (2 df), MS_resid 1.5 (2 df): df 342.25 / 204.5
+    df = satterthwaite([(13.5, 1), (6.5, 2), (-1.5, 2)])
+    assert df == pytest.approx(1.673594, abs=1e-6) and est.df == pytest.approx(df)
+    assert est.high - est.mean == pytest.approx(t975(df) * se, abs=1e-6)
     assert est.interval == S.SEEDS_AND_PROMPTS and est.per_seed == pytest.approx((2.0, 5.0))
     assert (est.num_clusters, est.num_values) == (3, 12)
     # the same as the two-way random-effects ANOVA: (MS_seed + MS_prompt - MS_resid) / (seeds x prompts)
     assert est.stderr**2 == pytest.approx((3 * 4.5 + 2 * 3.25 - 1.5) / 6)
 
 
-def test_seeds_that_agree_keep_the_prompt_error_but_the_seed_df():
+def test_seeds_that_agree_keep_the_prompt_error_and_the_prompt_df():
+    """A second seed that agrees must not make a verdict harder to reach than one seed: with no seed variance beyond
+    the prompt noise the interval is the prompt-clustered one (t on prompts - 1), not t on seeds - 1 = 1."""
     values, seeds, prompts = by_cells([[[1.0], [2.0], [3.0]], [[2.0], [1.0], [3.0]]])
     est = S.seed_and_prompt_mean(values, seeds, prompts)
     pooled = S.clustered_mean(values, prompts)  # prompt means 1.5, 1.5, 3: se 0.5
     assert est.stderr == pytest.approx(pooled.stderr) == pytest.approx(0.5)
-    assert est.high - est.mean == pytest.approx(12.706205 * 0.5, abs=1e-5)  # 2 seeds: 1 df, not the prompts' 2
+    assert est.df == 2 and est.high - est.mean == pytest.approx(4.302653 * 0.5, abs=1e-5)
 
 
 def test_one_seed_is_the_prompt_clustered_interval():
@@ -160,7 +177,10 @@ def test_the_issue_example_two_seeds_of_opposite_sign():
     # prompt means 0.1 +- 0.02: s^2 = 32 x 0.0004 / 31; seed means 0.5, -0.3: s^2 0.32, residuals 0
     se = math.sqrt(0.0128 / 31 / 32 + 0.32 / 2)
     assert est.mean == pytest.approx(0.1) and est.stderr == pytest.approx(se)
-    assert (est.low, est.high) == pytest.approx((0.1 - 12.706205 * se, 0.1 + 12.706205 * se), abs=1e-5)
+    # MS_seed = 32 x 0.32 (1 df) dominates MS_prompt = 2 x 0.0128 / 31 (31 df): df ~ 1
+    df = satterthwaite([(32 * 0.32, 1), (2 * 0.0128 / 31, 31)])
+    assert est.df == pytest.approx(df) and 1.0 < df < 1.0002
+    assert (est.low, est.high) == pytest.approx((0.1 - t975(df) * se, 0.1 + t975(df) * se), abs=1e-6)
     assert S.clustered_mean(values, prompts).excludes_zero  # what the report used to say
     assert S.sign_of_every(est.per_seed) == 0
 

@@ -458,7 +458,8 @@ def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
 INTERVAL_TEXT = {
     S.SEEDS_AND_PROMPTS: "their intervals add the seed variance component estimated from the per-seed differences "
     "(seeds × prompts, crossed random effects: a seed's effect moves every prompt alike, which pooling the seeds per "
-    "prompt hides), with t on seeds − 1 = {df} degrees of freedom",
+    "prompt hides), with t on Satterthwaite degrees of freedom (near seeds − 1 = {df} when the seeds disagree, near "
+    "prompts − 1 when they agree)",
     S.SEEDS: "their intervals are t intervals over the per-seed differences (the seeds were evaluated on different "
     "prompts), seeds − 1 = {df} degrees of freedom",
 }

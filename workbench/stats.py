@@ -11,7 +11,9 @@ from the per-prompt means, so with few prompts the normal quantile (1.96) would 
 
 Several seeds evaluated on the same prompts: a seed's effect shifts every prompt alike, so pooling the
 seeds inside prompt clusters hides it. seed_and_prompt_mean adds the between-seed variance component
-(seeds x prompts, crossed random effects) and uses t on seeds - 1 degrees of freedom.
+(seeds x prompts, crossed random effects) and uses t on the Satterthwaite degrees of freedom of the mean
+squares behind it: near seeds - 1 when the seeds disagree, near prompts - 1 when they agree, so a second
+seed that agrees never makes a verdict harder to reach than one seed did.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, replace
 
 # Which error an Estimate's interval carries (Estimate.interval)
 PROMPTS = "prompts"  # clustered by prompt, t on prompts - 1 df
-SEEDS_AND_PROMPTS = "seeds and prompts"  # + the between-seed variance component, t on seeds - 1 df
+SEEDS_AND_PROMPTS = "seeds and prompts"  # + the between-seed variance component, t on Satterthwaite df
 SEEDS = "seeds"  # seeds on different prompts: the t interval over the seed means, seeds - 1 df
 
 
@@ -39,6 +41,7 @@ class Estimate:
     num_values: int
     interval: str = PROMPTS
     per_seed: tuple[float, ...] = ()
+    df: float | None = None  # degrees of freedom of the t interval (None: not computed)
 
     @property
     def excludes_zero(self) -> bool:
@@ -66,8 +69,9 @@ def sample_std(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def t_quantile(df: int, q: float = 0.975) -> float:
-    """Quantile of Student's t with `df` degrees of freedom (the 95% two-sided interval uses q = 0.975)."""
+def t_quantile(df: float, q: float = 0.975) -> float:
+    """Quantile of Student's t with `df` degrees of freedom (the 95% two-sided interval uses q = 0.975; df may be
+    fractional, as Satterthwaite's are)."""
     from scipy.stats import t
 
     return float(t.ppf(q, df)) if df >= 1 else float("nan")
@@ -86,7 +90,7 @@ def clustered_mean(values: Sequence[float], clusters: Sequence[Hashable], level:
     mean = sum(means) / k
     stderr = sample_std(means) / math.sqrt(k) if k > 1 else float("nan")
     half = t_quantile(k - 1, 0.5 + level / 2) * stderr if k > 1 else float("nan")
-    return Estimate(mean, stderr, mean - half, mean + half, k, len(values))
+    return Estimate(mean, stderr, mean - half, mean + half, k, len(values), df=k - 1 if k > 1 else None)
 
 
 def naive_stderr(values: Sequence[float]) -> float:
@@ -156,17 +160,32 @@ def seed_prompt_table(
     return [[sum(row[p]) / len(row[p]) for p in columns] for row in cells.values()]
 
 
+def mean_squares(table: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """(MS_seed, MS_prompt, MS_residual) of a seeds x prompts table of means (two-way ANOVA without replication),
+    on (seeds - 1), (prompts - 1) and (seeds - 1)(prompts - 1) degrees of freedom."""
+    k, m = len(table), len(table[0])
+    rows = [sum(r) / m for r in table]
+    cols = [sum(r[j] for r in table) / k for j in range(m)]
+    grand = sum(rows) / k
+    resid = sum((table[i][j] - rows[i] - cols[j] + grand) ** 2 for i in range(k) for j in range(m)) / ((k - 1) * (m - 1))
+    return m * sample_std(rows) ** 2, k * sample_std(cols) ** 2, resid
+
+
 def seed_variance_component(table: Sequence[Sequence[float]]) -> float:
     """Variance of the seeds' effects beyond what prompt-level noise explains, from a seeds x prompts table of means:
     max(0, s^2(seed means) - MS_residual / prompts), the two-way crossed random-effects (ANOVA) estimator."""
     k, m = len(table), len(table[0])
     if k < 2 or m < 2:
         return 0.0
-    rows = [sum(r) / m for r in table]
-    cols = [sum(r[j] for r in table) / k for j in range(m)]
-    grand = sum(rows) / k
-    resid = sum((table[i][j] - rows[i] - cols[j] + grand) ** 2 for i in range(k) for j in range(m)) / ((k - 1) * (m - 1))
-    return max(0.0, sample_std(rows) ** 2 - resid / m)
+    ms_seed, _, resid = mean_squares(table)
+    return max(0.0, (ms_seed - resid) / m)
+
+
+def satterthwaite_df(terms: Sequence[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a variance estimated as a sum of mean-square terms
+    (coefficient x mean square, its df): (sum)^2 / sum(term^2 / df)."""
+    total = sum(v for v, _ in terms)
+    return total * total / sum(v * v / df for v, df in terms)
 
 
 def seed_and_prompt_mean(
@@ -175,9 +194,9 @@ def seed_and_prompt_mean(
     """The mean over seeds and prompts with an interval that holds across seeds as well as prompts.
 
     Seeds share the held-out prompts, so the variance of the mean is s^2(prompt means) / prompts (seeds pooled per
-    prompt, as with one seed) plus the seed variance component / seeds; t on seeds - 1 df, because that component
-    rests on that many seed means (conservative with 2-3 seeds, as it must be). Seeds on different prompts are
-    independent replicates: the t interval over their means. One seed: clustered_mean, unchanged."""
+    prompt, as with one seed) plus the seed variance component / seeds, i.e. (MS_seed + MS_prompt - MS_resid) /
+    (seeds x prompts); t on the Satterthwaite df of those terms (only MS_prompt's when the component is 0). Seeds on
+    different prompts are independent replicates: the t interval over their means. One seed: clustered_mean."""
     distinct = list(dict.fromkeys(seeds))
     if len(distinct) < 2:
         return clustered_mean(values, prompts, level)
@@ -188,11 +207,21 @@ def seed_and_prompt_mean(
     k, m = len(table), len(table[0])
     cols = [sum(r[j] for r in table) / k for j in range(m)]
     mean = sum(cols) / m
-    prompt_var = sample_std(cols) ** 2 / m if m > 1 else 0.0
-    stderr = math.sqrt(prompt_var + seed_variance_component(table) / k)
-    half = t_quantile(k - 1, 0.5 + level / 2) * stderr
     per_seed = tuple(sum(r) / m for r in table)
-    return Estimate(mean, stderr, mean - half, mean + half, m, len(values), SEEDS_AND_PROMPTS, per_seed)
+    if m < 2:  # one prompt: nothing but the seeds to learn the spread from
+        est = clustered_mean(values, seeds, level)
+        return replace(est, interval=SEEDS, per_seed=per_seed)
+    ms_seed, ms_prompt, resid = mean_squares(table)
+    if seed_variance_component(table) > 0:
+        terms = [(ms_seed, k - 1), (ms_prompt, m - 1), (-resid, (k - 1) * (m - 1))]
+    else:
+        terms = [(ms_prompt, m - 1)]
+    variance = sum(v for v, _ in terms) / (k * m)
+    stderr = math.sqrt(variance)
+    # never below the fewest df of a term (Satterthwaite's approximation can dip under it when MS_resid is subtracted)
+    df = max(satterthwaite_df(terms), float(min(df for _, df in terms))) if variance > 0 else float(m - 1)
+    half = t_quantile(df, 0.5 + level / 2) * stderr
+    return Estimate(mean, stderr, mean - half, mean + half, m, len(values), SEEDS_AND_PROMPTS, per_seed, df)
 
 
 def sign_of_every(values: Sequence[float]) -> int:
