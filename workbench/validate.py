@@ -118,13 +118,8 @@ def accelerate_problems(recipe: Recipe, accelerate_config: str | None) -> list[s
     """Recipe settings the accelerate / DeepSpeed config (or this machine) cannot run."""
     from workbench.launch import deepspeed_settings, read_accelerate_config
 
-    problems = []
+    problems: list[str] = []  # QLoRA's own needs (GPU, bitsandbytes, LoRA) are in method_checks' list
     quant = recipe.model.quantization
-    if quant is not None:
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append(f"`model.quantization: {quant}` needs a CUDA GPU (bitsandbytes), and this machine has none")
     if accelerate_config is None:
         return problems
     acc = read_accelerate_config(accelerate_config)
@@ -302,6 +297,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
+    from workbench.method_checks import method_problems
+
+    problems.extend(method_problems(recipe, gb.processes if "gb" in locals() else 1))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
@@ -312,7 +310,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
                 sections.append(memoised_example_text(recipe, scan))
             except WorkbenchError as exc:
                 problems.append(str(exc))
-    return sections, problems
+    return sections, list(dict.fromkeys(problems))  # a problem two checks find is listed once
 
 
 def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:
