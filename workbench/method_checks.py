@@ -18,7 +18,8 @@ from workbench.errors import RecipeError
 from workbench.online import online_problems
 
 TRAINER_METHODS = ("sft", "reward", "dpo", "kto", "rejection_sampling", "grpo", "rloo")  # a transformers Trainer trains them
-LM_HEAD_READ_DIRECTLY = ("kto", "grpo", "rloo")  # TRL computes their log-probs from lm_head.weight itself
+LM_HEAD_READ_DIRECTLY = ("dpo", "kto", "grpo", "rloo")  # TRL computes their log-probs from lm_head.weight itself
+F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}  # TRL's DPOTrainer
 
 
 def either(values: Sequence[int]) -> str:
@@ -182,6 +183,24 @@ def kto_problems(train: dict[str, Any]) -> list[str]:
     return problems
 
 
+def dpo_problems(train: dict[str, Any]) -> list[str]:
+    """Combinations TRL's DPOTrainer refuses as it is built."""
+    losses = train.get("loss_type") or ["sigmoid"]
+    losses = [losses] if isinstance(losses, str) else list(losses)
+    problems = []
+    divergence = train.get("f_divergence_type", "reverse_kl")
+    if divergence != "reverse_kl" and not set(losses) <= F_DIVERGENCE_LOSSES:
+        problems.append(
+            f"`train.f_divergence_type: {divergence}` works only with the loss types {', '.join(sorted(F_DIVERGENCE_LOSSES))}; "
+            f"`train.loss_type` is {losses}"
+        )
+    if train.get("use_weighting") and {"aot", "aot_unpaired"} & set(losses):
+        problems.append("`train.use_weighting: true` cannot be used with the aot losses (they sort samples); remove one")
+    if "exo_pair" in losses and not train.get("label_smoothing"):
+        problems.append("`train.loss_type` exo_pair needs `train.label_smoothing` > 0 (the EXO paper uses 1e-3)")
+    return problems
+
+
 def trainer_problems(recipe: Recipe, train: dict[str, Any]) -> list[str]:
     """What transformers' Trainer refuses at construction: evaluation without an eval set."""
     strategy = str(train.get("eval_strategy") or "no")
@@ -241,6 +260,8 @@ def method_problems(recipe: Recipe, processes: int = 1) -> list[str]:
         problems.extend(rejection_sampling_problems(train, recipe.generation))
     elif recipe.method == "kto":
         problems.extend(kto_problems(train))
+    elif recipe.method == "dpo":
+        problems.extend(dpo_problems(train))
     elif recipe.method in ("grpo", "rloo"):
         problems.extend(online_problems(recipe, train, processes))
     return problems

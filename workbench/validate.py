@@ -74,20 +74,29 @@ def reward_function_problem(spec: str) -> str | None:
 
 def reward_model_problem(name_or_path: str) -> str | None:
     """Why a local reward-model directory holds no sequence-classification head, or None (hub ids: at load)."""
-    config = Path(name_or_path).expanduser() / "config.json"
-    if not config.is_file():
-        return None  # a hub id, or a missing directory reported by path_problems
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"'{config}' is not readable JSON ({exc})"
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    config = reward_model_config(name_or_path)
+    if isinstance(config, str):
+        return config
+    architectures = (config or {}).get("architectures") or []
+    if config is not None and not any(a.endswith("ForSequenceClassification") for a in architectures):
         listed = ", ".join(architectures) or "none"
         return (
             f"'{name_or_path}' is not a sequence-classification model (config.json architectures: {listed}); "
             "train one with `method: reward` or use `reward_model.function`"
         )
     return None
+
+
+def reward_model_config(name_or_path: str) -> dict[str, Any] | str | None:
+    """A local reward model's config.json, why it cannot be read, or None (a hub id, or a missing directory
+    reported by path_problems)."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"'{config}' is not readable JSON ({exc})"
 
 
 def reward_sources(recipe: Recipe) -> list[tuple[str, RewardModelConfig]]:
@@ -107,6 +116,11 @@ def reward_problems(recipe: Recipe) -> list[str]:
             problem = reward_model_problem(cfg.name_or_path)
             if problem:
                 problems.append(f"`{key}.name_or_path`: {problem}")
+            config = reward_model_config(cfg.name_or_path)
+            if not problem and cfg.normalize and isinstance(config, dict) and config.get("reward_std") is None:
+                from workbench.scoring import missing_reward_stats
+
+                problems.append(missing_reward_stats(key, cfg.name_or_path))
     return problems
 
 
