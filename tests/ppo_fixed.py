@@ -43,7 +43,11 @@ def make_learner(
     set_seed(0)  # the critic's new head starts the same in every launch
     tokenizer = load_tokenizer(recipe.model)
     model, reference, _ = build_models(recipe, tokenizer, args)
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    from workbench.method_checks import ppo_mixed_precision
+
+    accelerator = Accelerator(  # as methods/ppo.py builds it
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=ppo_mixed_precision(vars(args))
+    )
     return Learner(accelerator, model, reference, args, seed=0, temperature=temperature), tokenizer
 
 

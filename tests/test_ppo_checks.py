@@ -216,10 +216,23 @@ def test_ppo_takes_bf16_with_the_same_verdict_as_other_methods(tmp_path, tiny_mo
     assert sentence in err and sentence in dpo and "unknown key" not in err
 
 
+def test_bf16_runs_the_ppo_update_under_accelerate_autocast(tiny_model):
+    """`bf16: true` reaches accelerate (CPU autocast here: the recipe check refuses it on this machine, the learner is
+    built directly): the forwards run in bf16, log-probs, losses and the fp32 weights stay float32 and finite."""
+    learner, tokenizer = make_learner(tiny_model, bf16=True, per_device_train_batch_size=16, ppo_epochs=1)
+    assert learner.acc.mixed_precision == "bf16"
+    dtypes: list[torch.dtype] = []
+    learner.unwrapped.policy.get_output_embeddings().register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    result = one_update(learner, tokenizer, list(range(16)))
+    assert result is not None and all(v == v and abs(v) < 1e6 for v in result.values()), result
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the experience pass and the update both autocast
+    assert {p.dtype for p in learner.unwrapped.parameters()} == {torch.float32}
+
+
 def test_precision_fields_map_onto_accelerate():
     from workbench.method_checks import ppo_mixed_precision
 
     assert ppo_mixed_precision({"bf16": True, "fp16": False}) == "bf16"
     assert ppo_mixed_precision({"bf16": None, "fp16": True}) == "fp16"
-    assert ppo_mixed_precision({"bf16": False, "fp16": False}) == "no"
-    assert ppo_mixed_precision({"bf16": None, "fp16": False}) is None  # the accelerate config decides
+    assert ppo_mixed_precision({"bf16": False, "fp16": False}) is None  # the accelerate config decides, as in transformers
+    assert ppo_mixed_precision({"bf16": None, "fp16": False}) is None

@@ -144,12 +144,11 @@ def ppo_problems(train: dict[str, Any], generation: GenerationConfig) -> list[st
 
 
 def ppo_mixed_precision(train: dict[str, Any]) -> str | None:
-    """accelerate's `mixed_precision` from TrainingArguments' precision fields; None: the accelerate config's (fp32 without one)."""
+    """accelerate's `mixed_precision` from TrainingArguments' precision fields, read as transformers reads them: true
+    sets it; otherwise (false or unset) the accelerate config's setting stands (fp32 without one); plan.py agrees."""
     if train.get("bf16"):
         return "bf16"
-    if train.get("fp16"):
-        return "fp16"
-    return "no" if train.get("bf16") is False else None
+    return "fp16" if train.get("fp16") else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -87,8 +87,8 @@ class PPOConfig:
         1,
     )  # type: ignore[assignment]
     bf16: bool | None = _h(
-        "bf16 mixed precision (accelerate's mixed_precision: autocast, fp32 weights and optimizer); None: the accelerate "
-        "config's setting (fp32 without one); needs a CUDA GPU that supports bf16.",
+        "bf16 mixed precision (accelerate's mixed_precision: autocast, fp32 weights and optimizer); unset or false: the "
+        "accelerate config's setting (fp32 without one), as for TrainingArguments; needs a CUDA GPU that supports bf16.",
         None,
     )  # type: ignore[assignment]
     fp16: bool = _h("fp16 mixed precision (accelerate's, with loss scaling); needs a CUDA GPU.", False)  # type: ignore[assignment]
