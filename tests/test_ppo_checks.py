@@ -216,7 +216,17 @@ def test_ppo_takes_bf16_with_the_same_verdict_as_other_methods(tmp_path, tiny_mo
     assert sentence in err and sentence in dpo and "unknown key" not in err
 
 
-def test_bf16_runs_the_ppo_update_under_accelerate_autocast(tiny_model):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's process state is a singleton that fixes mixed precision once: reset it around a bf16 learner."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_runs_the_ppo_update_under_accelerate_autocast(tiny_model, fresh_accelerate_state):
     """`bf16: true` reaches accelerate (CPU autocast here: the recipe check refuses it on this machine, the learner is
     built directly): the forwards run in bf16, log-probs, losses and the fp32 weights stay float32 and finite."""
     learner, tokenizer = make_learner(tiny_model, bf16=True, per_device_train_batch_size=16, ppo_epochs=1)

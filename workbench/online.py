@@ -102,6 +102,26 @@ def online_batch(train: dict[str, Any], defaults: dict[str, Any], processes: int
     return OnlineBatch(per_device, accumulation, processes, int(get("num_generations")), int(generation_batch))
 
 
+# TRL's messages for prompt groups that do not fit its batches: validate reports the workbench's instead, which count
+# the processes the run will have (TRL's config, built in validate's one process, counts one)
+TRL_GROUP_MESSAGES = ("must be divisible by num_generations", "must be divisible by the number of generations")
+
+
+def trl_one_process_fields(train: dict[str, Any], defaults: dict[str, Any], processes: int) -> dict[str, Any]:
+    """The `train:` fields for TRL's config built in validate's one process, so that its checks see the batches of
+    `processes` processes: the generation batch made explicit, the eval batch scaled by the processes."""
+    if processes == 1:
+        return train
+    out = dict(train)
+    if out.get("generation_batch_size") is None:
+        out.pop("steps_per_generation", None)
+        out["generation_batch_size"] = online_batch(train, defaults, processes).generation_batch
+    out["per_device_eval_batch_size"] = (
+        train.get("per_device_eval_batch_size", defaults["per_device_eval_batch_size"]) * processes
+    )
+    return out
+
+
 def online_problems(recipe: Any, train: dict[str, Any], processes: int) -> list[str]:
     """What GRPO / RLOO (TRL's trainer, or the workbench's mapping onto it) refuse before the first step, on
     `processes` processes: sampling settings, the reference, whole prompt groups, reward weights, reference syncing.

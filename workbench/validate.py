@@ -283,6 +283,16 @@ def library_train_problems(method: str, train: dict[str, Any]) -> list[str]:
     return memo_json("recipe-checks", ["train-args", method, train], compute)
 
 
+def processes_of(recipe: Recipe, accelerate_config: str | None) -> int:
+    """The processes the run will have: the accelerate config's, or this launch's (1 for a plain run)."""
+    from workbench.launch import global_batch
+
+    try:
+        return global_batch(recipe.train, {}, accelerate_config).processes
+    except WorkbenchError:  # an unreadable config: reported by check_recipe
+        return 1
+
+
 def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: bool = True) -> tuple[list[str], list[str]]:
     """(report sections, problems): every check that needs no model weights."""
     from workbench.launch import global_batch
@@ -290,11 +300,16 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     problems = path_problems(recipe)
     sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
     train = recipe.train
+    processes = processes_of(recipe, accelerate_config)
     if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
-        from workbench.online import trl_generation_fields
+        from workbench.online import TRL_GROUP_MESSAGES, trl_generation_fields, trl_one_process_fields
 
         train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
-    problems.extend(library_train_problems(recipe.method, train))
+        train = trl_one_process_fields(train, plain_train_defaults(recipe.method), processes)
+        found = library_train_problems(recipe.method, train)  # whole groups: method_problems says it, for `processes`
+        problems.extend(p for p in found if not any(m in p for m in TRL_GROUP_MESSAGES))
+    else:
+        problems.extend(library_train_problems(recipe.method, train))
     try:
         gb = global_batch(recipe.train, plain_train_defaults(recipe.method), accelerate_config)
         source = f" (from {accelerate_config})" if accelerate_config else ""
@@ -306,14 +321,13 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
         from workbench.online import validate_trl_method
 
-        processes = gb.processes if "gb" in locals() else 1
         key = ["trl-method", resolved_dict(recipe), processes]
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
     from workbench.method_checks import method_problems
 
-    problems.extend(method_problems(recipe, gb.processes if "gb" in locals() else 1))  # the list the method refuses with
+    problems.extend(method_problems(recipe, processes))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
