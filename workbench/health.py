@@ -51,7 +51,8 @@ FLAGS: dict[str, str] = {
     "to run to the length cap (set train.missing_eos_penalty)",
     "short_responses": "responses shrank from {start:.1f} to {end:.1f} tokens and {finished:.0%} end on their own: the policy "
     "learned that stopping early pays (a KL penalty summed over the response, or a share-type reward, rewards short answers): "
-    "read samples; try train.kl_in: loss or a lower train.kl_coef",
+    "read samples; try train.kl_in: loss with train.kl_estimator: k2 (a per-token KL mean in the loss, whose gradient is the "
+    "KL's) or a lower train.kl_coef",
     "entropy_collapse": "reward rose while entropy collapsed ({start:.2f} -> {end:.2f} nats per token): likely reward hacking "
     "or a degenerate policy (read samples; raise train.kl_coef or lower train.learning_rate)",
     "kl_high": "sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {limit:g}) together with {codes}: "

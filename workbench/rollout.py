@@ -21,16 +21,11 @@ from workbench.logprobs import response_logprobs, rollout_tensors
 
 def refuse_unmodelled_sampling(cfg: GenerationConfig, method: str) -> None:
     """An on-policy learner needs log pi(token) of the distribution sampled; truncated sampling has none it can train."""
-    if cfg.temperature <= 0:
-        raise WorkbenchError(f"{method} samples its own training data: set `generation.temperature` > 0 (1.0 is usual)")
-    if cfg.top_k:
-        raise WorkbenchError(
-            f"{method} cannot train on top-k sampling (its log-probs would be -inf outside the top k); set `generation.top_k: 0`"
-        )
-    if cfg.top_p < 1.0:
-        raise WorkbenchError(
-            f"{method} cannot train on nucleus sampling (its log-probs would be -inf outside the nucleus); set `generation.top_p: 1.0`"
-        )
+    from workbench.method_checks import unmodelled_sampling_problems
+
+    problems = unmodelled_sampling_problems(cfg, method)
+    if problems:
+        raise WorkbenchError(problems[0])
 
 
 @dataclass
