@@ -65,7 +65,9 @@ def test_ppo_refuses_sampling_it_cannot_model(setting):
 def test_one_refusal_names_every_unmodelled_setting_under_its_own_key():
     """PPO's rollouts and the evaluation (run and comparison recipes) refuse through the same sentences."""
     from workbench.errors import RecipeError
-    from workbench.rollout import eval_sampling_problems, refuse_unmodelled_sampling, unmodelled_sampling
+    from workbench.method_checks import eval_sampling_problems
+    from workbench.method_checks import unmodelled_sampling_problems as unmodelled_sampling
+    from workbench.rollout import refuse_unmodelled_sampling
 
     bad = GenerationConfig(temperature=0.0, top_k=5, top_p=0.5)
     fixes = [p.split("; set ")[1] for p in unmodelled_sampling(bad, "PPO")]

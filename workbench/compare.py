@@ -59,7 +59,7 @@ from workbench.config import (
 from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.rollout import eval_sampling_problems
+from workbench.method_checks import eval_sampling_problems
 
 log = logging.getLogger("workbench")
 
@@ -468,12 +468,15 @@ def evaluate_reward_model(
         return
     fp = stable_hash([run.fingerprint, dataclasses.asdict(cfg.reward_model), inputs.fingerprint])[:16]
     path = run.run_dir / "reward_eval.json"
-    if read_json(path).get("fingerprint") == fp:
+    saved = read_json(path)
+    if saved.get("fingerprint") == fp and saved.get("inputs_fingerprint") == inputs.fingerprint:
         return
     t0 = time.time()
     scorers = shared_scorers({} if scorer_sets is None else scorer_sets, cfg, cfg.reward_model, inputs.max_length)
     result = ev.reward_model_metrics(scorers["reward"], inputs)
-    write_json(path, {"fingerprint": fp, **result})
+    write_json(
+        path, {"fingerprint": fp, "inputs_fingerprint": inputs.fingerprint, **result}
+    )  # which pairs: the report counts them once
     print(
         f"[seed {seed}] {run.stage.name}: reward model held-out accuracy {result['accuracy']:.3f} on {result['num_pairs']} pairs "
         f"(length-only rule {result['length_baseline_accuracy']:.3f}), {time.time() - t0:.0f}s",
@@ -498,6 +501,8 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
         f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
         flush=True,
     )
+    for f in inputs.shortfalls:
+        print(f"[seed {seed}] ⚠ {f['message']}", flush=True)
     scorer_sets: dict[str, dict[str, Any]] = {}  # each reward model / function loaded once per seed
     evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
     shared = ev.Shared()

@@ -34,9 +34,11 @@ from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import DataError, WorkbenchError
 from workbench.generation import generate
+from workbench.health import eval_shortfalls
 from workbench.logprobs import token_logprobs
+from workbench.method_checks import EVAL_SAMPLING
 from workbench.models import load_policy, load_tokenizer
-from workbench.rollout import EVAL_SAMPLING, refuse_unmodelled_sampling
+from workbench.rollout import refuse_unmodelled_sampling
 from workbench.scoring import reward_source
 
 log = logging.getLogger("workbench")
@@ -65,6 +67,12 @@ class EvalInputs:
     fingerprint: str
     max_length: int
     pair_texts: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (prompt, chosen, rejected) of `pairs`
+    requested: dict[str, int] = field(default_factory=dict)  # eval.num_prompts / num_pairs asked for (the split may hold fewer)
+
+    @property
+    def shortfalls(self) -> list[dict[str, str]]:
+        """An `eval_shortfall` flag for each of eval.num_prompts / num_pairs the eval split could not fill."""
+        return eval_shortfalls(self.requested, {"num_prompts": len(self.prompts), "num_pairs": len(self.pairs)})
 
 
 @dataclass
@@ -141,7 +149,8 @@ def eval_inputs(recipe: Recipe, tokenizer: Any) -> EvalInputs:
     pairs = list(records[: cfg.num_pairs]) if prepared.kind == "preference" else []
     pair_texts = [(r["prompt"], r["chosen"], r["rejected"]) for r in prepared.eval[: len(pairs)]]
     fingerprint = stable_hash([prompt_ids, [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs]])[:16]
-    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length, pair_texts)
+    requested = {"num_prompts": cfg.num_prompts, "num_pairs": cfg.num_pairs}
+    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length, pair_texts, requested)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,7 +425,10 @@ def evaluate_run(
     if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
         raise WorkbenchError(f"{run_dir} has no trained model (model/ is missing); did the run complete? see its manifest.json")
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(model_dir)))
-    inputs = inputs or eval_inputs(recipe, tokenizer)
+    if inputs is None:
+        inputs = eval_inputs(recipe, tokenizer)
+        for f in inputs.shortfalls:
+            log.warning(f["message"])
     scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
     results = evaluate_model(
         model_dir,

@@ -19,40 +19,12 @@ from workbench.generation import Completion, GenerationStats, generate
 from workbench.logprobs import response_logprobs, rollout_tensors
 
 
-def unmodelled_sampling(cfg: GenerationConfig, who: str, key: str = "generation") -> list[str]:
-    """One sentence per setting whose sampled distribution is not softmax(logits / temperature), the one whose
-    log-probs every consumer computes: a learner would train on wrong log-probs, an evaluation's KL would be
-    NaN (greedy) or biased (truncated sampling)."""
-    out = []
-    if cfg.temperature <= 0:
-        out.append(
-            f"{who} needs the log-probs of what it samples and greedy decoding has none (`{key}.temperature: {cfg.temperature}`); "
-            f"set `{key}.temperature` > 0 (1.0 is usual)"
-        )
-    if cfg.top_k:
-        out.append(
-            f"{who} computes log-probs of the whole distribution, not of top-k sampling (`{key}.top_k: {cfg.top_k}`), "
-            f"which gives every other token probability 0; set `{key}.top_k: 0`"
-        )
-    if cfg.top_p < 1.0:
-        out.append(
-            f"{who} computes log-probs of the whole distribution, not of nucleus sampling (`{key}.top_p: {cfg.top_p}`), "
-            f"which gives every token outside the nucleus probability 0; set `{key}.top_p: 1.0`"
-        )
-    return out
-
-
-EVAL_SAMPLING = ("evaluation", "eval.generation")  # (who, key) of the shared evaluation's sampling
-
-
-def eval_sampling_problems(cfg: GenerationConfig) -> list[str]:
-    """`unmodelled_sampling` of an `eval.generation` block (run recipes and comparison recipes alike)."""
-    return unmodelled_sampling(cfg, *EVAL_SAMPLING)
-
-
 def refuse_unmodelled_sampling(cfg: GenerationConfig, who: str, key: str = "generation", source: str = "recipe") -> None:
-    """Raise, listing every setting of `unmodelled_sampling`: the one refusal for every sampling path that needs log-probs."""
-    problems = unmodelled_sampling(cfg, who, key)
+    """Raise, listing every setting of method_checks.unmodelled_sampling_problems: the one refusal for every sampling
+    path that needs log-probs (PPO's rollouts, the shared evaluation)."""
+    from workbench.method_checks import unmodelled_sampling_problems
+
+    problems = unmodelled_sampling_problems(cfg, who, key)
     if problems:
         raise RecipeError(source, problems)
 

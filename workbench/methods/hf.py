@@ -13,6 +13,7 @@ from workbench.checkpoint import assert_finite_weights, completion_callback, non
 from workbench.config import train_config_class
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
+from workbench.method_checks import refuse_method_problems
 from workbench.models import load_reward_model, plain_loading
 from workbench.tracking import trainer_callback
 
@@ -31,8 +32,11 @@ def default_precision() -> dict[str, bool]:
 
 
 def training_args(ctx: RunContext, **method_fields: Any) -> Any:
-    """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created."""
+    """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created.
+
+    First refuses the recipe with every problem `validate` lists for the method (workbench/method_checks.py)."""
     recipe = ctx.recipe
+    refuse_method_problems(recipe, ctx.world_size)
     train = dict(recipe.train)
     keep_secret_out_of_pickle(train)
     fields: dict[str, Any] = {

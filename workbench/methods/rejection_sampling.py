@@ -21,6 +21,7 @@ from workbench.data.pipeline import read_jsonl, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import WorkbenchError
 from workbench.generation import Completion, GenerationStats, batches_of, generate
+from workbench.method_checks import refuse_method_problems
 from workbench.metrics import mean_std
 from workbench.models import load_causal_lm
 from workbench.scoring import reward_source
@@ -256,9 +257,8 @@ def run(ctx: RunContext) -> RunResult:
     from workbench.config import train_config_class, train_field_defaults
     from workbench.methods import sft
 
+    refuse_method_problems(ctx.recipe, ctx.world_size)  # before hours of generation, not at the fine-tuning stage
     args = SimpleNamespace(**{**train_field_defaults(train_config_class("rejection_sampling")), **ctx.recipe.train})
-    if args.selection == "threshold" and args.score_threshold is None:
-        raise WorkbenchError("`train.selection: threshold` needs `train.score_threshold` (the lowest score kept)")
     samples = prepare_samples_dir(ctx)
     metrics = stage_generate(ctx, samples)
     stage_score(ctx, samples)
