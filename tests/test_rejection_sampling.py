@@ -227,19 +227,6 @@ def test_only_finished_completions_are_selected_and_prompts_without_one_are_coun
     assert counts["pairs"]["skipped_no_finished"] == len(no_finished)
 
 
-def test_threshold_selection_without_a_threshold_is_refused_before_generating(tmp_path, rs_model):
-    from conftest import run_workbench
-
-    path = rs_recipe(tmp_path, rs_model, "nothreshold")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["train"]["selection"] = "threshold"
-    path.write_text(yaml.safe_dump(recipe))
-    res = run_workbench(["train", str(path)])
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "`train.selection: threshold` needs `train.score_threshold`" in res.stderr
-    assert not (tmp_path / "nothreshold" / "samples").exists()
-
-
 @pytest.mark.slow
 def test_stages_write_their_artifacts_and_metrics(rs_run):
     _, run = rs_run
