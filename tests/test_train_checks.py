@@ -54,12 +54,18 @@ CASES = [
         "`train.kl_estimator: k1` with `train.kl_in: loss`",
     ),
     ("ppo_epochs", "ppo", {"train": {"ppo_epochs": 0}}, "`train.ppo_epochs: 0` must be at least 1"),
-    ("ppo_top_p", "ppo", {"generation": {"top_p": 0.9}}, "PPO cannot train on nucleus sampling"),
+    (
+        "ppo_top_p",
+        "ppo",
+        {"generation": {"top_p": 0.9}},
+        "PPO computes log-probs of the whole distribution, not of nucleus sampling",
+    ),
     (
         "ppo_greedy",
         "ppo",
         {"generation": {"temperature": 0.0}},
-        "PPO samples its own training data: set `generation.temperature` > 0",
+        "PPO needs the log-probs of what it samples and greedy decoding has none (`generation.temperature: 0.0`); "
+        "set `generation.temperature` > 0",
     ),
     ("ppo_vllm", "ppo", {"generation": {"backend": "vllm"}}, "`generation.backend: vllm`"),
     ("ppo_bf16", "ppo", {"train": {"bf16": True}}, "`train.bf16: true` needs a CUDA GPU, and this machine has none"),
@@ -199,6 +205,7 @@ RAISED_AFTER_THE_START = {
     ("ppo.py", "export_policy"): "non-finite weights at export",
     ("ppo_learner.py", "snapshot"): "internal: a DeepSpeed update without a scratch directory",
     ("ppo_learner.py", "update"): "the learner's own guard on ppo_batch_problems, which validate reports",
+    ("rejection_sampling.py", "stage_select"): "no finished completion to keep: known only after generating",
 }
 
 

@@ -59,6 +59,7 @@ from workbench.config import (
 from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
+from workbench.method_checks import eval_sampling_problems
 
 log = logging.getLogger("workbench")
 
@@ -183,6 +184,7 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
         problems.append("`base` must be a mapping of recipe sections (model, data, generation, tracking, ...)")
         base = {}
     eval_cfg = build_dataclass(EvalConfig, data.get("eval") or {}, "eval.", problems)
+    problems.extend(eval_sampling_problems(eval_cfg.generation))
     for key in ("baseline_stage", "reward_stage"):
         if data.get(key) is not None and data[key] not in stages:
             problems.append(f"`{key}: {data[key]}` is not a stage; stages: {', '.join(stages)}")

@@ -47,20 +47,35 @@ def effective_train(recipe: Recipe) -> dict[str, Any]:
 # Sampling (the methods that generate with the workbench's own path, and GRPO / RLOO)
 
 
-def unmodelled_sampling_problems(cfg: GenerationConfig, method: str) -> list[str]:
-    """An on-policy learner needs log pi(token) of the distribution sampled; truncated sampling has none it can train."""
-    if cfg.temperature <= 0:
-        return [f"{method} samples its own training data: set `generation.temperature` > 0 (1.0 is usual)"]
+def unmodelled_sampling_problems(cfg: GenerationConfig, who: str, key: str = "generation") -> list[str]:
+    """One sentence per setting whose sampled distribution is not softmax(logits / temperature), the one whose
+    log-probs every consumer computes: a learner would train on wrong log-probs, an evaluation's KL would be
+    NaN (greedy) or biased (truncated sampling). PPO's checks and the evaluation's both use it."""
     problems = []
+    if cfg.temperature <= 0:
+        problems.append(
+            f"{who} needs the log-probs of what it samples and greedy decoding has none (`{key}.temperature: {cfg.temperature}`); "
+            f"set `{key}.temperature` > 0 (1.0 is usual)"
+        )
     if cfg.top_k:
         problems.append(
-            f"{method} cannot train on top-k sampling (its log-probs would be -inf outside the top k); set `generation.top_k: 0`"
+            f"{who} computes log-probs of the whole distribution, not of top-k sampling (`{key}.top_k: {cfg.top_k}`), "
+            f"which gives every other token probability 0; set `{key}.top_k: 0`"
         )
     if cfg.top_p < 1.0:
         problems.append(
-            f"{method} cannot train on nucleus sampling (its log-probs would be -inf outside the nucleus); set `generation.top_p: 1.0`"
+            f"{who} computes log-probs of the whole distribution, not of nucleus sampling (`{key}.top_p: {cfg.top_p}`), "
+            f"which gives every token outside the nucleus probability 0; set `{key}.top_p: 1.0`"
         )
     return problems
+
+
+EVAL_SAMPLING = ("evaluation", "eval.generation")  # (who, key) of the shared evaluation's sampling
+
+
+def eval_sampling_problems(cfg: GenerationConfig) -> list[str]:
+    """`unmodelled_sampling_problems` of an `eval.generation` block (run recipes and comparison recipes alike)."""
+    return unmodelled_sampling_problems(cfg, *EVAL_SAMPLING)
 
 
 def greedy_problems(cfg: GenerationConfig, num_samples: int) -> list[str]:

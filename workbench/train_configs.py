@@ -20,14 +20,19 @@ class RejectionSamplingConfig(SFTConfig):
 
     selection: Literal["best", "top_k", "threshold"] = field(
         default="best",
-        metadata={"help": "best: best-of-n per prompt; top_k: the k best; threshold: every sample scoring >= score_threshold."},
+        metadata={
+            "help": "Among each prompt's finished completions (those cut at max_new_tokens are never kept; a prompt with "
+            "none is skipped and counted): best: the best; top_k: the k best; threshold: every one scoring >= score_threshold."
+        },
     )
     top_k: int = field(default=1, metadata={"help": "Completions kept per prompt with selection: top_k."})
     score_threshold: float | None = field(default=None, metadata={"help": "Minimum score with selection: threshold."})
     write_pairs: bool = field(
         default=True, metadata={"help": "Also write best-vs-worst pairs (samples/pairs.jsonl) that a DPO recipe reads unchanged."}
     )
-    min_pair_gap: float = field(default=0.0, metadata={"help": "A pair is written only when best - worst > this."})
+    min_pair_gap: float = field(
+        default=0.0, metadata={"help": "A pair (best vs worst finished completion) is written only when best - worst > this."}
+    )
 
 
 SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices

@@ -325,10 +325,11 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
-    from workbench.method_checks import method_problems
+    from workbench.method_checks import eval_sampling_problems, method_problems
 
     problems.extend(method_problems(recipe, processes))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
+    problems.extend(eval_sampling_problems(recipe.eval.generation))  # the sentences PPO's checks use, for `eval.generation`
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
         sections.append(scan.describe())
