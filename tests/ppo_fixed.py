@@ -43,7 +43,11 @@ def make_learner(
     set_seed(0)  # the critic's new head starts the same in every launch
     tokenizer = load_tokenizer(recipe.model)
     model, reference, _ = build_models(recipe, tokenizer, args)
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    from workbench.method_checks import ppo_mixed_precision
+
+    accelerator = Accelerator(  # as methods/ppo.py builds it
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=ppo_mixed_precision(vars(args))
+    )
     return Learner(accelerator, model, reference, args, seed=0, temperature=temperature), tokenizer
 
 
@@ -94,6 +98,30 @@ def nan_on_one_rank(model_dir: Path, out: Path, rank: int, world: int) -> None:
     (out.parent / f"nan-rank{rank}.json").write_text(f'{{"skipped": {str(result is None).lower()}, "max_diff": {diff}}}')
 
 
+def warmup_state(model_dir: Path, out: Path, rank: int, world: int) -> None:
+    """One critic warm-up update, then one real one, each one optimizer step: the Adam step counts of the actor's and
+    the critic's state (as the optimizer that steps them keys it: under ZeRO, flat partitions) after each."""
+    import json
+
+    import torch
+
+    per = 16 // world
+    learner, tokenizer = make_learner(
+        model_dir, critic_warmup_steps=1, per_device_train_batch_size=per, ppo_epochs=1, num_mini_batches=1
+    )
+    rows = list(range(rank * per, (rank + 1) * per))
+
+    def steps(group: int) -> list[int]:
+        base, keys = learner.optimizer_state_keys(group)
+        return [int(torch.as_tensor(base.state[k]["step"]).item()) if base.state.get(k) else 0 for k in keys]
+
+    result = {}
+    for step in (1, 2):
+        assert one_update(learner, tokenizer, rows, step, out.parent / "scratch") is not None
+        result[f"after_{step}"] = {"actor": steps(0), "critic": steps(1)}
+    (out.parent / f"warmup-rank{rank}.json").write_text(json.dumps(result))
+
+
 def main() -> None:
     import torch
 
@@ -104,6 +132,8 @@ def main() -> None:
     world, rank = state.num_processes, state.process_index
     if sys.argv[3:] == ["nan"]:
         return nan_on_one_rank(model_dir, out, rank, world)
+    if sys.argv[3:] == ["warmup"]:
+        return warmup_state(model_dir, out, rank, world)
     per = 16 // world
     print(f"rank {rank} of {world}: rows {per}", flush=True)
     learner, tokenizer = make_learner(model_dir, per_device_train_batch_size=per, ppo_epochs=2, num_mini_batches=1)

@@ -428,6 +428,31 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
     assert "eval 1/2 p1: evaluated" in out and f"[seed 0] baseline ({instruct}): evaluated" in out
 
 
+def test_fewer_held_out_prompts_than_asked_is_said_on_the_console(tmp_path, tiny_model, capsys):
+    """`eval.num_prompts: 500` on a split with fewer distinct prompts evaluated what there was without a word; now
+    `compare` and `workbench eval` say so, in the wording of the report's eval_shortfall flag."""
+    from test_evaluate import hand_run
+
+    from workbench.compare import Comparison, Stage, StageRun, evaluate_seed
+    from workbench.config import EvalConfig, GenerationConfig
+
+    cfg = EvalConfig(num_prompts=500, samples_per_prompt=1, num_pairs=5, generation=GenerationConfig(max_new_tokens=4))
+    stages = {"p": Stage("p", {})}
+    comparison = Comparison("short", tmp_path / "cmp", [0], {"tracking": {"mode": "disabled"}}, stages, cfg)
+    run = hand_run(tmp_path / "p", tiny_model)
+    runs = {"p": StageRun(stages["p"], 0, yaml.safe_load((run / "recipe.yaml").read_text()), run, status="completed")}
+    evaluate_seed(comparison, 0, runs)
+    out = capsys.readouterr().out
+    n = runs["p"].evaluation["num_prompts"]
+    message = (
+        f"`eval.num_prompts` asks for 500 but the data's eval split gives only {n}: the evaluation uses {n} "
+        "(raise `data.eval_split` or lower `eval.num_prompts`)"
+    )
+    assert 0 < n < 500 and f"[seed 0] ⚠ {message}" in out and "eval.num_pairs" not in out  # 5 pairs asked, 5 given
+    res = run_ok(["eval", str(run), "--set", "eval.num_prompts=500", "--set", "eval.samples_per_prompt=1"])
+    assert message in res.stderr
+
+
 def test_a_baseline_named_twice_or_clashing_with_a_stage_is_a_recipe_error(tmp_path):
     from workbench.compare import load_comparison
     from workbench.errors import RecipeError

@@ -87,6 +87,15 @@ def test_overrides_are_yaml_typed_and_nested(tmp_path):
     assert recipe.seed == 7
 
 
+def test_one_value_where_a_list_is_expected_suggests_the_list(tmp_path):
+    """`--set train.loss_type=ipo`: DPO's loss_type is a list of losses; the problem says how to write one."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["train.loss_type=ipo"])
+    assert info.value.problems == ["`train.loss_type` must be a list, got 'ipo'; did you mean [ipo]?"]
+
+
 def test_override_errors_name_the_key():
     with pytest.raises(RecipeError, match="not key=value"):
         parse_override("train.learning_rate")

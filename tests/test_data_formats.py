@@ -159,3 +159,39 @@ def test_csv_text_booleans_match_boolean_label_values():
 
     assert _label_matches("TRUE", True) and _label_matches(" false", False) and _label_matches(True, True)
     assert not _label_matches(True, 1) and not _label_matches(1, True) and not _label_matches("yes", True)
+
+
+def test_a_system_prompt_opens_every_prompt_of_its_source(tmp_path, tokenizer):
+    """`system_prompt` replaces a row's own system message, turns a plain-text prompt into the user turn after it,
+    and reaches the token ids through the chat template (a real-model recipe asks for short answers this way)."""
+    import json
+
+    from workbench.data.formatting import tokenize_prompt
+    from workbench.data.sources import load_source
+
+    data = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": "How do I boil an egg?"},
+        {"prompt": [{"role": "system", "content": "old"}, {"role": "user", "content": "Name a color."}]},
+        {
+            "prompt": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+            ]
+        },
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    src = SourceConfig(path=str(data), format="prompt", system_prompt="Answer briefly.")
+    prompts = [item.row["prompt"] for item in load_source(src, 0, "prompt")]
+    system = {"role": "system", "content": "Answer briefly."}
+    assert prompts == [
+        [system, {"role": "user", "content": "How do I boil an egg?"}],
+        [system, {"role": "user", "content": "Name a color."}],
+        [system, *rows[2]["prompt"]],
+    ]
+    ids = tokenize_prompt(tokenizer, prompts[0], 256).prompt_ids
+    expected = tokenizer.apply_chat_template(prompts[0], tokenize=True, add_generation_prompt=True)
+    assert ids == list(getattr(expected, "input_ids", expected)) and "Answer briefly." in tokenizer.decode(ids)
+    unset = SourceConfig(path=str(data), format="prompt")
+    assert [item.row["prompt"] for item in load_source(unset, 0, "prompt")][0] == "How do I boil an egg?"

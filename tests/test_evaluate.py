@@ -174,6 +174,44 @@ def test_eval_refuses_what_it_cannot_evaluate(tmp_path, tiny_model):
     assert res.returncode == 2 and "not a run directory" in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "sentence"),
+    [
+        ("temperature=0", "set `eval.generation.temperature` > 0"),
+        ("top_p=0.9", "set `eval.generation.top_p: 1.0`"),
+        ("top_k=20", "set `eval.generation.top_k: 0`"),
+    ],
+    ids=["greedy", "top_p", "top_k"],
+)
+def test_eval_refuses_sampling_its_log_probs_do_not_model(tmp_path, tiny_model, setting, sentence):
+    """Greedy decoding has no log-probs (KL NaN); top-p / top-k samples are not drawn from the distribution the KL uses."""
+    run = hand_run(
+        tmp_path,
+        tiny_model,
+        eval={"num_prompts": 4, "samples_per_prompt": 1, "num_pairs": 4, "generation": {"max_new_tokens": 4}},
+    )
+    res = run_workbench(["eval", str(run), "--set", f"eval.generation.{setting}"])
+    assert res.returncode == 2, (res.stdout + res.stderr)[-2000:]
+    assert sentence in res.stderr and "1 problem" in res.stderr and "Traceback" not in res.stderr
+    assert not (run / "eval.json").exists()
+
+
+def test_no_nan_reaches_the_metrics():
+    """A response set without a bigram has no distinct-2 (None, not NaN); a non-finite measurement is refused."""
+    from workbench.errors import WorkbenchError
+    from workbench.evaluate import LogProbs, Samples, quality_metrics, refuse_non_finite
+
+    samples = Samples([0, 1], [[5], []], [True, True], ["a", ""])
+    lp = LogProbs([[-1.0, -0.5], [-0.2]], [], [])
+    m = quality_metrics(samples, lp, lp, None, None)
+    assert m["distinct_2"] is None and m["kl_to_reference"] == 0.0
+    one_prompt = quality_metrics(Samples([0, 0], [[5, 6], [7]], [True, False], ["a", "b"]), lp, lp, None, None)
+    assert one_prompt["kl_to_reference_stderr"] is None and one_prompt["finished_share"] == 0.5  # one cluster: no spread
+    refuse_non_finite(m, "policy")  # every value finite or None
+    with pytest.raises(WorkbenchError, match=r"non-finite kl_to_reference, kl_to_reference_stderr"):
+        refuse_non_finite({**m, "kl_to_reference": math.inf, "kl_to_reference_stderr": math.nan}, "policy")
+
+
 def test_quickstart_evaluates_64_distinct_held_out_prompts(tokenizer):
     """The README's comparison has enough evidence: 64 distinct prompts unseen in training, and over 64 held-out pairs."""
     import dataclasses

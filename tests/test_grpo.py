@@ -223,3 +223,24 @@ def test_validate_knows_the_online_methods(tmp_path, tiny_model):
     assert "16 completions per generation round are not whole groups of num_generations=3" in text
     _, problems = validate(str(path), ["method=rloo", "reward_model=null"], None)
     assert any("`reward_model` needs exactly one of" in p and "rloo" in p for p in problems)
+
+
+def test_validate_counts_the_processes_of_the_launch_for_whole_groups(tmp_path, tiny_model):
+    """2 completions per device and 4 per prompt: one process cannot form a group (one sentence, naming the
+    recipe's 4, not TRL's default 8), two processes can (TRL's own check, built in validate's one process,
+    refused it); the eval batch likewise (2 per device x 2 processes = one group of 4)."""
+    from workbench.validate import validate
+
+    path = online_recipe(tmp_path, tiny_model, "v", per_device_train_batch_size=2)
+    _, problems = validate(str(path), [], None)
+    assert problems == [
+        "2 completions per generation round are not whole groups of num_generations=4; make "
+        "per_device_train_batch_size x gradient_accumulation_steps x processes a multiple of it"
+    ]
+    ddp = str(REPO / "accelerate_configs" / "cpu_ddp.yaml")
+    assert validate(str(path), [], ddp)[1] == []
+    evals = ["data.eval_split=0.5", "train.eval_strategy=steps", "train.eval_steps=2", "train.per_device_eval_batch_size=2"]
+    assert validate(str(path), evals, ddp)[1] == []
+    assert any(
+        "(2 x 1) must be a multiple of the generations per eval prompt (4)" in p for p in validate(str(path), evals, None)[1]
+    )

@@ -102,13 +102,55 @@ def test_masked_whiten():
 
 
 def test_kl_estimators():
-    """log pi = -1.0, log pi_ref = -1.5, so log ratio = 0.5. k1 = 0.5.
-    k3 = (e^-0.5 - 1) + 0.5 = 0.606531 - 1 + 0.5 = 0.106531; both 0 where the policies agree."""
+    """log pi = -1.0, log pi_ref = -1.5, so log ratio = 0.5. k1 = 0.5; k2 = 0.5 * 0.5^2 = 0.125;
+    k3 = (e^-0.5 - 1) + 0.5 = 0.606531 - 1 + 0.5 = 0.106531; all 0 where the policies agree."""
     lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.0]])
     assert kl_per_token(lp, ref, "k1").flatten().tolist() == approx_rows([[0.5, 0.0]])
+    assert kl_per_token(lp, ref, "k2").flatten().tolist() == approx_rows([[0.125, 0.0]])
     assert kl_per_token(lp, ref, "k3").flatten().tolist() == approx_rows([[0.106531, 0.0]], abs=1e-6)
     with pytest.raises(ValueError):
-        kl_per_token(lp, ref, "k2")
+        kl_per_token(lp, ref, "k4")
+
+
+PI = [0.5, 0.3, 0.2]  # the policy: a categorical over three tokens, from logits log(PI)
+REF_A, REF_B = [0.25, 0.25, 0.5], [0.6, 0.2, 0.2]  # two references
+
+
+def expected_loss_gradient(estimator: str, ref: list[float]) -> list[float]:
+    """sum_y pi(y) * d term(y) / d logits, exactly (every token weighted by its probability, no sampling): the
+    gradient a loss term `kl_per_token(log pi(y), log ref(y))` gives in expectation over y ~ pi."""
+    logits = torch.log(torch.tensor(PI, dtype=torch.float64)).requires_grad_(True)
+    logp = torch.log_softmax(logits, -1)
+    ref_logp = torch.log(torch.tensor(ref, dtype=torch.float64))
+    total = torch.zeros((), dtype=torch.float64)
+    for y, prob in enumerate(PI):
+        total = total + prob * kl_per_token(logp[y], ref_logp[y], estimator)  # prob: a constant weight, not differentiated
+    (grad,) = torch.autograd.grad(total, logits)
+    return grad.tolist()
+
+
+def test_k2_in_the_loss_has_the_gradient_of_kl_to_the_reference():
+    """d KL(pi || ref) / d z_j = pi_j * (log(pi_j / ref_j) - KL) for softmax logits z.
+    REF_A: log(pi/ref) = [ln 2, ln 1.2, ln 0.4] = [0.693147, 0.182322, -0.916291];
+    KL = 0.5 * 0.693147 + 0.3 * 0.182322 + 0.2 * -0.916291 = 0.218012;
+    gradient = [0.5 * 0.475135, 0.3 * -0.035690, 0.2 * -1.134303] = [0.237568, -0.010707, -0.226861].
+    REF_B: log(pi/ref) = [ln(5/6), ln 1.5, 0] = [-0.182322, 0.405465, 0]; KL = -0.091161 + 0.121640 = 0.030479;
+    gradient = [0.5 * -0.212801, 0.3 * 0.374986, 0.2 * -0.030479] = [-0.106400, 0.112496, -0.006096]."""
+    assert expected_loss_gradient("k2", REF_A) == pytest.approx([0.237568, -0.010707, -0.226861], abs=1e-6)
+    assert expected_loss_gradient("k2", REF_B) == pytest.approx([-0.106400, 0.112496, -0.006096], abs=1e-6)
+
+
+def test_k1_in_the_loss_has_no_expected_gradient_whatever_the_reference():
+    """k1 = log pi - log ref: the reference is a constant and sum_y pi(y) d log pi(y) = d sum_y pi(y) = 0, so a
+    k1 loss term regularizes nothing, for any reference (why `kl_in: loss` refuses k1)."""
+    assert expected_loss_gradient("k1", REF_A) == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    assert expected_loss_gradient("k1", REF_B) == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+
+
+def test_k3_in_the_loss_has_the_gradient_of_the_reverse_kl():
+    """d k3 = (1 - ref/pi) d log pi, so its expectation is -sum_y ref(y) d log pi(y) = d KL(ref || pi) = pi - ref:
+    REF_A: [0.5 - 0.25, 0.3 - 0.25, 0.2 - 0.5] = [0.25, 0.05, -0.3] (not KL(pi || ref)'s [0.237568, -0.010707, -0.226861])."""
+    assert expected_loss_gradient("k3", REF_A) == pytest.approx([0.25, 0.05, -0.3], abs=1e-9)
 
 
 def test_shaped_rewards_put_the_score_on_the_last_response_token():

@@ -220,20 +220,20 @@ def test_roles_per_method():
     ppo = recipe(base, "ppo", reward_model={"name_or_path": "rm"}, train={"value_model": "separate"})
     assert roles_of(ppo) == [
         ("policy", "full", "engine"),
-        ("reference", "frozen", "engine"),  # an inference engine sharded like the policy under ZeRO-3
+        ("reference", "frozen", P.PPO_REFERENCE),  # an inference engine sharded like the policy under ZeRO-3, else plain
         ("value", "full", "engine"),
         ("reward", "frozen", "plain"),  # a whole copy on each process's device
     ]
     ppo_default = recipe(base, "ppo", reward_model={"name_or_path": "rm"})  # value head on the policy's backbone
     assert roles_of(ppo_default) == [
         ("policy", "full", "engine"),
-        ("reference", "frozen", "engine"),
+        ("reference", "frozen", P.PPO_REFERENCE),
         ("reward", "frozen", "plain"),
     ]
     ppo_lora = recipe(base, "ppo", model={"lora": {"r": 8}}, reward_model={"function": "m:f"})
     assert roles_of(ppo_lora) == [("policy", "lora", "engine")]  # value head on the policy's backbone
     shared = recipe(base, "ppo", reward_model={"function": "m:f"}, train={"value_model": "shared"})
-    assert roles_of(shared) == [("policy", "full", "engine"), ("reference", "frozen", "engine")]
+    assert roles_of(shared) == [("policy", "full", "engine"), ("reference", "frozen", P.PPO_REFERENCE)]
     rs = recipe(base, "rejection_sampling", reward_model={"name_or_path": "rm"})
     assert roles_of(rs) == [("policy", "full", "engine"), ("reward", "frozen", "cpu")]
 
@@ -459,6 +459,43 @@ def test_ppo_plan_has_kv_cache_and_zero3_gather(tiny_model, tmp_path):
     assert plan.phases["generation"] == plan.states_bytes + plan.kv_cache_bytes_per_device + plan.generation_gather_bytes
 
 
+def test_generation_kv_cache_holds_every_sample_of_a_generation_batch(llama8b, tiny_model):
+    """Each generate call holds its prompts x their samples; the cache is sized for those rows, not for the prompts."""
+    gib = 2**30
+    # PPO, the issue's 8B example: micro 64 = 8 prompts x 8 generations; generation.batch_size 16 >= 8 prompts, so one
+    # call holds all 8 prompts x 8 samples = 64 rows of 512 + 256 tokens: 2 (K, V) x 32 layers x 64 x 768 x 8 kv heads
+    # x 128 dims x 2 bytes = 6 GiB (sizing it for min(16, 64) = 16 rows gave 1.5 GiB)
+    ppo = recipe(
+        str(llama8b),
+        "ppo",
+        data={"max_length": 1024, "max_prompt_length": 512},
+        reward_model={"name_or_path": str(llama8b)},
+        generation={"max_new_tokens": 256, "batch_size": 16},
+        train={"per_device_train_batch_size": 64, "num_generations": 8},
+    )
+    assert P.build_plan(ppo, P.Launch()).kv_cache_bytes_per_device == 6 * gib
+    # generation.batch_size 4 < 8 prompts: calls of 4 prompts x 8 samples = 32 rows
+    ppo = dataclasses.replace(ppo, generation=dataclasses.replace(ppo.generation, batch_size=4))
+    assert P.build_plan(ppo, P.Launch()).kv_cache_bytes_per_device == 3 * gib
+    # GRPO (TRL counts completions): one generate call holds generation_batch_size / processes completions,
+    # 32 / 2 = 16 rows of 16 + 8 tokens on the tiny model (2 layers, 2 kv heads of 16, float32)
+    grpo = recipe(
+        str(tiny_model),
+        "grpo",
+        model={"dtype": "float32"},
+        data={"max_length": 32},
+        reward_model={"function": "m:f"},
+        generation={"max_new_tokens": 8},
+        train={"per_device_train_batch_size": 8, "num_generations": 4, "generation_batch_size": 32},
+    )
+    assert P.build_plan(grpo, P.Launch(processes=2)).kv_cache_bytes_per_device == 2 * 2 * 16 * 24 * 2 * 16 * 4
+    # without generation_batch_size: per_device x steps_per_generation (default: the accumulation steps) = 8 x 3 rows
+    grpo = dataclasses.replace(
+        grpo, train={"per_device_train_batch_size": 8, "num_generations": 4, "gradient_accumulation_steps": 3}
+    )
+    assert P.build_plan(grpo, P.Launch(processes=2)).kv_cache_bytes_per_device == 2 * 2 * 24 * 24 * 2 * 16 * 4
+
+
 def test_rejection_sampling_generates_with_a_plain_copy_in_its_own_phase(tiny_model):
     r = recipe(str(tiny_model), "rejection_sampling", model={"dtype": "float32"}, reward_model={"function": "m:f"})
     r = dataclasses.replace(r, data=dataclasses.replace(r.data, max_length=32))
@@ -469,6 +506,32 @@ def test_rejection_sampling_generates_with_a_plain_copy_in_its_own_phase(tiny_mo
     assert plan.generation_gather_bytes == shape.params * 4
     assert plan.phases["generation"] == plan.kv_cache_bytes_per_device + plan.generation_gather_bytes  # SFT states not yet held
     assert plan.models[0].states.params == shape.params * 2  # the SFT stage: bf16 in the ZeRO-2 engine
+
+
+def test_plan_labels_say_what_they_describe(tiny_model):
+    """The precision names where it comes from, PPO's reference note matches the copy counted, and the manifest's
+    planned total is labelled with what the measured peak is."""
+    # the TRL-backed methods' bf16 is a GPU default: a CPU run trains in float32, so the label says so
+    launch = P.launch_from_config(None, "sft", {})
+    assert launch.describe().endswith("mixed precision bf16 (" + P.GPU_DEFAULT_PRECISION + ")")
+    assert "without one the run trains in float32" in P.GPU_DEFAULT_PRECISION
+    assert P.launch_from_config(None, "sft", {"bf16": True}).describe().endswith("mixed precision bf16")  # asked for
+    assert P.launch_from_mapping({"use_cpu": True}, REPO, "sft", {}, "cpu").describe().endswith("mixed precision no")
+    # PPO's reference under ZeRO-2 is a whole plain copy in its load dtype (ppo_learner.frozen_engine), not a shard
+    r = recipe(str(tiny_model), "ppo", model={"dtype": "float32"}, reward_model={"function": "m:f"})
+    shape = P.model_shape(str(tiny_model))
+    ref2 = P.build_plan(r, P.Launch(processes=2, zero_stage=2)).models[1]
+    assert ref2.role == "reference" and ref2.placement == "plain" and "sharded like the policy" not in ref2.note
+    assert "whole on each process's device" in ref2.note and ref2.weight_dtype == "float32"
+    assert ref2.states.params == shape.params * 4
+    ref3 = P.build_plan(r, P.Launch(processes=2, zero_stage=3)).models[1]
+    assert ref3.placement == "engine" and "sharded like the policy (ZeRO-3)" in ref3.note
+    assert ref3.states.params == shape.params * 2 / 2  # 16-bit inside the engine, one half per process
+    # the manifest: a planned device total beside a CPU process's resident set is marked as not comparable
+    fields = P.planned_memory(recipe(str(tiny_model), "sft", data={"max_length": 32}), "cpu_max_rss")
+    assert set(fields) == {"planned_device_memory_mb", "planned_vs_measured"} and fields["planned_device_memory_mb"] > 0
+    assert fields["planned_vs_measured"].startswith("not comparable: peak_memory_mb is cpu_max_rss")
+    assert P.planned_vs_measured("cuda_max_allocated").startswith("comparable: ")
 
 
 def test_validate_prints_the_plan_total(tmp_path, tiny_model, capsys):

@@ -163,6 +163,19 @@ def test_one_process_of_16_and_two_of_8_make_the_same_update(tmp_path, tiny_mode
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2", "cpu_zero3"])
+def test_critic_warmup_leaves_the_actor_adam_state_fresh_on_two_processes(tmp_path, tiny_model, config):
+    """One warm-up update, then one real one (one optimizer step each). ZeRO steps the actor's flat partition with
+    zero gradients during warm-up (its Adam step count was 1 after the warm-up update, 2 after the real one): the
+    actor must have no state after warm-up and be at Adam's step 1 after its first real update."""
+    run_fixed(tmp_path, tiny_model, tmp_path / "x", config, "warmup")
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"warmup-rank{rank}.json").read_text())
+        assert set(result["after_1"]["actor"]) == {0} and set(result["after_1"]["critic"]) == {1}, result
+        assert set(result["after_2"]["actor"]) == {1} and set(result["after_2"]["critic"]) == {2}, result
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("config", ["cpu_ddp", "cpu_zero2"])
 def test_a_nan_on_one_process_undoes_the_update_on_every_process(tmp_path, tiny_model, config):
     run_fixed(tmp_path, tiny_model, tmp_path / "x", config, "nan")

@@ -12,8 +12,9 @@ from test_train import read_metrics
 from workbench.config import GenerationConfig, RewardModelConfig
 from workbench.errors import WorkbenchError
 from workbench.generation import cut_at_eos, generate
-from workbench.methods.rejection_sampling import examples_fingerprint, read_jsonl, select
+from workbench.methods.rejection_sampling import examples_fingerprint, read_jsonl
 from workbench.scoring import checked_scores, reward_source
+from workbench.selection import Candidate, Group, pair_row, pick, pick_pair, select, select_pairs
 
 
 def test_cut_at_eos():
@@ -22,16 +23,61 @@ def test_cut_at_eos():
     assert cut_at_eos([5, 6, 0, 0], {2}) == ([5, 6, 0, 0], None)  # pad sampled at the cap is kept
 
 
-def test_selection_rules_on_hand_made_groups():
-    from types import SimpleNamespace
+def hand_groups():
+    """Scores, and F / U for finished / cut at the cap; hand-worked selections in the tests below."""
+    spec = [
+        [(0.1, "F"), (0.9, "U"), (0.5, "F")],  # the best score is cut at the cap: never kept
+        [(0.7, "F"), (0.2, "F"), (0.8, "F")],
+        [(0.95, "U"), (0.99, "U")],  # nothing finished: skipped, counted
+        [(0.6, "U"), (0.3, "F")],  # one finished: a selection, no pair
+        [(0.4, "F"), (0.4, "F")],  # a tie: a selection, no pair
+    ]
+    return [Group(f"p{g}", [Candidate(f"c{g}{i}", s, f == "F") for i, (s, f) in enumerate(row)]) for g, row in enumerate(spec)]
 
-    groups = [[{"score": s, "sample": i} for i, s in enumerate(g)] for g in ([0.1, 0.9, 0.5], [0.7, 0.2, 0.8])]
-    best = select(groups, SimpleNamespace(selection="best"))
-    assert [(r["score"]) for r in best] == [0.9, 0.8]
-    top2 = select(groups, SimpleNamespace(selection="top_k", top_k=2))
-    assert [r["score"] for r in top2] == [0.9, 0.5, 0.8, 0.7]
-    over = select(groups, SimpleNamespace(selection="threshold", score_threshold=0.6))
-    assert [r["score"] for r in over] == [0.9, 0.8, 0.7]
+
+def test_selection_rules_keep_finished_completions_only():
+    groups = hand_groups()
+    best, counts = select(groups, "best")
+    assert best == [(0, 2), (1, 2), (3, 1), (4, 0)]  # first on ties
+    assert counts.to_dict() == {
+        "prompts": 5,
+        "completions": 12,
+        "unfinished": 4,
+        "skipped_no_finished": 1,
+        "skipped_below_threshold": 0,
+        "selected_prompts": 4,
+        "selected": 4,
+    }
+    top2, counts = select(groups, "top_k", top_k=2)
+    assert top2 == [(0, 2), (0, 0), (1, 2), (1, 0), (3, 1), (4, 0), (4, 1)]
+    assert (counts.selected, counts.skipped_no_finished) == (7, 1)
+    over, counts = select(groups, "threshold", threshold=0.45)
+    assert over == [(0, 2), (1, 2), (1, 0)]  # 0.9 and 0.6 are above it but cut; p3 and p4 have nothing finished >= 0.45
+    assert (counts.selected, counts.selected_prompts, counts.skipped_no_finished, counts.skipped_below_threshold) == (3, 2, 1, 2)
+
+
+def test_pairs_are_best_vs_worst_finished_with_a_margin_and_counted():
+    groups = hand_groups()
+    pairs, counts = select_pairs(groups)
+    assert pairs == [(0, 2, 0), (1, 2, 1)]  # p0: 0.5 vs 0.1 (0.9 cut); p1: 0.8 vs 0.2
+    assert counts.to_dict() == {
+        "prompts": 5,
+        "skipped_no_finished": 1,
+        "skipped_one_finished": 1,
+        "skipped_small_margin": 1,
+        "pairs": 2,
+    }
+    pairs, counts = select_pairs(groups, min_margin=0.5)  # p0's margin 0.4 is too small, p1's 0.6 is not
+    assert pairs == [(1, 2, 1)] and counts.skipped_small_margin == 2
+    assert pair_row(groups[1], 2, 1) == {
+        "prompt": "p1",
+        "chosen": "c12",
+        "rejected": "c11",
+        "chosen_score": 0.8,
+        "rejected_score": 0.2,
+    }
+    assert pick_pair([Candidate("a", 1.0, False), Candidate("b", 0.0, True)]) is None
+    assert pick(groups[2].candidates, "best") == [] and pick(groups[0].candidates, "top_k", top_k=5) == [2, 0]
 
 
 def test_generation_is_deterministic_and_resumable_by_batch(tiny_model, tokenizer):
@@ -123,10 +169,62 @@ def rs_recipe(tmp_path, model, name, **extra):
 
 
 @pytest.fixture(scope="module")
-def rs_run(tmp_path_factory, tiny_model):
+def rs_model(tmp_path_factory, tiny_model):
+    """The tiny model with its EOS row of the LM head scaled up, so that, within 12 new tokens, some prompts get
+    several finished completions, some one and some none (the untrained model almost never ends)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("rs-model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] *= 30.0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rs_run(tmp_path_factory, rs_model):
     tmp = tmp_path_factory.mktemp("rs")
-    run_ok(["train", str(rs_recipe(tmp, tiny_model, "one"))])
+    run_ok(["train", str(rs_recipe(tmp, rs_model, "one"))])
     return tmp, tmp / "one"
+
+
+def groups_by_prompt(rows):
+    out: dict[str, list] = {}
+    for r in rows:
+        out.setdefault(r["prompt_id"], []).append(r)
+    return out
+
+
+@pytest.mark.slow
+def test_only_finished_completions_are_selected_and_prompts_without_one_are_counted(rs_run):
+    """A completion cut at max_new_tokens would be fine-tuned with an EOS the model never sampled."""
+    _, run = rs_run
+    samples = run / "samples"
+    groups = groups_by_prompt(read_jsonl(samples / "generations.jsonl"))
+    finished = {pid: [r for r in g if r["finished"]] for pid, g in groups.items()}
+    no_finished = sorted(pid for pid, f in finished.items() if not f)
+    assert 0 < len(no_finished) < len(groups)  # the model makes both kinds of prompt
+    cut = {(r["prompt_id"], r["completion"]) for g in groups.values() for r in g if not r["finished"]}
+    selected = read_jsonl(samples / "selected.jsonl")
+    assert [s for s in selected if (s["prompt_id"], s["completion"]) in cut] == []
+    assert sorted(s["prompt_id"] for s in selected) == sorted(pid for pid, f in finished.items() if f)
+    assert all(s["score"] == max(r["score"] for r in finished[s["prompt_id"]]) for s in selected)  # best finished one
+    counts = json.loads((run / "manifest.json").read_text())["selection"]
+    assert counts["skipped_no_finished"] == len(no_finished)
+    assert counts["selected"] == len(selected) and counts["prompts"] == len(groups)
+    assert counts["unfinished"] == sum(not r["finished"] for g in groups.values() for r in g)
+    assert json.loads((samples / "selection_report.json").read_text())["skipped_no_finished"] == len(no_finished)
+    assert read_metrics(run)[0]["rs/skipped_no_finished"] == len(no_finished)
+    pairs = read_jsonl(samples / "pairs.jsonl")  # both sides finished: DPO appends an EOS to each
+    assert [p for p in pairs if (p["prompt_id"], p["chosen"]) in cut or (p["prompt_id"], p["rejected"]) in cut] == []
+    two = [pid for pid, f in finished.items() if len({r["score"] for r in f}) >= 2]
+    assert sorted(p["prompt_id"] for p in pairs) == sorted(two)
+    assert counts["pairs"]["pairs"] == len(pairs)
+    assert counts["pairs"]["skipped_no_finished"] == len(no_finished)
 
 
 @pytest.mark.slow
@@ -137,15 +235,11 @@ def test_stages_write_their_artifacts_and_metrics(rs_run):
     prompts = {r["prompt_index"] for r in rows}
     assert len(rows) == 4 * len(prompts) and all(set(r) >= {"prompt_id", "prompt", "completion", "score"} for r in rows)
     selected = read_jsonl(samples / "selected.jsonl")
-    assert len(selected) == len(prompts)
-    by_prompt: dict[str, float] = {}
-    for r in rows:
-        by_prompt[r["prompt_id"]] = max(by_prompt.get(r["prompt_id"], -1.0), r["score"])
-    assert all(s["score"] == by_prompt[s["prompt_id"]] for s in selected)  # best of n, exactly
+    assert len(selected) == len({r["prompt_index"] for r in rows if r["finished"]})  # one per prompt with a finished one
     rs = read_metrics(run)[0]
-    assert rs["step"] == 0 and rs["rs/selected"] == len(prompts)
+    assert rs["step"] == 0 and rs["rs/selected"] == len(selected)
     assert rs["rs/best_of_1"] == pytest.approx(rs["rs/reward_all_mean"])
-    assert rs["rs/best_of_4"] == pytest.approx(rs["rs/reward_selected_mean"])
+    assert rs["rs/reward_selected_mean"] == pytest.approx(sum(s["score"] for s in selected) / len(selected))
     assert rs["rs/best_of_1"] <= rs["rs/best_of_2"] <= rs["rs/best_of_4"]
     assert rs["rs/generation_tokens_per_second"] > 0
 
@@ -179,9 +273,9 @@ def test_pairs_load_in_a_dpo_recipe(rs_run):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_generate_every_prompt_exactly_once_and_the_same_samples(rs_run, tiny_model):
+def test_two_processes_generate_every_prompt_exactly_once_and_the_same_samples(rs_run, rs_model):
     tmp, single = rs_run
-    path = rs_recipe(tmp, tiny_model, "two")
+    path = rs_recipe(tmp, rs_model, "two")
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_ddp.yaml")])
     one = read_jsonl(single / "samples" / "generations.jsonl")
     two = read_jsonl(tmp / "two" / "samples" / "generations.jsonl")
@@ -193,9 +287,9 @@ def test_two_processes_generate_every_prompt_exactly_once_and_the_same_samples(r
 
 
 @pytest.mark.slow
-def test_killed_during_generation_a_rerun_continues_without_loss_or_duplicates(rs_run, tiny_model):
+def test_killed_during_generation_a_rerun_continues_without_loss_or_duplicates(rs_run, rs_model):
     tmp, single = rs_run
-    path = rs_recipe(tmp, tiny_model, "killed")
+    path = rs_recipe(tmp, rs_model, "killed")
     run = tmp / "killed"
     part = run / "samples" / "generations.part0-of1.jsonl"
     kill_when(["train", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)  # mid-generation

@@ -40,7 +40,8 @@ def test_reward_hacking_needs_reward_up_and_gold_down():
 def test_weak_reward_model():
     # 100 pairs: within noise of 0.5 means |acc - 0.5| <= 0.098
     assert H.weak_reward_model(0.55, 100, 0.5)["code"] == "weak_reward_model"
-    assert "length-only" in H.weak_reward_model(0.7, 100, 0.75)["message"]
+    length_only = H.weak_reward_model(0.7, 100, 0.75)
+    assert length_only["code"] == "reward_model_length_only" and "length-only rule's 0.750" in length_only["message"]
     assert H.weak_reward_model(0.8, 100, 0.6) is None and H.weak_reward_model(None, 0, None) is None
 
 
@@ -67,12 +68,28 @@ def test_chosen_logps_falling_while_margins_grow():
     assert H.training_flags("dpo", shrinking, ["ipo"]) == []
 
 
-def test_ppo_negative_explained_variance_under_either_key_name():
-    for key in ("train/val/explained_variance", "train/value/explained_variance", "train/explained_variance"):
-        bad = H.training_flags("ppo", lines(key, [0.2, 0.1, -0.3, -0.5]))
-        assert [f["code"] for f in bad] == ["value_not_learning"], key
-        assert H.training_flags("ppo", lines(key, [-0.5, 0.0, 0.3, 0.6])) == []
-    assert H.training_flags("ppo", []) == [] and H.training_flags("sft", lines("train/loss", [0.6931] * 4)) == []
+def test_ppo_flags_are_those_of_its_manifest_as_written():
+    """PPO judges its run at its end (ppo_diagnosis, written to the manifest); the report had a second explained-variance
+    check on metrics.jsonl with other numbers and advice. Now the manifest's flags are the only ones, word for word."""
+    negative_ev = lines("train/val/explained_variance", [0.2, 0.1, -0.3, -0.5])
+    assert H.training_flags("ppo", negative_ev) == []
+    written = [H.flag("value_not_learning", ev=-0.4), H.flag("entropy_collapse", start=6.0, end=0.5)]
+    assert H.run_flags("ppo", {"status": "completed", H.MANIFEST_FLAGS: written}, negative_ev) == written
+    assert written[0]["message"].startswith("explained variance ends at -0.40 (< 0)")
+    assert H.run_flags("ppo", {}, negative_ev) == [] and H.training_flags("sft", lines("train/loss", [0.6931] * 4)) == []
+    stuck = lines("train/loss", [0.6931] * 4)  # a DPO run: its log's flags after those of its manifest
+    assert [f["code"] for f in H.run_flags("dpo", {H.MANIFEST_FLAGS: written[:1]}, stuck)] == ["value_not_learning", "dpo_stuck"]
+
+
+def test_every_flag_message_is_its_template_filled_in():
+    """One wording per code: a check's message is FLAGS[code] with its numbers, whoever shows it."""
+    f = H.ppo_diagnosis([{H.PPO_EV: -1.0, H.PPO_SCORES: 0.5}] * 5, 0, 10.0)[0]
+    assert f == {"code": "value_not_learning", "message": H.FLAGS["value_not_learning"].format(ev=-1.0)}
+    assert H.weak_reward_model(0.55, 100, 0.5)["message"] == H.FLAGS["weak_reward_model"].format(
+        accuracy=0.55, num_pairs=100, half=0.098
+    )
+    with pytest.raises(KeyError):
+        H.flag("not_a_flag")
 
 
 # PPO's end-of-run diagnosis on hand-built per-update histories (first and last fifth compared)
@@ -173,3 +190,25 @@ def test_ppo_diagnosis_entropy_collapse_needs_the_reward_to_rise():
     # the reward fell: no hacking to report, but the KL spent on nothing is
     assert codes(history(PPO_ENTROPY=(6.0, 0.5), PPO_SCORES=(0.4, 0.3))) == ["kl_without_gain"]
     assert codes(history(PPO_ENTROPY=(6.0, 2.0))) == []  # a third of its start: sharper, not collapsed
+
+
+def test_no_change_needs_every_difference_exactly_zero_kl_included():
+    zero = Estimate(0.0, 0.0, 0.0, 0.0, 4, 8)
+    f = H.no_change({"reward": zero, "KL": zero, "length": None}, "sft")
+    assert f["code"] == "no_change" and "from `sft` is exactly 0 (reward, KL)" in f["message"]
+    assert H.no_change({"reward": zero, "KL": est(0.001, -0.001, 0.003)}, "sft") is None  # it moved a little
+    assert H.no_change({"reward": zero}, "sft") is None  # without KL, equal scores are no proof of the same policy
+
+
+def test_budget_mismatch_over_twice():
+    f = H.budget_mismatch({"dpo": 3000.0, "ppo": 23000.0, "kto": 4000.0, "rs": None}, "tokens")
+    assert f["code"] == "budget_mismatch" and "tokens from 3,000 (`dpo`) to 23,000 (`ppo`), 7.7×" in f["message"]
+    assert H.budget_mismatch({"dpo": 3000.0, "kto": 6000.0}, "tokens") is None  # exactly 2x: not over
+    assert H.budget_mismatch({"dpo": 3000.0, "rs": 0.0}, "tokens") is None  # nothing recorded to compare with
+
+
+def test_eval_shortfalls():
+    flags = H.eval_shortfalls({"num_prompts": 16, "num_pairs": 256}, {"num_prompts": 8, "num_pairs": 256})
+    assert [f["message"][:45] for f in flags] == ["`eval.num_prompts` asks for 16 but the data's"]
+    assert "gives only 8: the evaluation uses 8" in flags[0]["message"]
+    assert H.eval_shortfalls({"num_prompts": 16, "num_pairs": 256}, {"num_prompts": 16, "num_pairs": 0}) == []  # no pairs

@@ -62,6 +62,24 @@ def test_ppo_refuses_sampling_it_cannot_model(setting):
         refuse_unmodelled_sampling(GenerationConfig(**setting), "PPO")
 
 
+def test_one_refusal_names_every_unmodelled_setting_under_its_own_key():
+    """PPO's rollouts and the evaluation (run and comparison recipes) refuse through the same sentences."""
+    from workbench.errors import RecipeError
+    from workbench.method_checks import eval_sampling_problems
+    from workbench.method_checks import unmodelled_sampling_problems as unmodelled_sampling
+    from workbench.rollout import refuse_unmodelled_sampling
+
+    bad = GenerationConfig(temperature=0.0, top_k=5, top_p=0.5)
+    fixes = [p.split("; set ")[1] for p in unmodelled_sampling(bad, "PPO")]
+    assert fixes == ["`generation.temperature` > 0 (1.0 is usual)", "`generation.top_k: 0`", "`generation.top_p: 1.0`"]
+    problems = eval_sampling_problems(bad)
+    assert [p.split("; set ")[1] for p in problems] == [f.replace("`generation.", "`eval.generation.") for f in fixes]
+    assert all(p.startswith("evaluation ") for p in problems)
+    assert unmodelled_sampling(GenerationConfig(temperature=0.7), "PPO") == []
+    with pytest.raises(RecipeError, match="run/recipe.yaml: 3 problems"):
+        refuse_unmodelled_sampling(bad, "evaluation", "eval.generation", "run/recipe.yaml")
+
+
 def test_log_probs_entropy_and_kl_are_those_of_the_tempered_distribution(tiny_model):
     import torch
 

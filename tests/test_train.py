@@ -71,7 +71,9 @@ def test_run_directory_has_every_record(dpo_run):
     assert manifest["status"] == "completed" and manifest["world_size"] == 1 and manifest["method"] == "dpo"
     assert manifest["reference"].startswith("frozen copy of")
     assert manifest["versions"]["trl"] and manifest["versions"]["torch"].startswith("2.")
-    assert manifest["cost"]["planned_peak_memory_mb"] > 0 and manifest["cost"]["peak_memory_mb"] > 0  # plan beside measured
+    cost = manifest["cost"]
+    assert cost["planned_device_memory_mb"] > 0 and cost["peak_memory_mb"] > 0 and cost["peak_memory_kind"] == "cpu_max_rss"
+    assert cost["planned_vs_measured"].startswith("not comparable: peak_memory_mb is cpu_max_rss")  # labelled, on a CPU
     report = json.loads((dpo_run / "data_report.json").read_text())
     assert manifest["data"]["fingerprints"] == report["fingerprints"]
     resolved = yaml.safe_load((dpo_run / "recipe.yaml").read_text())

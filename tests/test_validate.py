@@ -219,6 +219,34 @@ def test_bad_data_stops_train_before_the_wandb_run(tmp_path, tiny_model, capsys)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("generation", "sentence"),
+    [
+        (
+            {"temperature": 0.0},
+            "greedy decoding has none (`eval.generation.temperature: 0.0`); set `eval.generation.temperature` > 0",
+        ),
+        ({"top_p": 0.9}, "not of nucleus sampling (`eval.generation.top_p: 0.9`)"),
+        ({"top_k": 20}, "not of top-k sampling (`eval.generation.top_k: 20`)"),
+    ],
+    ids=["greedy", "top_p", "top_k"],
+)
+def test_eval_sampling_without_modelled_log_probs_is_refused(tmp_path, tiny_model, capsys, generation, sentence):
+    """The evaluation's KL needs the log-probs of what it sampled: refused like PPO's rollouts, in a run recipe and a comparison."""
+    err = validate_err(recipe_file(tmp_path, tiny_model, eval={"generation": generation}), capsys)
+    assert "1 problem:" in err and sentence in err
+    comparison = {
+        "output_dir": str(tmp_path / "cmp"),
+        "base": yaml.safe_load(recipe_file(tmp_path, tiny_model).read_text()),
+        "eval": {"generation": generation},
+        "stages": {"sft": {"method": "sft"}},
+    }
+    del comparison["base"]["method"], comparison["base"]["output_dir"], comparison["base"]["train"]
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(comparison))
+    err = validate_err(tmp_path / "cmp.yaml", capsys)
+    assert "1 problem:" in err and sentence in err
+
+
 def test_method_data_kinds_match_the_methods():
     from workbench.config import METHOD_DATA_KINDS
     from workbench.methods import METHOD_MODULES, get_method

@@ -60,6 +60,7 @@ from workbench.console import duration
 from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
+from workbench.method_checks import eval_sampling_problems
 
 log = logging.getLogger("workbench")
 
@@ -184,6 +185,7 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
         problems.append("`base` must be a mapping of recipe sections (model, data, generation, tracking, ...)")
         base = {}
     eval_cfg = build_dataclass(EvalConfig, data.get("eval") or {}, "eval.", problems)
+    problems.extend(eval_sampling_problems(eval_cfg.generation))
     for key in ("baseline_stage", "reward_stage"):
         if data.get(key) is not None and data[key] not in stages:
             problems.append(f"`{key}: {data[key]}` is not a stage; stages: {', '.join(stages)}")
@@ -470,12 +472,15 @@ def evaluate_reward_model(
         return
     fp = stable_hash([run.fingerprint, dataclasses.asdict(cfg.reward_model), inputs.fingerprint])[:16]
     path = run.run_dir / "reward_eval.json"
-    if read_json(path).get("fingerprint") == fp:
+    saved = read_json(path)
+    if saved.get("fingerprint") == fp and saved.get("inputs_fingerprint") == inputs.fingerprint:
         return
     t0 = time.time()
     scorers = shared_scorers({} if scorer_sets is None else scorer_sets, cfg, cfg.reward_model, inputs.max_length)
     result = ev.reward_model_metrics(scorers["reward"], inputs)
-    write_json(path, {"fingerprint": fp, **result})
+    write_json(
+        path, {"fingerprint": fp, "inputs_fingerprint": inputs.fingerprint, **result}
+    )  # which pairs: the report counts them once
     print(
         f"[seed {seed}] {run.stage.name}: reward model held-out accuracy {result['accuracy']:.3f} on {result['num_pairs']} pairs "
         f"(length-only rule {result['length_baseline_accuracy']:.3f}), {time.time() - t0:.0f}s",
@@ -500,6 +505,8 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
         f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
         flush=True,
     )
+    for f in inputs.shortfalls:
+        print(f"[seed {seed}] ⚠ {f['message']}", flush=True)
     scorer_sets: dict[str, dict[str, Any]] = {}  # each reward model / function loaded once per seed
     evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
     shared = ev.Shared()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,11 @@ from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import DataError, WorkbenchError
 from workbench.generation import generate
+from workbench.health import eval_shortfalls
 from workbench.logprobs import token_logprobs
+from workbench.method_checks import EVAL_SAMPLING
 from workbench.models import load_policy, load_tokenizer
+from workbench.rollout import refuse_unmodelled_sampling
 from workbench.scoring import reward_source
 
 log = logging.getLogger("workbench")
@@ -63,6 +67,12 @@ class EvalInputs:
     fingerprint: str
     max_length: int
     pair_texts: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (prompt, chosen, rejected) of `pairs`
+    requested: dict[str, int] = field(default_factory=dict)  # eval.num_prompts / num_pairs asked for (the split may hold fewer)
+
+    @property
+    def shortfalls(self) -> list[dict[str, str]]:
+        """An `eval_shortfall` flag for each of eval.num_prompts / num_pairs the eval split could not fill."""
+        return eval_shortfalls(self.requested, {"num_prompts": len(self.prompts), "num_pairs": len(self.pairs)})
 
 
 @dataclass
@@ -139,7 +149,8 @@ def eval_inputs(recipe: Recipe, tokenizer: Any) -> EvalInputs:
     pairs = list(records[: cfg.num_pairs]) if prepared.kind == "preference" else []
     pair_texts = [(r["prompt"], r["chosen"], r["rejected"]) for r in prepared.eval[: len(pairs)]]
     fingerprint = stable_hash([prompt_ids, [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs]])[:16]
-    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length, pair_texts)
+    requested = {"num_prompts": cfg.num_prompts, "num_pairs": cfg.num_pairs}
+    return EvalInputs(prompts, prompt_ids, pairs, fingerprint, data.max_length, pair_texts, requested)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +247,7 @@ def quality_metrics(
         "kl_to_reference_k1": _mean([k1 for k1, _ in kls]),
         "preference_accuracy": None,
         "response_length_mean": _mean(lengths),
-        "distinct_2": M.distinct_n(samples.token_ids, 2),
+        "distinct_2": finite_or_none(M.distinct_n(samples.token_ids, 2)),  # NaN: no response has two tokens
         "finished_share": _mean(finished),
     }
     if policy.chosen:
@@ -254,8 +265,8 @@ def quality_metrics(
         "response_length_mean": lengths,
         "finished_share": finished,
     }
-    for key, values in per_response.items():
-        out[f"{key}_stderr"] = S.clustered_mean(values, samples.prompt_index).stderr if values else None
+    for key, values in per_response.items():  # None, not NaN, where undefined (a single prompt)
+        out[f"{key}_stderr"] = finite_or_none(S.clustered_mean(values, samples.prompt_index).stderr) if values else None
     return out
 
 
@@ -279,6 +290,20 @@ def reward_model_metrics(scorer: Callable[..., list[float]], inputs: EvalInputs)
 
 def _mean(values: Sequence[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def refuse_non_finite(results: dict[str, Any], policy: str) -> None:
+    """No NaN or infinity reaches eval.json or a report: a measurement that gives one is an error, named."""
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise WorkbenchError(
+            f"evaluating {policy} gave non-finite {', '.join(bad)}: a sampled token has probability 0 under the policy or "
+            "the reference (a different tokenizer or vocabulary?); eval.json was not written"
+        )
 
 
 def cost_metrics(run_dir: Path) -> dict[str, Any]:
@@ -390,6 +415,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     recipe = run_recipe(run_dir, overrides)
     cfg = cfg or recipe.eval
+    refuse_unmodelled_sampling(cfg.generation, *EVAL_SAMPLING, str(run_dir / "recipe.yaml"))
     if recipe.method not in POLICY_METHODS:
         raise WorkbenchError(
             f"{run_dir} is a `{recipe.method}` run; `workbench eval` evaluates policies ({', '.join(POLICY_METHODS)}). "
@@ -399,7 +425,10 @@ def evaluate_run(
     if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
         raise WorkbenchError(f"{run_dir} has no trained model (model/ is missing); did the run complete? see its manifest.json")
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(model_dir)))
-    inputs = inputs or eval_inputs(recipe, tokenizer)
+    if inputs is None:
+        inputs = eval_inputs(recipe, tokenizer)
+        for f in inputs.shortfalls:
+            log.warning(f["message"])
     scorers = scorers if scorers is not None else scorers_for(cfg, recipe, inputs.max_length)
     results = evaluate_model(
         model_dir,
@@ -436,6 +465,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate one model (a run's policy, or a comparison's `eval.baseline` itself); write `out_dir`/eval.json and
     eval_samples.jsonl. Costs come from `out_dir`/manifest.json when it is a run directory."""
+    refuse_unmodelled_sampling(cfg.generation, *EVAL_SAMPLING, str(out_dir))
     judge = judge_of(cfg, scorers)
     shared = shared if shared is not None else Shared()
     baseline_path = cfg.baseline or reference
@@ -482,6 +512,7 @@ def evaluate_model(
         "settings": dataclasses.asdict(cfg),
         "eval_fingerprint": fingerprint,
     }
+    refuse_non_finite(results, str(model_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "eval.json", {"metrics": results, "details": details})
     write_jsonl(out_dir / "eval_samples.jsonl", samples.to_rows(inputs.prompts))

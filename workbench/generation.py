@@ -9,7 +9,6 @@ rank b % world_size and the caller merges the shards.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,10 +82,11 @@ def sampling_kwargs(cfg: GenerationConfig, num_samples: int) -> dict[str, Any]:
     }
     if sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    elif num_samples > 1:
-        raise WorkbenchError(
-            "`generation.temperature: 0` (greedy) gives one completion per prompt; set num_samples: 1 or a temperature > 0"
-        )
+    else:
+        from workbench.method_checks import greedy_problems
+
+        for problem in greedy_problems(cfg, num_samples):
+            raise WorkbenchError(problem)
     return kwargs
 
 
@@ -180,10 +180,7 @@ def batches_of(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[i
 
 def require_vllm() -> None:
     """The vLLM backend is refused clearly: missing package, or (this version) not yet supported."""
-    if importlib.util.find_spec("vllm") is None:
-        raise WorkbenchError(
-            "`generation.backend: vllm` needs vLLM: pip install 'workbench[vllm]' (on a CUDA machine), or use backend: transformers"
-        )
-    raise WorkbenchError(
-        "`generation.backend: vllm` is not supported by this version of the workbench; use backend: transformers"
-    )
+    from workbench.method_checks import backend_problems
+
+    for problem in backend_problems(GenerationConfig(backend="vllm")):
+        raise WorkbenchError(problem)

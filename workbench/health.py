@@ -1,7 +1,9 @@
 """Health checks on a policy's evaluation and its training log: degenerate solutions the averages hide.
 
-Each check is a pure function returning a flag `{code, message}` or None. The comparison attaches
-the flags of each policy to its row in results.json and the report puts them next to the policy.
+Each check is a pure function returning a flag `{code, message}` or None. Every flag's code and message
+template live in FLAGS, so the manifest, results.json, report.md and the console show one wording. The
+comparison attaches the flags of each policy to its row in results.json and the report puts them next to
+the policy; flags a run computed itself at its end (PPO's diagnosis) are read from its manifest, not redone.
 """
 
 from __future__ import annotations
@@ -14,52 +16,93 @@ from workbench.stats import Estimate, within_noise_of_half
 
 Flag = dict[str, str]
 LN2 = math.log(2.0)
-# Metric names the training logs use for the same quantity (PPO's name has changed over versions).
-EXPLAINED_VARIANCE_KEYS = ("train/val/explained_variance", "train/value/explained_variance", "train/explained_variance")
+# The manifest key under which a run records the flags it computed at its end (one list of flags).
+MANIFEST_FLAGS = "diagnosis"
+
+# code -> message template (str.format fields filled by the check that raises it)
+FLAGS: dict[str, str] = {
+    # from the evaluation
+    "length_cap": "only {share:.0%} of responses end before the{cap} cap (threshold {threshold:.0%}): "
+    "the policy runs on until cut off, so its scores are of truncated text",
+    "kl_blowup": "KL to the reference {kl:.1f} nats per response exceeds {threshold:g} (`eval.kl_warning`)",
+    "diversity_collapse": "distinct-2 {distinct_2:.2f} is below half the baseline's {baseline:.2f}: responses repeat each other",
+    "reward_hacking": "reward vs baseline {reward.mean:+.3f} [{reward.low:+.3f}, {reward.high:+.3f}] while gold reward "
+    "{gold.mean:+.3f} [{gold.low:+.3f}, {gold.high:+.3f}]: the policy exploits the reward model",
+    "no_change": "every paired difference from `{baseline}` is exactly 0 ({metrics}): the policy is unchanged; did it "
+    "train? (check its stage's learning rate and steps, and its metrics.jsonl)",
+    "weak_reward_model": "reward model held-out accuracy {accuracy:.3f} on {num_pairs} pairs is within noise of 0.5 "
+    "(±{half:.3f}): rewards from it are close to random",
+    "reward_model_length_only": "reward model held-out accuracy {accuracy:.3f} is no better than the length-only rule's "
+    "{length_baseline:.3f} on the same pairs: it may only reward length",
+    # about the comparison as a whole
+    "budget_mismatch": "training budgets differ by more than {factor:g}×: {what} from {low:,.0f} (`{low_name}`) to "
+    "{high:,.0f} (`{high_name}`), {ratio:.1f}×; a lead may come from the budget rather than the method",
+    "eval_shortfall": "`eval.{key}` asks for {requested} but the data's eval split gives only {got}: the evaluation uses "
+    "{got} (raise `data.eval_split` or lower `eval.{key}`)",
+    # from the training log
+    "dpo_stuck": "DPO loss ends at {end:.4f}, within {tolerance} of ln 2 = {ln2:.4f}: the margins stayed at zero "
+    "(learning rate or beta too small, or identical chosen/rejected)",
+    "chosen_logps_falling": "chosen log-probs fell by {drop:.2f} nats during training while the margin grew by {growth:.2f}: "
+    "the preferred responses became less likely, a sign of over-optimization",
+    # PPO's end-of-run diagnosis (written to its manifest)
+    "value_not_learning": "explained variance ends at {ev:.2f} (< 0): the critic predicts returns worse than their mean "
+    "(raise train.critic_learning_rate, add train.critic_warmup_steps)",
+    "finished_collapse": "the share of responses that end on their own fell from {start:.2f} to {end:.2f}: the policy learned "
+    "to run to the length cap (set train.missing_eos_penalty)",
+    "short_responses": "responses shrank from {start:.1f} to {end:.1f} tokens and {finished:.0%} end on their own: the policy "
+    "learned that stopping early pays (a KL penalty summed over the response, or a share-type reward, rewards short answers): "
+    "read samples; try train.kl_in: loss with train.kl_estimator: k2 (a per-token KL mean in the loss, whose gradient is the "
+    "KL's) or a lower train.kl_coef",
+    "entropy_collapse": "reward rose while entropy collapsed ({start:.2f} -> {end:.2f} nats per token): likely reward hacking "
+    "or a degenerate policy (read samples; raise train.kl_coef or lower train.learning_rate)",
+    "kl_high": "sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {limit:g}) together with {codes}: "
+    "the policy left the reference to exploit the reward; raise train.kl_coef or set train.target_kl",
+    "kl_without_gain": "sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {limit:g}) while the reward "
+    "moved {delta:+.3g} (within noise, 2 x {se:.2g}): the policy drifts without learning the reward; lower "
+    "train.learning_rate or raise train.kl_coef, and check the reward function",
+}
 
 
-def flag(code: str, message: str) -> Flag:
-    return {"code": code, "message": message}
+def flag(code: str, **fields: Any) -> Flag:
+    """The flag `code` with its message made from FLAGS[code] (the one wording of that flag)."""
+    return {"code": code, "message": FLAGS[code].format(**fields)}
 
 
 def length_cap(finished_share: float | None, max_new_tokens: int | None = None, threshold: float = 0.5) -> Flag | None:
     """Most responses hit the generation cap: the policy never ends its answer, a degenerate solution."""
     if finished_share is None or finished_share >= threshold:
         return None
-    cap = f" {max_new_tokens}-token" if max_new_tokens else ""
-    return flag(
-        "length_cap",
-        f"only {finished_share:.0%} of responses end before the{cap} cap (threshold {threshold:.0%}): "
-        "the policy runs on until cut off, so its scores are of truncated text",
-    )
+    return flag("length_cap", share=finished_share, cap=f" {max_new_tokens}-token" if max_new_tokens else "", threshold=threshold)
 
 
 def kl_blowup(kl: float | None, threshold: float) -> Flag | None:
     """KL to the reference above the configured limit (`eval.kl_warning`): the policy left the reference far behind."""
     if kl is None or kl <= threshold:
         return None
-    return flag("kl_blowup", f"KL to the reference {kl:.1f} nats per response exceeds {threshold:g} (`eval.kl_warning`)")
+    return flag("kl_blowup", kl=kl, threshold=threshold)
 
 
 def diversity_collapse(distinct_2: float | None, baseline_distinct_2: float | None) -> Flag | None:
     """Distinct bigrams below half the baseline's: the policy repeats itself (mode collapse)."""
     if distinct_2 is None or not baseline_distinct_2 or distinct_2 >= 0.5 * baseline_distinct_2:
         return None
-    return flag(
-        "diversity_collapse",
-        f"distinct-2 {distinct_2:.2f} is below half the baseline's {baseline_distinct_2:.2f}: responses repeat each other",
-    )
+    return flag("diversity_collapse", distinct_2=distinct_2, baseline=baseline_distinct_2)
 
 
 def reward_hacking(reward_diff: Estimate | None, gold_diff: Estimate | None) -> Flag | None:
     """The pipeline's reward rises clearly (interval above zero) while the gold reward falls: the reward model is exploited."""
     if reward_diff is None or gold_diff is None or not reward_diff.low > 0 or not gold_diff.mean < 0:
         return None
-    return flag(
-        "reward_hacking",
-        f"reward vs baseline {reward_diff.mean:+.3f} [{reward_diff.low:+.3f}, {reward_diff.high:+.3f}] while gold reward "
-        f"{gold_diff.mean:+.3f} [{gold_diff.low:+.3f}, {gold_diff.high:+.3f}]: the policy exploits the reward model",
-    )
+    return flag("reward_hacking", reward=reward_diff, gold=gold_diff)
+
+
+def no_change(differences: Mapping[str, Estimate | None], baseline: str) -> Flag | None:
+    """Every paired difference from the baseline (KL among them) is exactly 0 with no spread: each response is scored,
+    measured and as long as the baseline's own, so the policy did not move (not a difference within noise)."""
+    present = {name: d for name, d in differences.items() if d is not None}
+    if "KL" not in present or any((d.mean, d.low, d.high) != (0.0, 0.0, 0.0) for d in present.values()):
+        return None
+    return flag("no_change", baseline=baseline, metrics=", ".join(present))
 
 
 def weak_reward_model(accuracy: float | None, num_pairs: int, length_baseline: float | None) -> Flag | None:
@@ -67,18 +110,45 @@ def weak_reward_model(accuracy: float | None, num_pairs: int, length_baseline: f
     if accuracy is None or num_pairs <= 0:
         return None
     if within_noise_of_half(accuracy, num_pairs):
-        return flag(
-            "weak_reward_model",
-            f"reward model held-out accuracy {accuracy:.3f} on {num_pairs} pairs is within noise of 0.5 "
-            f"(±{1.96 * math.sqrt(0.25 / num_pairs):.3f}): rewards from it are close to random",
-        )
+        return flag("weak_reward_model", accuracy=accuracy, num_pairs=num_pairs, half=1.96 * math.sqrt(0.25 / num_pairs))
     if length_baseline is not None and accuracy <= length_baseline:
-        return flag(
-            "weak_reward_model",
-            f"reward model held-out accuracy {accuracy:.3f} is no better than the length-only rule's {length_baseline:.3f} "
-            "on the same pairs: it may only reward length",
-        )
+        return flag("reward_model_length_only", accuracy=accuracy, length_baseline=length_baseline)
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# About the comparison as a whole
+
+
+def budget_mismatch(budgets: Mapping[str, float | None], what: str, factor: float = 2.0) -> Flag | None:
+    """The largest of the policies' training budgets (e.g. tokens) over `factor` times the smallest: an unequal race."""
+    known = {name: float(v) for name, v in budgets.items() if v is not None and v > 0}
+    if len(known) < 2:
+        return None
+    low_name, high_name = min(known, key=known.__getitem__), max(known, key=known.__getitem__)
+    ratio = known[high_name] / known[low_name]
+    if ratio <= factor:
+        return None
+    return flag(
+        "budget_mismatch",
+        factor=factor,
+        what=what,
+        low=known[low_name],
+        low_name=low_name,
+        high=known[high_name],
+        high_name=high_name,
+        ratio=ratio,
+    )
+
+
+def eval_shortfalls(requested: Mapping[str, int], got: Mapping[str, Any]) -> list[Flag]:
+    """Fewer held-out prompts or pairs than `eval.<key>` asked for (the evaluation took what the split had); a key
+    with none held out at all (the pairs of prompt-only data) was not needed and is not flagged."""
+    return [
+        flag("eval_shortfall", key=key, requested=n, got=got[key])
+        for key, n in requested.items()
+        if isinstance(got.get(key), int) and 0 < got[key] < n
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,11 +184,7 @@ def dpo_stuck(losses: Sequence[float], tolerance: float = 0.01) -> Flag | None:
     end = _tail(losses)
     if abs(end - LN2) > tolerance:
         return None
-    return flag(
-        "dpo_stuck",
-        f"DPO loss ends at {end:.4f}, within {tolerance} of ln 2 = {LN2:.4f}: the margins stayed at zero "
-        "(learning rate or beta too small, or identical chosen/rejected)",
-    )
+    return flag("dpo_stuck", end=end, tolerance=tolerance, ln2=LN2)
 
 
 def chosen_logps_falling(chosen_logps: Sequence[float], margins: Sequence[float], min_drop: float = 1.0) -> Flag | None:
@@ -129,37 +195,33 @@ def chosen_logps_falling(chosen_logps: Sequence[float], margins: Sequence[float]
     growth = _tail(margins) - _head(margins)
     if drop <= min_drop or growth <= 0:
         return None
-    return flag(
-        "chosen_logps_falling",
-        f"chosen log-probs fell by {drop:.2f} nats during training while the margin grew by {growth:.2f}: "
-        "the preferred responses became less likely, a sign of over-optimization",
-    )
-
-
-def negative_explained_variance(explained_variance: Sequence[float]) -> Flag | None:
-    """PPO's value head explains less than nothing at the end of training: its advantages are noise."""
-    if not explained_variance:
-        return None
-    end = _tail(explained_variance)
-    if end >= 0:
-        return None
-    return flag(
-        "value_not_learning",
-        f"PPO value explained variance ends at {end:.2f} (< 0): the critic predicts returns worse than their mean, "
-        "so advantages are noise (raise vf_coef or value learning rate, or lower the KL noise)",
-    )
+    return flag("chosen_logps_falling", drop=drop, growth=growth)
 
 
 def training_flags(method: str, lines: Sequence[Mapping[str, Any]], loss_types: Sequence[str] = ("sigmoid",)) -> list[Flag]:
-    """The flags that a stage's metrics.jsonl supports, by method."""
+    """The flags that a stage's metrics.jsonl supports, by method (PPO judges its own run: see ppo_diagnosis)."""
     found: list[Flag | None] = []
     if method == "dpo":
         if list(loss_types) == ["sigmoid"]:  # other losses (IPO, hinge, + sft) do not start at ln 2
             found.append(dpo_stuck(series(lines, "train/loss")))
         found.append(chosen_logps_falling(series(lines, "train/logps/chosen"), series(lines, "train/rewards/margins")))
-    if method == "ppo":
-        found.append(negative_explained_variance(series(lines, *EXPLAINED_VARIANCE_KEYS)))
     return [f for f in found if f is not None]
+
+
+def manifest_flags(manifest: Mapping[str, Any]) -> list[Flag]:
+    """The flags a run recorded in its manifest at its end (PPO's diagnosis), exactly as written there."""
+    return [
+        {"code": str(f["code"]), "message": str(f["message"])}
+        for f in manifest.get(MANIFEST_FLAGS) or []
+        if isinstance(f, Mapping) and "code" in f and "message" in f
+    ]
+
+
+def run_flags(
+    method: str, manifest: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], loss_types: Sequence[str] = ("sigmoid",)
+) -> list[Flag]:
+    """Every training-health flag of one run: those it recorded itself, then those its metrics.jsonl supports."""
+    return [*manifest_flags(manifest), *training_flags(method, lines, loss_types)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,11 +265,7 @@ def value_not_learning(after_warmup: Sequence[Mapping[str, float]]) -> Flag | No
     ev = _window_mean(after_warmup, PPO_EV)
     if ev is None or ev >= 0:
         return None
-    return flag(
-        "value_not_learning",
-        f"explained variance ends at {ev:.2f} (< 0): the critic predicts returns worse than their mean "
-        "(raise train.critic_learning_rate, add train.critic_warmup_steps)",
-    )
+    return flag("value_not_learning", ev=ev)
 
 
 def finished_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
@@ -215,11 +273,7 @@ def finished_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mappi
     f0, f1 = _window_mean(first, PPO_FINISHED), _window_mean(last, PPO_FINISHED)
     if f0 is None or f1 is None or f0 < 0.2 or f1 >= 0.5 * f0:
         return None
-    return flag(
-        "finished_collapse",
-        f"the share of responses that end on their own fell from {f0:.2f} to {f1:.2f}: the policy learned to run "
-        "to the length cap (set train.missing_eos_penalty)",
-    )
+    return flag("finished_collapse", start=f0, end=f1)
 
 
 def _short_collapse(last: Sequence[Mapping[str, float]], cap: float | None) -> bool:
@@ -243,12 +297,7 @@ def short_responses(
         return None
     if f0 < 0.5 and not _short_collapse(last, cap):
         return None
-    return flag(
-        "short_responses",
-        f"responses shrank from {l0:.1f} to {l1:.1f} tokens and {f1:.0%} end on their own: the policy learned that "
-        "stopping early pays (a KL penalty summed over the response, or a share-type reward, rewards short answers): "
-        "read samples; try train.kl_in: loss or a lower train.kl_coef",
-    )
+    return flag("short_responses", start=l0, end=l1, finished=f1)
 
 
 def entropy_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mapping[str, float]]) -> Flag | None:
@@ -257,11 +306,7 @@ def entropy_collapse(first: Sequence[Mapping[str, float]], last: Sequence[Mappin
     e0, e1 = _window_mean(first, PPO_ENTROPY), _window_mean(last, PPO_ENTROPY)
     if None in (s0, s1, e0, e1) or not s1 > s0 or not e0 > 0 or e1 >= 0.25 * e0:  # type: ignore[operator]
         return None
-    return flag(
-        "entropy_collapse",
-        f"reward rose while entropy collapsed ({e0:.2f} -> {e1:.2f} nats per token): likely reward hacking or a "
-        "degenerate policy (read samples; raise train.kl_coef or lower train.learning_rate)",
-    )
+    return flag("entropy_collapse", start=e0, end=e1)
 
 
 def kl_finding(
@@ -274,22 +319,12 @@ def kl_finding(
     if kl is None or kl <= kl_limit:
         return None
     if degenerate:
-        codes = ", ".join(f["code"] for f in degenerate)
-        return flag(
-            "kl_high",
-            f"sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {kl_limit:g}) together with "
-            f"{codes}: the policy left the reference to exploit the reward; raise train.kl_coef or set train.target_kl",
-        )
+        return flag("kl_high", kl=kl, limit=kl_limit, codes=", ".join(f["code"] for f in degenerate))
     if gain is None:
         return None
     delta, se = gain
     if delta <= 2 * se:
-        return flag(
-            "kl_without_gain",
-            f"sequence KL to the reference ended at {kl:.3g} nats (> train.diagnose_kl {kl_limit:g}) while the reward "
-            f"moved {delta:+.3g} (within noise, 2 x {se:.2g}): the policy drifts without learning the reward; lower "
-            "train.learning_rate or raise train.kl_coef, and check the reward function",
-        )
+        return flag("kl_without_gain", kl=kl, limit=kl_limit, delta=delta, se=se)
     return None
 
 

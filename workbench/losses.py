@@ -98,17 +98,21 @@ def masked_whiten(
 def kl_per_token(logprobs: Any, ref_logprobs: Any, estimator: str = "k1") -> Any:
     """Per-token KL(pi || pi_ref) estimate from samples of pi.
 
-    k1 = log pi - log pi_ref (unbiased, can be negative); k3 = (r - 1) - log r with r = pi_ref / pi
-    (unbiased, never negative, lower variance).
+    k1 = log pi - log pi_ref (unbiased, can be negative); k2 = (log pi - log pi_ref)^2 / 2 (biased, never
+    negative; as a loss term its expected gradient is exactly KL(pi || pi_ref)'s); k3 = (r - 1) - log r with
+    r = pi_ref / pi (unbiased, never negative, lower variance; as a loss term its expected gradient is
+    KL(pi_ref || pi)'s). As a loss term k1 has none: E[d log pi] = 0.
     """
     import torch
 
     log_ratio = logprobs - ref_logprobs  # (batch, T)
     if estimator == "k1":
         return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2 or k3)")
 
 
 def last_token_index(mask: Any) -> Any:

@@ -150,16 +150,13 @@ def load_reward_model(cfg: ModelConfig, tokenizer: Any, frozen: bool = False) ->
 
 def quantization_config(cfg: ModelConfig) -> Any:
     """bitsandbytes config for QLoRA; refuses clearly where it cannot work."""
-    import importlib.util
-
     import torch
 
-    if not torch.cuda.is_available():
-        raise WorkbenchError("`model.quantization` (QLoRA) needs a CUDA GPU; remove it to train on this machine")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise WorkbenchError("`model.quantization` needs bitsandbytes: pip install 'workbench[qlora]'")
-    if cfg.lora is None:
-        raise WorkbenchError("`model.quantization` trains LoRA adapters on a frozen quantized base; set `model.lora` too")
+    from workbench.method_checks import quantization_problems
+
+    problems = quantization_problems(cfg)
+    if problems:
+        raise WorkbenchError(problems[0])
     from transformers import BitsAndBytesConfig
 
     if cfg.quantization == "8bit":

@@ -62,6 +62,7 @@ class Launch:
     contiguous_gradients: bool = True
     sub_group_size: int = 1_000_000_000  # ZeRO-3 steps the optimizer one sub-group at a time
     source: str = "no accelerate config: one process"
+    precision_note: str = ""  # where mixed_precision comes from when it is a default that depends on the machine
 
     @property
     def deepspeed(self) -> bool:
@@ -81,7 +82,10 @@ class Launch:
             engine = f"DeepSpeed ZeRO-{self.zero_stage}" + (f", {' + '.join(off)} offloaded to CPU" if off else "")
         else:
             engine = "DDP" if self.processes > 1 else "one process"
-        return f"{self.processes} process(es) on {self.machines} machine(s), {engine}, mixed precision {self.mixed_precision}"
+        note = f" ({self.precision_note})" if self.precision_note else ""
+        return (
+            f"{self.processes} process(es) on {self.machines} machine(s), {engine}, mixed precision {self.mixed_precision}{note}"
+        )
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,7 @@ class Role:
     dtype: str = "auto"
     quantization: str | None = None
     lora: dict[str, Any] | None = None
-    placement: str = "engine"  # engine: prepared by accelerate/DeepSpeed | plain: moved to the device as is | cpu
+    placement: str = "engine"  # engine: prepared by accelerate/DeepSpeed | plain: moved to the device as is | cpu | PPO_REFERENCE
     note: str = ""
     trust_remote_code: bool = False
 
@@ -457,7 +461,7 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
         if lora:
             notes.append("reference: the policy with its adapters disabled (no second copy)")
         else:
-            roles.append(reference("engine", "frozen copy; a DeepSpeed inference engine sharded like the policy under ZeRO-3"))
+            roles.append(reference(PPO_REFERENCE, ""))  # its note depends on the launch (plan_model)
         value = value_role(recipe, train)
         if value is None:
             notes.append("value: a value head on the policy's backbone (no second model)")
@@ -619,8 +623,22 @@ def weight_dtype(role: Role, shape: Shape) -> str:
     return shape.dtype if shape.dtype in DTYPE_BYTES else "float32"
 
 
+PPO_REFERENCE = "zero3-engine"  # PPO's frozen reference (ppo_learner.frozen_engine): an engine under ZeRO-3 only
+
+
+def placement_under(role: Role, launch: Launch) -> tuple[str, str]:
+    """(placement, note) of a role under `launch`: PPO's reference is a sharded inference engine under ZeRO-3 and a
+    whole plain copy otherwise, and its note says which."""
+    if role.placement != PPO_REFERENCE:
+        return role.placement, role.note
+    if launch.zero_stage == 3:
+        return "engine", "frozen copy; a DeepSpeed inference engine sharded like the policy (ZeRO-3)"
+    return "plain", "frozen copy, whole on each process's device in its load dtype (sharded only under ZeRO-3)"
+
+
 def plan_model(role: Role, launch: Launch) -> ModelPlan:
     """Parameter counts and per-process bytes of one role."""
+    placement, note = placement_under(role, launch)
     shape = model_shape(role.name_or_path, role.head, role.trust_remote_code)
     dtype = weight_dtype(role, shape)
     wbytes = DTYPE_BYTES[dtype]
@@ -648,18 +666,18 @@ def plan_model(role: Role, launch: Launch) -> ModelPlan:
             t_bytes = 4 if role.training == "lora" else wbytes
             states = plain_states(frozen, trainable, frozen_bytes if frozen_bytes is not None else wbytes, t_bytes, launch)
     else:
-        engine_cast = role.placement == "engine" and launch.deepspeed and launch.half
+        engine_cast = placement == "engine" and launch.deepspeed and launch.half
         states = frozen_states(
             total,
             2 if engine_cast else wbytes,
             launch,
-            partitioned=role.placement == "engine",
+            partitioned=placement == "engine",
             largest_layer=shape.largest_layer,
-            on_cpu=role.placement == "cpu",
+            on_cpu=placement == "cpu",
         )
     shown_dtype = (
         ("bfloat16" if launch.mixed_precision == "bf16" else "float16")
-        if (launch.deepspeed and launch.half and role.placement == "engine")
+        if (launch.deepspeed and launch.half and placement == "engine")
         else dtype
     )
     if role.quantization:
@@ -672,10 +690,10 @@ def plan_model(role: Role, launch: Launch) -> ModelPlan:
         trainable,
         states,
         role.training,
-        role.placement,
+        placement,
         shown_dtype,
-        role.note,
-        load_cpu_bytes(total, shape.largest_layer, wbytes, role.placement, launch),
+        note,
+        load_cpu_bytes(total, shape.largest_layer, wbytes, placement, launch),
     )
 
 
@@ -690,9 +708,15 @@ def load_cpu_bytes(params: int, largest_layer: int, load_bytes: float, placement
     return params * load_bytes
 
 
-def rows_and_seq(recipe: Any, train: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(training rows per micro batch, training sequence length, generation rows, generation sequence length)."""
+def rows_and_seq(recipe: Any, train: dict[str, Any], processes: int = 1) -> tuple[int, int, int, int]:
+    """(training rows per micro batch, training sequence length, generation rows, generation sequence length).
+
+    Generation rows are the sequences one generate call holds, every sample of its prompts: PPO and rejection
+    sampling batch `generation.batch_size` prompts x their samples; TRL's GRPO / RLOO generate one generation
+    batch per process in one call (it counts completions).
+    """
     from workbench.config import effective_max_prompt_length
+    from workbench.online import online_batch, trl_generation_fields
 
     method, micro = recipe.method, int(train.get("per_device_train_batch_size", 8))
     seq = recipe.data.max_length
@@ -702,10 +726,13 @@ def rows_and_seq(recipe: Any, train: dict[str, Any]) -> tuple[int, int, int, int
         return 2 * micro, seq, 0, 0  # chosen and rejected in one forward
     if method == "ppo":
         rows = max(1, micro // (int(train["num_mini_batches"]) * int(train["gradient_accumulation_steps"])))
-        return rows, prompt + gen.max_new_tokens, min(gen.batch_size, micro), prompt + gen.max_new_tokens
-    if method in ("grpo", "rloo"):
-        new = int(train.get("max_completion_length") or gen.max_new_tokens)
-        gen_rows = micro * int(train.get("steps_per_generation") or train.get("gradient_accumulation_steps") or 1)
+        samples = int(train["num_generations"])
+        prompts = max(1, micro // samples)  # per process per rollout
+        return rows, prompt + gen.max_new_tokens, min(gen.batch_size, prompts) * samples, prompt + gen.max_new_tokens
+    if method in ("grpo", "rloo"):  # TRL's fields as the run sets them: `generation:` mapped, unless `train:` sets them
+        effective = {**train, **trl_generation_fields(gen, recipe.train)[0]}
+        new = int(effective["max_completion_length"])
+        gen_rows = online_batch(effective, {}, processes).generation_batch // processes
         return micro, prompt + new, gen_rows, prompt + new
     if method == "rejection_sampling":
         return micro, seq, gen.batch_size * gen.num_samples, prompt + gen.max_new_tokens
@@ -723,7 +750,7 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
         policy.states.buffers = max(policy.states.buffers, value.states.buffers)
         value.states.buffers = 0
         value.note += " (in the policy's DeepSpeed engine)"
-    rows, seq, gen_rows, gen_seq = rows_and_seq(recipe, train)
+    rows, seq, gen_rows, gen_seq = rows_and_seq(recipe, train, launch.processes)
     elem = 2 if launch.half else 4
     eager = recipe.model.attn_implementation == "eager"
     trained = [r for r in roles if r.training != "frozen"]
@@ -787,13 +814,23 @@ def resolve_precision(method: str, recipe_train: dict[str, Any], accelerate_mixe
     return "bf16"
 
 
+GPU_DEFAULT_PRECISION = "the default of TRL-backed methods on a bf16-capable GPU; without one the run trains in float32"
+
+
+def precision_note(method: str, recipe_train: dict[str, Any], precision: str) -> str:
+    """Says so when `resolve_precision` gave the GPU default (hf.default_precision), which a CPU run does not use."""
+    explicit = method == "ppo" or {"bf16", "fp16"} & set(recipe_train)
+    return GPU_DEFAULT_PRECISION if precision == "bf16" and not explicit else ""
+
+
 def launch_from_config(path: str | Path | None, method: str, train: dict[str, Any]) -> Launch:
     # `train`: the recipe's own `train:` values (explicit precision), not the class defaults
     """The memory-relevant settings of an accelerate config (and its DeepSpeed JSON, when it names one)."""
     from workbench.launch import read_accelerate_config
 
     if path is None:
-        return Launch(mixed_precision=resolve_precision(method, train, None))
+        precision = resolve_precision(method, train, None)
+        return Launch(mixed_precision=precision, precision_note=precision_note(method, train, precision))
     return launch_from_mapping(read_accelerate_config(path), Path(path).parent, method, train, str(path))
 
 
@@ -806,7 +843,9 @@ def launch_from_mapping(acc: dict[str, Any], base: Path, method: str, train: dic
     use_cpu = bool(acc.get("use_cpu"))
     mixed = str(acc.get("mixed_precision") or "no")
     if acc.get("distributed_type") != "DEEPSPEED":
-        return Launch(processes, machines, mixed_precision=resolve_precision(method, train, mixed, use_cpu), source=source)
+        precision = resolve_precision(method, train, mixed, use_cpu)
+        note = precision_note(method, train, precision)
+        return Launch(processes, machines, mixed_precision=precision, source=source, precision_note=note)
     ds = deepspeed_settings(acc, base)
     zero = ds.get("zero_optimization") or {}
     stage = int(zero.get("stage", ds.get("zero_stage", 0)) or 0)
@@ -816,13 +855,15 @@ def launch_from_mapping(acc: dict[str, Any], base: Path, method: str, train: dic
         if isinstance(ds.get(key), dict) and ds[key].get("enabled") is True:
             mixed = key
     bucket = zero.get("reduce_bucket_size", DS_REDUCE_BUCKET_DEFAULT)
+    precision = resolve_precision(method, train, mixed, use_cpu)
     return Launch(
         processes,
         machines,
         zero_stage=stage,
         offload_optimizer=off_opt not in (None, "none"),
         offload_params=off_par not in (None, "none"),
-        mixed_precision=resolve_precision(method, train, mixed, use_cpu),
+        mixed_precision=precision,
+        precision_note=precision_note(method, train, precision),
         zero3_init=bool(ds.get("zero3_init_flag", True)),
         reduce_bucket_size=None if bucket == "auto" else int(float(bucket)),
         overlap_comm=zero.get("overlap_comm") if isinstance(zero.get("overlap_comm"), bool) else (True if stage == 3 else None),
@@ -1041,12 +1082,30 @@ def launch_check(recipe: Any, accelerate_config: str | Path, force: bool) -> str
 
 
 def planned_peak_mb(recipe: Any) -> float | None:
-    """The plan's per-device total in MiB for the manifest, beside the measured peak; None if it cannot be planned."""
+    """The plan's per-device total in MiB for the manifest; None if it cannot be planned."""
     try:
         plan = build_plan(recipe, running_launch(recipe.method, recipe.train))
     except Exception:  # never fail a finished run for its plan
         return None
     return round(plan.total_bytes_per_device / 2**20, 1)
+
+
+def planned_vs_measured(measured_kind: str) -> str:
+    """Whether the manifest's measured `peak_memory_mb` (runner.peak_memory_mb's kind) counts what the plan counts."""
+    if measured_kind == "cuda_max_allocated":
+        return (
+            "comparable: peak_memory_mb is the CUDA allocator's peak of tensors on the device, which the plan counts "
+            "(neither includes the CUDA context nor the allocator's cached blocks)"
+        )
+    return (
+        f"not comparable: peak_memory_mb is {measured_kind}, the CPU process's peak resident set (Python, libraries and "
+        "data included), while planned_device_memory_mb counts the model states, activations and caches one device holds"
+    )
+
+
+def planned_memory(recipe: Any, measured_kind: str) -> dict[str, Any]:
+    """The manifest's plan fields, set beside the measured peak with what the two may be compared for."""
+    return {"planned_device_memory_mb": planned_peak_mb(recipe), "planned_vs_measured": planned_vs_measured(measured_kind)}
 
 
 def running_launch(method: str, train: dict[str, Any]) -> Launch:

@@ -5,8 +5,10 @@ metrics.jsonl), so a report can be rebuilt from a finished comparison directory.
 
 Uncertainty: every mean carries a standard error clustered by prompt, recomputed here from the
 samples of every seed pooled by prompt; each policy's difference from the baseline is paired on
-(seed, prompt, sample index) and given a 95% t interval (workbench.stats). The spread between
-seeds is reported separately as a sample standard deviation (n - 1) with the number of seeds.
+(seed, prompt, sample index) and given a 95% t interval (workbench.stats) which, with several seeds,
+includes the between-seed variance (every seed is evaluated on the same held-out prompts: the split
+is by content, not by seed). The spread of each mean between seeds is reported as a sample standard
+deviation (n - 1) with the number of seeds.
 """
 
 from __future__ import annotations
@@ -146,12 +148,21 @@ def clustered(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
     return S.clustered_mean(list(values), list(clusters))
 
 
+def seeded(rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
+    """The mean of a per-response field over seeds and prompts, its interval holding across both (seed_and_prompt_mean)."""
+    triples = [(v, r["seed"], r["prompt_index"]) for r in rows if (v := _value(r, field)) is not None]
+    if len(triples) < len(rows) or len(triples) < 2:
+        return None
+    values, seeds, prompts = zip(*triples)
+    return S.seed_and_prompt_mean(values, seeds, prompts)
+
+
 def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: str) -> S.Estimate | None:
-    """policy - baseline on the same (seed, prompt, sample index), clustered by prompt."""
+    """policy - baseline on the same (seed, prompt, sample index), clustered by prompt, with the seed variance."""
     if any("sample_index" not in r for r in (*rows, *base_rows)):
         return None  # samples from an older evaluation cannot be paired
     base = {_key(r): _value(r, field) for r in base_rows}
-    policy, baseline, clusters = [], [], []
+    policy, baseline, clusters, seeds = [], [], [], []
     for r in rows:
         a, b = _value(r, field), base.get(_key(r))
         if a is None or b is None:
@@ -159,15 +170,26 @@ def paired(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], field: s
         policy.append(a)
         baseline.append(b)
         clusters.append(r["prompt_index"])
-    return S.paired_difference(policy, baseline, clusters) if len(policy) > 1 else None
+        seeds.append(r["seed"])
+    return S.paired_difference(policy, baseline, clusters, seeds=seeds) if len(policy) > 1 else None
 
 
 def _key(row: dict[str, Any]) -> tuple[Hashable, ...]:
     return (row["seed"], row["prompt_index"], row["sample_index"])
 
 
-def _interval(est: S.Estimate) -> dict[str, float]:
-    return {"difference": est.mean, "stderr": est.stderr, "low": est.low, "high": est.high}
+def _interval(est: S.Estimate, offset: float = 0.0) -> dict[str, Any]:
+    """An estimate less `offset` as results.json's `vs_baseline` entry: which interval, and each seed's value."""
+    d: dict[str, Any] = {
+        "difference": est.mean - offset,
+        "stderr": est.stderr,
+        "low": est.low - offset,
+        "high": est.high - offset,
+        "interval": est.interval,
+    }
+    if est.per_seed:
+        d["per_seed"] = [v - offset for v in est.per_seed]
+    return d
 
 
 def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]], results: list[dict[str, Any]]) -> None:
@@ -187,19 +209,17 @@ def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]]
                 est = paired(rows, base_rows, SAMPLE_FIELDS[key])
                 if est is not None:
                     vs[key] = _interval(est)
-            win = clustered(rows, "win")
+            win = seeded(rows, "win")
             if win is not None:  # the win rate already pairs each response with the baseline's: its distance from 0.5
-                vs["win_rate_vs_baseline"] = {
-                    "difference": win.mean - 0.5,
-                    "stderr": win.stderr,
-                    "low": win.low - 0.5,
-                    "high": win.high - 0.5,
-                }
+                vs["win_rate_vs_baseline"] = _interval(win, 0.5)
         r["vs_baseline"] = vs
 
 
 def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
-    """The reward stage's held-out accuracy, length-only baseline and margins (every seed's pairs pooled)."""
+    """The reward stage's held-out accuracy, length-only baseline and margins over every seed's model.
+
+    Seeds scored on the same held-out pairs (the same `inputs_fingerprint`: the split is by content, not seed) count
+    each pair once, with its accuracy averaged over the seeds; `num_pairs` is the number of distinct pairs."""
     name = comparison.reward_stage
     if not name:
         return None
@@ -209,13 +229,22 @@ def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, Stage
     evals = [e for e in evals if e.get("num_pairs")]
     if not evals:
         return None
-    n = sum(e["num_pairs"] for e in evals)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i, e in enumerate(evals):  # an evaluation without its fingerprint counts as pairs of its own
+        groups.setdefault(e.get("inputs_fingerprint") or f"seed {i}", []).append(e)
+    per_pair: list[float] = []
+    length_right = 0.0
+    for group in groups.values():
+        per_pair += S.replicate_means([S.win_indicators(e["margins"], [0.0] * len(e["margins"])) for e in group])
+        length_right += group[0]["length_baseline_accuracy"] * group[0]["num_pairs"]
+    n = len(per_pair)
     logged = [line for e in evals[:1] for line in read_jsonl(runs[comparison.seeds[0]][name].run_dir / "metrics.jsonl")]
     return {
         "stage": name,
-        "accuracy": sum(e["accuracy"] * e["num_pairs"] for e in evals) / n,
-        "length_baseline_accuracy": sum(e["length_baseline_accuracy"] * e["num_pairs"] for e in evals) / n,
+        "accuracy": sum(per_pair) / n,
+        "length_baseline_accuracy": length_right / n,
         "num_pairs": n,
+        "num_seeds": len(evals),
         "margins": [m for e in evals for m in e["margins"]],
         "training_eval_accuracy": (H.series(logged, "eval/accuracy") or [None])[-1],
     }
@@ -242,6 +271,7 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
                 H.kl_blowup(r.get("kl_to_reference"), comparison.eval.kl_warning),
                 None if r is base or base is None else H.diversity_collapse(r.get("distinct_2"), base.get("distinct_2")),
                 H.reward_hacking(_estimate(vs.get("reward_mean")), _estimate(vs.get("gold_reward_mean"))),
+                None if r is base or base is None else no_change(vs, base["name"]),
             ]
             flags += [f for f in found if f is not None]
         for seed in comparison.seeds:
@@ -250,12 +280,18 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
                 continue
             loss_type = (run.recipe.get("train") or {}).get("loss_type") or ["sigmoid"]
             loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-            for f in H.training_flags(run.method, read_jsonl(run.run_dir / "metrics.jsonl"), loss_types):
+            manifest, lines = read_json(run.run_dir / "manifest.json"), read_jsonl(run.run_dir / "metrics.jsonl")
+            for f in H.run_flags(run.method, manifest, lines, loss_types):
                 prefix = f"seed {seed}: " if len(comparison.seeds) > 1 else ""
                 flags.append({"code": f["code"], "message": prefix + f["message"]})
             if rm_flag is not None and uses_reward_model(comparison, run) and rm_flag not in flags:
                 flags.append(rm_flag)
         r["health"] = flags
+
+
+def no_change(vs: dict[str, Any], baseline: str) -> H.Flag | None:
+    """health.no_change on the paired differences, named as in the report's tables."""
+    return H.no_change({SHORT[k]: _estimate(vs.get(k)) for k in PAIRED_METRICS}, baseline)
 
 
 def _estimate(d: dict[str, float] | None) -> S.Estimate | None:
@@ -418,49 +454,159 @@ def stage_cost_rows(comparison: Comparison, outcome: Outcome) -> list[str]:
     return lines
 
 
+# How each kind of interval (stats.Estimate.interval) is described in the report; {df}: seeds - 1
+INTERVAL_TEXT = {
+    S.SEEDS_AND_PROMPTS: "their intervals add the seed variance component estimated from the per-seed differences "
+    "(seeds × prompts, crossed random effects: a seed's effect moves every prompt alike, which pooling the seeds per "
+    "prompt hides), with t on Satterthwaite degrees of freedom (near seeds − 1 = {df} when the seeds disagree, near "
+    "prompts − 1 when they agree)",
+    S.SEEDS: "their intervals are t intervals over the per-seed differences (the seeds were evaluated on different "
+    "prompts), seeds − 1 = {df} degrees of freedom",
+}
+VERDICTS = ("better", "noise", "unchanged", "disagree", "worse")
+
+
+def interval_kinds(results: list[dict[str, Any]]) -> set[str]:
+    """The kinds of interval (stats.PROMPTS, SEEDS_AND_PROMPTS, SEEDS) the paired differences carry."""
+    return {d.get("interval") for r in results for d in (r.get("vs_baseline") or {}).values()}
+
+
+def evidence_sentence(comparison: Comparison, results: list[dict[str, Any]], sized: dict[str, Any]) -> str:
+    """How much evidence each policy has, and which intervals the verdicts rest on."""
+    baseline, seeds = comparison.baseline_name, len(comparison.seeds)
+    text = (
+        f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
+        + (f" for each of {seeds} seeds" if seeds > 1 else "")
+        + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
+        "standard errors clustered by prompt (per-prompt means, then their spread)"
+    )
+    if baseline:
+        text += f"; differences are paired with `{baseline}`'s response to the same " + (
+            "seed, prompt and sample index" if seeds > 1 else "prompt and sample index"
+        )
+        kinds = interval_kinds(results)
+        text += "".join(f"; {INTERVAL_TEXT[k].format(df=seeds - 1)}" for k in (S.SEEDS_AND_PROMPTS, S.SEEDS) if k in kinds)
+    text += "."
+    return text + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
+
+
+def verdict(r: dict[str, Any], d: dict[str, Any]) -> str:
+    """unchanged (flagged no_change: it did not move), better / worse (interval beyond zero and every seed on that
+    side), disagree (seeds of both signs or at zero: never a winner), or noise."""
+    if any(f["code"] == "no_change" for f in r.get("health") or []):
+        return "unchanged"
+    if d.get("per_seed") and S.sign_of_every(d["per_seed"]) == 0:
+        return "disagree"
+    return "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "noise"
+
+
+def verdict_text(r: dict[str, Any], d: dict[str, Any]) -> str:
+    """`name` difference [interval] (per-seed differences) (win rate [interval])."""
+    text = f"`{r['name']}` {fmt_interval(d)}"
+    if d.get("per_seed"):
+        text += " (seeds " + ", ".join(f"{v:+.3f}" for v in d["per_seed"]) + ")"
+    win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
+    if win:  # a rate: its t interval is shown clipped to [0, 1]
+        lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
+        text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
+    return text
+
+
+def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The verdict bullets on the judge metric, and the policy names under each verdict."""
+    baseline = comparison.baseline_name
+    texts: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    names: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    for r in ok:
+        d = (r.get("vs_baseline") or {}).get(judge)
+        if r["name"] == baseline or not d:
+            continue
+        v = verdict(r, d)
+        texts[v].append(f"`{r['name']}`" if v == "unchanged" else verdict_text(r, d))
+        names[v].append(r["name"])
+    if not baseline:
+        return [], names
+    judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
+    every_seed = " and every seed's difference above zero" if len(comparison.seeds) > 1 else ""
+    lines = [f"Judged by {judge_name}, difference from `{baseline}`:", ""]
+    lines.append(f"- **Beat `{baseline}`** (interval above zero{every_seed}): " + ("; ".join(texts["better"]) or "none"))
+    lines.append("- **Within noise** (interval includes zero): " + ("; ".join(texts["noise"]) or "none"))
+    if texts["unchanged"]:
+        lines.append("- **Unchanged** (did it train?): " + ", ".join(texts["unchanged"]))
+    if texts["disagree"]:
+        lines.append(
+            "- **Seeds disagree** (the per-seed differences are not all of one sign: never counted as a win): "
+            + "; ".join(texts["disagree"])
+        )
+    if texts["worse"]:
+        lines.append(f"- **Worse than `{baseline}`** (interval below zero): " + "; ".join(texts["worse"]))
+    return [*lines, ""], names
+
+
+def warning_lines(flags: list[H.Flag]) -> list[str]:
+    """Comparison-wide flags, one bullet each, then a blank line (nothing when there are none)."""
+    return [*(f"- {WARN} **{f['code']}**: {f['message']}" for f in flags), ""] if flags else []
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None else f"{round(value):,}"
+
+
+def budget_lines(comparison: Comparison, ok: list[dict[str, Any]]) -> list[str]:
+    """What is compared: seeds, each policy's own training budget, and a warning when budgets differ by over 2x."""
+    seeds, baseline = comparison.seeds, comparison.baseline_name
+    text = (
+        f"What is compared: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}). Each policy "
+        "is trained by its own stage with its method's own settings (`stages.NAME.train`: learning rate, steps and batch "
+        "differ per method)."
+    )
+    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD]
+    if not policies:
+        return [text, ""]
+    text += (
+        " Training budget of each policy's own stage"
+        + (f" (the baseline `{baseline}` not counted)" if baseline else "")
+        + (", mean over seeds" if len(seeds) > 1 else "")
+        + ": "
+        + "; ".join(
+            f"`{r['name']}` {_count(r.get('train_tokens'))} train tokens, {_count(r.get('generated_tokens'))} generated, "
+            f"{_count(r.get('wall_seconds'))} s"
+            for r in policies
+        )
+        + "."
+    )
+    tokens = {r["name"]: _tokens(r) for r in policies}
+    found = [
+        H.budget_mismatch(tokens, "tokens (trained + generated)"),
+        H.budget_mismatch({r["name"]: r.get("wall_seconds") for r in policies}, "wall seconds"),
+    ]
+    return [text, "", *warning_lines([f for f in found if f is not None])]
+
+
+def _tokens(r: dict[str, Any]) -> float | None:
+    """Tokens trained on plus tokens generated (None when neither was recorded)."""
+    parts = [r.get(k) for k in ("train_tokens", "generated_tokens") if isinstance(r.get(k), (int, float))]
+    return float(sum(parts)) if parts else None
+
+
 def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
     """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
-    baseline = comparison.baseline_name
     judge = judge_metric(results)
     ok = [r for r in results if r["status"] == "ok"]
     lines = ["## Findings", ""]
     sized = next((r for r in ok if r.get("num_prompts")), None)
     if sized:
-        seeds = len(comparison.seeds)
-        lines.append(
-            f"Evidence per policy: {sized['num_prompts']} held-out prompts × {sized['samples_per_prompt']} samples"
-            + (f" for each of {seeds} seeds" if seeds > 1 else "")
-            + f", and {sized['num_pairs']} held-out preference pairs. Intervals are 95% Student-t intervals with "
-            "standard errors clustered by prompt (per-prompt means, then their spread)"
-            + (f"; differences are paired with `{baseline}`'s response to the same prompt and sample index." if baseline else ".")
-            + (f" Seed-to-seed spread is the sample sd (n−1) over {seeds} seeds, shown as (sd ...)." if seeds > 1 else "")
-        )
-        lines.append("")
-    judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
-    better, worse, noise = [], [], []
-    for r in ok:
-        if r["name"] == baseline:
-            continue
-        d = (r.get("vs_baseline") or {}).get(judge)
-        if not d:
-            continue
-        win = (r.get("vs_baseline") or {}).get("win_rate_vs_baseline")
-        text = f"`{r['name']}` {fmt_interval(d)}"
-        if win:  # a rate: its t interval is shown clipped to [0, 1]
-            lo, hi = max(0.0, 0.5 + win["low"]), min(1.0, 0.5 + win["high"])
-            text += f" (win rate {0.5 + win['difference']:.2f} [{lo:.2f}, {hi:.2f}])"
-        (better if d["low"] > 0 else worse if d["high"] < 0 else noise).append(text)
-    if baseline:
-        lines.append(f"Judged by {judge_name}, difference from `{baseline}`:")
-        lines.append("")
-        lines.append(f"- **Beat `{baseline}`** (interval above zero): " + ("; ".join(better) if better else "none"))
-        lines.append("- **Within noise** (interval includes zero): " + ("; ".join(noise) if noise else "none"))
-        if worse:
-            lines.append(f"- **Worse than `{baseline}`** (interval below zero): " + "; ".join(worse))
-        lines.append("")
+        lines += [evidence_sentence(comparison, results, sized), ""]
+        sizes = {k: getattr(comparison.eval, k) for k in ("num_prompts", "num_pairs")}
+        lines += warning_lines(H.eval_shortfalls(sizes, sized))
+    lines += budget_lines(comparison, ok)
+    verdicts, names = verdict_lines(comparison, ok, judge)
+    lines += verdicts
     top = max((r for r in ok if r.get(judge) is not None), key=lambda r: r[judge], default=None)
     flagged = [r for r in results if r.get("health")]
-    if top is not None and top.get("health"):
+    # a lead is only a lead when it beat the baseline (or there is no baseline to beat)
+    crowned = top is not None and (top["name"] in names["better"] or not comparison.baseline_name)
+    if crowned and top.get("health"):
         lines += [
             f"{WARN} The highest {SHORT[judge]} belongs to `{top['name']}`, which is flagged below: "
             "do not take its lead at face value.",
@@ -487,13 +633,16 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
 
 
 def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """Accuracy against a coin's band for the distinct held-out pairs; margins of every seed's model pooled."""
     margins = sorted(rm["margins"])
-    n = len(margins)
+    n, pairs, seeds = len(margins), rm["num_pairs"], rm.get("num_seeds", 1)
 
     def q(p: float) -> float:
         return margins[min(n - 1, int(p * (n - 1) + 0.5))]
 
-    half = 1.96 * math.sqrt(0.25 / n)
+    half = 1.96 * math.sqrt(0.25 / pairs)
+    scored = f" (each scored by {seeds} seeds' models)" if seeds > 1 else ""
+    wrong = f"of the {n} scored pairs" if seeds > 1 else "of pairs"
     lines = [
         f"## Reward model (`{rm['stage']}`)",
         "",
@@ -502,12 +651,12 @@ def reward_model_section(rm: dict[str, Any], plots: dict[str, str]) -> list[str]
         "",
         "| held-out pairs | accuracy | length-only rule (longer wins) | accuracy a coin reaches (95%) | accuracy logged in training |",
         "|---|---|---|---|---|",
-        f"| {n} | {rm['accuracy']:.3f} | {rm['length_baseline_accuracy']:.3f} | 0.5 ± {half:.3f} | "
+        f"| {pairs}{scored} | {rm['accuracy']:.3f} | {rm['length_baseline_accuracy']:.3f} | 0.5 ± {half:.3f} | "
         f"{fmt(rm.get('training_eval_accuracy'))} |",
         "",
         "Margin (score of chosen − score of rejected, normalized rewards): "
         f"mean {sum(margins) / n:+.3f}, 5% {q(0.05):+.3f}, 25% {q(0.25):+.3f}, median {q(0.5):+.3f}, "
-        f"75% {q(0.75):+.3f}, 95% {q(0.95):+.3f}; {sum(m < 0 for m in margins) / n:.0%} of pairs ranked the wrong way.",
+        f"75% {q(0.75):+.3f}, 95% {q(0.95):+.3f}; {sum(m < 0 for m in margins) / n:.0%} {wrong} ranked the wrong way.",
         "",
     ]
     if "Reward model margins" in plots:
@@ -554,7 +703,8 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
     vs_rows = [r for r in results if r.get("vs_baseline")]
     if vs_rows:
         keys = [k for k in (*PAIRED_METRICS, "win_rate_vs_baseline") if any(k in r["vs_baseline"] for r in vs_rows)]
-        lines += [f"Paired differences from `{baseline}` (same prompt and sample index), 95% intervals:", ""]
+        same = "seed, prompt and sample index" if len(comparison.seeds) > 1 else "prompt and sample index"
+        lines += [f"Paired differences from `{baseline}` (same {same}), {difference_interval_label(vs_rows)}:", ""]
         lines += [
             "| policy | " + " | ".join(f"Δ {SHORT[k]}" if k != "win_rate_vs_baseline" else "win rate − 0.5" for k in keys) + " |"
         ]
@@ -617,6 +767,13 @@ def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | No
 
 
 INTERVAL_LABEL = "95% interval, clustered by prompt"
+
+
+def difference_interval_label(results: list[dict[str, Any]]) -> str:
+    """What the intervals of the paired differences are: clustered by prompt, or with the seed variance as well."""
+    if interval_kinds(results) & {S.SEEDS_AND_PROMPTS, S.SEEDS}:
+        return "95% interval with the seed-to-seed variance"
+    return INTERVAL_LABEL
 
 
 def _half_width(r: dict[str, Any], key: str) -> float:
@@ -716,7 +873,7 @@ def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: P
         ax.errorbar([], [], xerr=[], fmt="o", color=color, label=text)
     ax.set_yticks(ys, [policy_label(r) for r in rows])
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({INTERVAL_LABEL})")
+    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({difference_interval_label(rows)})")
     ax.set_title(f"{SHORT[key].capitalize()}: difference from the baseline")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -763,7 +920,9 @@ def margins_plot(rm: dict[str, Any], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=f"{rm['num_pairs']} held-out pairs")
+    seeds = rm.get("num_seeds", 1)
+    label = f"{rm['num_pairs']} held-out pairs" + (f" × {seeds} seeds' models" if seeds > 1 else "")
+    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=label)
     ax.axvline(0.0, color="C3", linestyle="--", linewidth=1, label="0: left of it the pair is ranked wrong")
     ax.set_xlabel("score(chosen) − score(rejected)")
     ax.set_ylabel("pairs")

@@ -1,8 +1,8 @@
 """generate -> score -> log-probs: the one code path for online methods (PPO today; RS and eval can share it).
 
 Log-probabilities, entropies and KLs are computed from the same processed logits that sampling used
-(logits / temperature). Sampling settings whose processed distribution the learner cannot
-reproduce exactly under a changing policy (top_k, top_p truncation) are refused for training
+(logits / temperature). Sampling settings whose processed distribution the log-probs do not
+model (greedy, top_k, top_p truncation) are refused here, once, for training and for evaluation
 rather than silently ignored. Each completion keeps the EOS id that ended it, so a model with
 several EOS ids is trained on the token it actually sampled.
 """
@@ -14,23 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.config import GenerationConfig
-from workbench.errors import WorkbenchError
+from workbench.errors import RecipeError
 from workbench.generation import Completion, GenerationStats, generate
 from workbench.logprobs import response_logprobs, rollout_tensors
 
 
-def refuse_unmodelled_sampling(cfg: GenerationConfig, method: str) -> None:
-    """An on-policy learner needs log pi(token) of the distribution sampled; truncated sampling has none it can train."""
-    if cfg.temperature <= 0:
-        raise WorkbenchError(f"{method} samples its own training data: set `generation.temperature` > 0 (1.0 is usual)")
-    if cfg.top_k:
-        raise WorkbenchError(
-            f"{method} cannot train on top-k sampling (its log-probs would be -inf outside the top k); set `generation.top_k: 0`"
-        )
-    if cfg.top_p < 1.0:
-        raise WorkbenchError(
-            f"{method} cannot train on nucleus sampling (its log-probs would be -inf outside the nucleus); set `generation.top_p: 1.0`"
-        )
+def refuse_unmodelled_sampling(cfg: GenerationConfig, who: str, key: str = "generation", source: str = "recipe") -> None:
+    """Raise, listing every setting of method_checks.unmodelled_sampling_problems: the one refusal for every sampling
+    path that needs log-probs (PPO's rollouts, the shared evaluation)."""
+    from workbench.method_checks import unmodelled_sampling_problems
+
+    problems = unmodelled_sampling_problems(cfg, who, key)
+    if problems:
+        raise RecipeError(source, problems)
 
 
 @dataclass

@@ -117,9 +117,9 @@ def run_locked(
         ctx = RunContext(recipe, run_dir, tracker, tokenizer, prepared, state.is_main_process, state.num_processes, checkpoint)
         result = method.run(ctx)
         cost = run_cost(result, state)
-        from workbench.plan import planned_peak_mb
+        from workbench.plan import planned_memory
 
-        cost["planned_peak_memory_mb"] = planned_peak_mb(recipe) if state.is_main_process else None  # beside peak_memory_mb
+        cost.update(planned_memory(recipe, cost["peak_memory_kind"]) if state.is_main_process else {})  # labelled
         tracker.update_manifest(cost=cost)
         tracker.summary({**result.metrics, **{f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float))}})
         tracker.finish("completed")

@@ -115,6 +115,11 @@ def called_scores(name: str, scorer: Any, prompts: list[Any], completions: list[
     return checked_scores(name, scores, len(completions))
 
 
+def missing_reward_stats(key: str, name_or_path: str) -> str:
+    """`normalize` asked of a reward model whose config stores no training-set mean/std (validate and the scorer)."""
+    return f"`{key}.normalize`: {name_or_path} stores no reward_mean/reward_std (train it with method: reward)"
+
+
 class RewardModelScorer:
     """A sequence-classification reward model with its own tokenizer and the data layer's formatting."""
 
@@ -136,9 +141,7 @@ class RewardModelScorer:
             from workbench.errors import WorkbenchError
 
             if getattr(config, "reward_std", None) is None:
-                raise WorkbenchError(
-                    f"reward_model.normalize: {name_or_path} stores no reward_mean/reward_std (train it with method: reward)"
-                )
+                raise WorkbenchError(missing_reward_stats("reward_model", name_or_path))
             self.shift, self.scale = config.reward_mean, config.reward_std or 1.0
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:

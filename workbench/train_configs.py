@@ -20,14 +20,19 @@ class RejectionSamplingConfig(SFTConfig):
 
     selection: Literal["best", "top_k", "threshold"] = field(
         default="best",
-        metadata={"help": "best: best-of-n per prompt; top_k: the k best; threshold: every sample scoring >= score_threshold."},
+        metadata={
+            "help": "Among each prompt's finished completions (those cut at max_new_tokens are never kept; a prompt with "
+            "none is skipped and counted): best: the best; top_k: the k best; threshold: every one scoring >= score_threshold."
+        },
     )
     top_k: int = field(default=1, metadata={"help": "Completions kept per prompt with selection: top_k."})
     score_threshold: float | None = field(default=None, metadata={"help": "Minimum score with selection: threshold."})
     write_pairs: bool = field(
         default=True, metadata={"help": "Also write best-vs-worst pairs (samples/pairs.jsonl) that a DPO recipe reads unchanged."}
     )
-    min_pair_gap: float = field(default=0.0, metadata={"help": "A pair is written only when best - worst > this."})
+    min_pair_gap: float = field(
+        default=0.0, metadata={"help": "A pair (best vs worst finished completion) is written only when best - worst > this."}
+    )
 
 
 SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices
@@ -81,7 +86,17 @@ class PPOConfig:
     num_generations: int = _h(
         "Completions sampled per prompt (must divide per_device_train_batch_size); > 1 enables score_baseline: prompt.", 1
     )  # type: ignore[assignment]
-    gradient_accumulation_steps: int = _h("Micro-batches accumulated per optimizer step within a mini-batch.", 1)  # type: ignore[assignment]
+    gradient_accumulation_steps: int = _h(
+        "Equal micro-batches accumulated per optimizer step within a mini-batch (per_device_train_batch_size must be a "
+        "multiple of num_mini_batches x this).",
+        1,
+    )  # type: ignore[assignment]
+    bf16: bool | None = _h(
+        "bf16 mixed precision (accelerate's mixed_precision: autocast, fp32 weights and optimizer); unset or false: the "
+        "accelerate config's setting (fp32 without one), as for TrainingArguments; needs a CUDA GPU that supports bf16.",
+        None,
+    )  # type: ignore[assignment]
+    fp16: bool = _h("fp16 mixed precision (accelerate's, with loss scaling); needs a CUDA GPU.", False)  # type: ignore[assignment]
     gradient_checkpointing: bool = _h("Recompute activations in the backward pass (policy and value model).", False)  # type: ignore[assignment]
     logging_steps: int = _h("Log every N updates.", 1)  # type: ignore[assignment]
     save_steps: int = _h("Checkpoint every N updates (0: never).", 50)  # type: ignore[assignment]
@@ -97,7 +112,9 @@ class PPOConfig:
         1.0,
     )  # type: ignore[assignment]
     ppo_epochs: int = _h("Passes over each rollout.", 2)  # type: ignore[assignment]
-    num_mini_batches: int = _h("Mini-batches per pass (each one optimizer step).", 1)  # type: ignore[assignment]
+    num_mini_batches: int = _h(
+        "Equal mini-batches per pass over a rollout, each one optimizer step (must divide per_device_train_batch_size).", 1
+    )  # type: ignore[assignment]
     cliprange: float = _h("Policy ratio clip range.", 0.2)  # type: ignore[assignment]
     cliprange_value: float = _h("Value clip range around the rollout's values.", 0.2)  # type: ignore[assignment]
     vf_coef: float = _h("Weight of the value loss.", 0.1)  # type: ignore[assignment]
@@ -109,13 +126,17 @@ class PPOConfig:
         "its responses early to dodge the summed KL (see the module docstring of methods/ppo.py).",
         0.03,
     )  # type: ignore[assignment]
-    kl_estimator: Literal["k1", "k3"] = _h(
-        "KL estimator: k1 (log ratio; in the reward its policy gradient is exactly KL's, so use it there) or k3 "
-        "(non-negative, lower variance; meant for kl_in: loss, in the reward it under-penalizes tokens the policy made likelier).",
-        "k1",
+    kl_estimator: Literal["auto", "k1", "k2", "k3"] = _h(
+        "KL estimator: auto (k1 with kl_in: reward, k2 with kl_in: loss); k1 (log ratio: in the reward its policy gradient "
+        "is exactly the KL's; refused in the loss, where its expected gradient is 0); k2 (0.5 x log ratio squared: in the "
+        "loss its gradient is exactly the KL's); k3 (non-negative, lower variance; in the loss its gradient is the reverse "
+        "KL(ref || policy)'s, in the reward it under-penalizes tokens the policy made likelier). With kl_in: loss the KL "
+        "logged (and steered by target_kl) is k3 whatever this says.",
+        "auto",
     )  # type: ignore[assignment]
     kl_in: Literal["reward", "loss"] = _h(
-        "Where the KL penalty goes: reward (per-token, shaped into the returns) or loss (added to the policy loss, as GRPO).",
+        "Where the KL penalty goes: reward (per-token, shaped into the returns) or loss (a per-token mean added to the "
+        "policy loss, as GRPO).",
         "reward",
     )  # type: ignore[assignment]
     target_kl: float | None = _h("Adapt kl_coef toward this sequence KL (None: fixed kl_coef).", None)  # type: ignore[assignment]
@@ -146,8 +167,9 @@ class PPOConfig:
         False,
     )  # type: ignore[assignment]
     critic_warmup_steps: int = _h(
-        "First updates that train only the value model: the policy's weights are left unchanged (with the value head, "
-        "the backbone is detached from the value loss during them whatever value_head_trains_backbone says).",
+        "First updates that train only the value model: the policy's weights and its optimizer state are left unchanged "
+        "(its first update after them is a fresh Adam's); with the value head, the backbone is detached from the value "
+        "loss during them whatever value_head_trains_backbone says.",
         0,
     )  # type: ignore[assignment]
     max_nonfinite_updates: int = _h(

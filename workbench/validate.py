@@ -75,20 +75,29 @@ def reward_function_problem(spec: str) -> str | None:
 
 def reward_model_problem(name_or_path: str) -> str | None:
     """Why a local reward-model directory holds no sequence-classification head, or None (hub ids: at load)."""
-    config = Path(name_or_path).expanduser() / "config.json"
-    if not config.is_file():
-        return None  # a hub id, or a missing directory reported by path_problems
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"'{config}' is not readable JSON ({exc})"
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    config = reward_model_config(name_or_path)
+    if isinstance(config, str):
+        return config
+    architectures = (config or {}).get("architectures") or []
+    if config is not None and not any(a.endswith("ForSequenceClassification") for a in architectures):
         listed = ", ".join(architectures) or "none"
         return (
             f"'{name_or_path}' is not a sequence-classification model (config.json architectures: {listed}); "
             "train one with `method: reward` or use `reward_model.function`"
         )
     return None
+
+
+def reward_model_config(name_or_path: str) -> dict[str, Any] | str | None:
+    """A local reward model's config.json, why it cannot be read, or None (a hub id, or a missing directory
+    reported by path_problems)."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"'{config}' is not readable JSON ({exc})"
 
 
 def reward_sources(recipe: Recipe) -> list[tuple[str, RewardModelConfig]]:
@@ -108,6 +117,11 @@ def reward_problems(recipe: Recipe) -> list[str]:
             problem = reward_model_problem(cfg.name_or_path)
             if problem:
                 problems.append(f"`{key}.name_or_path`: {problem}")
+            config = reward_model_config(cfg.name_or_path)
+            if not problem and cfg.normalize and isinstance(config, dict) and config.get("reward_std") is None:
+                from workbench.scoring import missing_reward_stats
+
+                problems.append(missing_reward_stats(key, cfg.name_or_path))
     return problems
 
 
@@ -119,13 +133,8 @@ def accelerate_problems(recipe: Recipe, accelerate_config: str | None) -> list[s
     """Recipe settings the accelerate / DeepSpeed config (or this machine) cannot run."""
     from workbench.launch import deepspeed_settings, read_accelerate_config
 
-    problems = []
+    problems: list[str] = []  # QLoRA's own needs (GPU, bitsandbytes, LoRA) are in method_checks' list
     quant = recipe.model.quantization
-    if quant is not None:
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append(f"`model.quantization: {quant}` needs a CUDA GPU (bitsandbytes), and this machine has none")
     if accelerate_config is None:
         return problems
     acc = read_accelerate_config(accelerate_config)
@@ -294,6 +303,16 @@ def library_train_problems(method: str, train: dict[str, Any]) -> list[str]:
     return memo_json("recipe-checks", ["train-args", method, train], compute)
 
 
+def processes_of(recipe: Recipe, accelerate_config: str | None) -> int:
+    """The processes the run will have: the accelerate config's, or this launch's (1 for a plain run)."""
+    from workbench.launch import global_batch
+
+    try:
+        return global_batch(recipe.train, {}, accelerate_config).processes
+    except WorkbenchError:  # an unreadable config: reported by check_recipe
+        return 1
+
+
 def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: bool = True) -> tuple[list[str], list[str]]:
     """(report sections, problems): every check that needs no model weights."""
     from workbench.launch import global_batch
@@ -301,11 +320,16 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     problems = path_problems(recipe)
     sections: list[str] = []
     train = recipe.train
+    processes = processes_of(recipe, accelerate_config)
     if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
-        from workbench.online import trl_generation_fields
+        from workbench.online import TRL_GROUP_MESSAGES, trl_generation_fields, trl_one_process_fields
 
         train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
-    problems.extend(library_train_problems(recipe.method, train))
+        train = trl_one_process_fields(train, plain_train_defaults(recipe.method), processes)
+        found = library_train_problems(recipe.method, train)  # whole groups: method_problems says it, for `processes`
+        problems.extend(p for p in found if not any(m in p for m in TRL_GROUP_MESSAGES))
+    else:
+        problems.extend(library_train_problems(recipe.method, train))
     try:
         gb = global_batch(recipe.train, plain_train_defaults(recipe.method), accelerate_config)
         source = f" (from {accelerate_config})" if accelerate_config else ""
@@ -317,12 +341,15 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
         from workbench.online import validate_trl_method
 
-        processes = gb.processes if "gb" in locals() else 1
         key = ["trl-method", resolved_dict(recipe), processes]
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
+    from workbench.method_checks import eval_sampling_problems, method_problems
+
+    problems.extend(method_problems(recipe, processes))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
+    problems.extend(eval_sampling_problems(recipe.eval.generation))  # the sentences PPO's checks use, for `eval.generation`
     if not any(p.startswith("`data.sources") for p in problems):
         scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
         sections.append(scan.describe())
@@ -332,7 +359,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
                 sections.append(memoised_example_text(recipe, scan))
             except WorkbenchError as exc:
                 problems.append(str(exc))
-    return sections, problems
+    return sections, list(dict.fromkeys(problems))  # a problem two checks find is listed once
 
 
 def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:

@@ -100,7 +100,8 @@ def convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return build_dataclass(tp, value, where + ".", problems)
     if origin is list:
         if not isinstance(value, list):
-            problems.append(f"`{where}` must be a list, got {value!r}")
+            one = f"; did you mean [{value}]?" if isinstance(value, (str, int, float)) else ""  # a list of the one value
+            problems.append(f"`{where}` must be a list, got {value!r}{one}")
             return INVALID
         (item_tp,) = args or (Any,)
         items = [convert(v, item_tp, f"{where}.{i}", problems) for i, v in enumerate(value)]

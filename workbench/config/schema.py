@@ -159,6 +159,11 @@ class SourceConfig:
         "the result replaces the prompt column of the layout.",
         default=None,
     )
+    system_prompt: str | None = _help(
+        "A system message put first in every prompt of this source (replacing one the row has); a plain-text prompt "
+        "becomes the user turn after it, so the prompt is chat-templated. Unset: prompts as the rows give them.",
+        default=None,
+    )
     weight: float = _help(
         "Mixture weight: the share of this source's training rows used (e.g. 0.5 = half, 2.0 = each row twice).",
         default=1.0,

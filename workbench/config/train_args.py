@@ -62,8 +62,16 @@ def value_problems(cls: type, train: dict[str, Any], hardware: dict[str, bool]) 
                 guess = closest(str(item), choices)
                 hint = f"; did you mean '{guess}'?" if guess else ""
                 problems.append(f"`train.{key}: {value}`: '{item}' is not one of {', '.join(choices)}{hint}")
-    for flag in ("bf16", "fp16"):
-        if train.get(flag) is True and not hardware[flag]:
+    return problems + precision_problems(train, hardware)
+
+
+def precision_problems(train: dict[str, Any], hardware: dict[str, bool] | None = None) -> list[str]:
+    """bf16 / fp16 asked of a machine that cannot train in them (every method: TRL's and PPO's `train:`)."""
+    asked = [flag for flag in ("bf16", "fp16") if train.get(flag) is True]
+    hardware = hardware or (hardware_precision() if asked else {})
+    problems = []
+    for flag in asked:
+        if not hardware[flag]:
             gpu = "a CUDA GPU that supports bf16" if flag == "bf16" and hardware["cuda"] else "a CUDA GPU"
             problems.append(f"`train.{flag}: true` needs {gpu}, and this machine has none; remove it (fp32 is used)")
     return problems

@@ -19,7 +19,17 @@ from typing import Any
 
 from workbench.config import LabelSpec, SourceConfig
 from workbench.data import synthetic
-from workbench.data.schema import KIND_FIELDS, Message, Reject, pair_id, preference_problem, record_problem, unpaired_label
+from workbench.data.schema import (
+    KIND_FIELDS,
+    Content,
+    Message,
+    Reject,
+    as_messages,
+    pair_id,
+    preference_problem,
+    record_problem,
+    unpaired_label,
+)
 from workbench.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -540,6 +550,14 @@ def apply_prompt_template(row: dict[str, Any], template: str, column: str) -> di
     return {**row, column: text.strip()}
 
 
+def with_system_prompt(prompt: Content, text: str) -> list[Message]:
+    """The prompt as a chat opening with `text` as its system message (a system message it had is replaced)."""
+    messages = as_messages(prompt, "user")
+    if messages and messages[0].get("role") == "system":
+        messages = messages[1:]
+    return [{"role": "system", "content": text}, *messages]
+
+
 def load_source(src: SourceConfig, source_index: int, kind: str = "preference") -> Iterator[Loaded | Reject]:
     """Canonical records of one source, and a Reject for every row that cannot be used."""
     fmt = None if src.format == "auto" else src.format
@@ -565,4 +583,6 @@ def load_source(src: SourceConfig, source_index: int, kind: str = "preference") 
             yield Reject(item.source, item.line, result, item.row)
         else:
             for record in result if isinstance(result, list) else [result]:
+                if src.system_prompt is not None:
+                    record = {**record, "prompt": with_system_prompt(record["prompt"], src.system_prompt)}
                 yield Loaded(item.source, item.line, record, source_index)

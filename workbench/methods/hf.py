@@ -14,6 +14,7 @@ from workbench.config import train_config_class
 from workbench.config.train_args import current_names
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
+from workbench.method_checks import refuse_method_problems
 from workbench.models import load_reward_model, plain_loading
 from workbench.tracking import trainer_callback
 
@@ -32,10 +33,13 @@ def default_precision() -> dict[str, bool]:
 
 
 def training_args(ctx: RunContext, **method_fields: Any) -> Any:
-    """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created."""
+    """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created.
+
+    First refuses the recipe with every problem `validate` lists for the method (workbench/method_checks.py)."""
     import torch
 
     recipe = ctx.recipe
+    refuse_method_problems(recipe, ctx.world_size)
     train = dict(recipe.train)
     keep_secret_out_of_pickle(train)
     fields: dict[str, Any] = {

@@ -47,10 +47,16 @@ removed PPOTrainer):
   value head: since the value loss does not reach the backbone, see above). Under DeepSpeed the engine
   owns clipping: `max_grad_norm` is its `gradient_clipping`, one norm over actor and critic together
   (DeepSpeed clips inside its step, over partitioned gradients, with no per-group norm), so there a
-  huge value loss does shrink the policy's step; keep `vf_coef` moderate under DeepSpeed.
+  huge value loss does shrink the policy's step; keep `vf_coef` moderate under DeepSpeed. During critic warm-up
+  the actor gets no gradient and its Adam state is dropped after each update (ZeRO steps its flat partition with
+  zero gradients, which advanced Adam's step count), so its first real step is a fresh Adam's.
+- Sizes: a rollout of per_device_train_batch_size rows is split into num_mini_batches equal mini-batches of
+  gradient_accumulation_steps equal micro-batches; sizes that do not divide are refused (workbench/method_checks.py),
+  as TRL's PPO did, so no row goes untrained and no gradient carries into the next update.
 - Rewards: the score (optionally minus the leave-one-out mean of its prompt's other samples, and
   normalized by the running mean/std of all scores) on the last token; KL either as a per-token
-  reward penalty (k1/k3) or as a loss term. Advantages (and rewards, when whitened) are whitened with
+  reward penalty (k1/k3) or as a loss term (k2 by default: its gradient is the KL's; k1 is refused there, its
+  expected gradient being 0; the KL logged then is k3). Advantages (and rewards, when whitened) are whitened with
   statistics of the whole global batch; losses are token sums over the global mini-batch's token
   count, so 1 process x 16 rows and 2 processes x 8 rows give the same update.
 - Dropout is disabled (on-policy log-probs must be deterministic); models are in train mode while
@@ -69,8 +75,9 @@ removed PPOTrainer):
   the response rewards stopping early; with the value head (the default now) no seed did. The
   adaptive controller (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by
   ~3% over a 1,600-sample run.
-- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest): a high KL alone is not
-  flagged, because on that benchmark no method reaching GRPO's final reward stays under 10 nats: the
+- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest; the comparison report shows it as
+  written): a high KL alone is not flagged, because on that benchmark no method reaching GRPO's final
+  reward stays under 10 nats: the
   least-KL policy at vowel share 0.94 (tokens independent, the near-uniform reference of the random
   tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9), and TRL GRPO (beta 0) ends at 75 / 40.
   KL above `diagnose_kl` is reported when it bought no reward gain (kl_without_gain) or came with a
@@ -107,10 +114,11 @@ from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
 from workbench.generation import hf_generation_config
-from workbench.health import PPO_HISTORY_KEYS, ppo_diagnosis
+from workbench.health import MANIFEST_FLAGS, PPO_HISTORY_KEYS, ppo_diagnosis
+from workbench.method_checks import ppo_kl_estimator, ppo_mixed_precision, refuse_method_problems
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
-from workbench.rollout import completion_batch, refuse_unmodelled_sampling, sample_and_score
+from workbench.rollout import completion_batch, sample_and_score
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
@@ -121,14 +129,9 @@ DATA_KIND = "prompt"
 
 
 def ppo_args(ctx: RunContext) -> SimpleNamespace:
-    args = SimpleNamespace(**{**train_field_defaults(train_config_class("ppo")), **ctx.recipe.train})
-    if args.per_device_train_batch_size % args.num_generations:
-        raise WorkbenchError(
-            f"train.num_generations ({args.num_generations}) must divide train.per_device_train_batch_size ({args.per_device_train_batch_size})"
-        )
-    if args.score_baseline == "prompt" and args.num_generations < 2:
-        raise WorkbenchError("train.score_baseline: prompt needs train.num_generations >= 2 (samples of the same prompt)")
-    return args
+    """`train:` over PPOConfig's defaults, refused with every problem `validate` lists (workbench/method_checks.py)."""
+    refuse_method_problems(ctx.recipe, ctx.world_size)
+    return SimpleNamespace(**{**train_field_defaults(train_config_class("ppo")), **ctx.recipe.train})
 
 
 def save_checkpoint(loop: PPOLoop, step: int) -> None:
@@ -162,8 +165,9 @@ class PPOLoop:
 
         self.ctx, self.args, recipe = ctx, ppo_args(ctx), ctx.recipe
         args = self.args
-        refuse_unmodelled_sampling(recipe.generation, "PPO")
-        accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=ppo_mixed_precision(vars(args))
+        )
         model, reference, described = build_models(recipe, ctx.tokenizer, args)
         self.learner = Learner(accelerator, model, reference, args, recipe.seed, recipe.generation.temperature)
         if self.learner.reference is not None and self.learner.reference is not reference:
@@ -186,7 +190,8 @@ class PPOLoop:
             gen_dict = gen.to_diff_dict()
             gen_dict.pop("eos_token_id", None)  # the policy's EOS ids are added at generation time
             (ctx.run_dir / "generation_config.json").write_text(json.dumps(gen_dict, indent=2, sort_keys=True))
-        ctx.tracker.update_manifest(**described, **counts)
+        estimator = ppo_kl_estimator(args.kl_estimator, args.kl_in)
+        ctx.tracker.update_manifest(**described, **counts, kl_estimator=estimator, mixed_precision=accelerator.mixed_precision)
 
     def resume(self, checkpoint: Path) -> None:
         state = json.loads((checkpoint / "ppo_state.json").read_text())
@@ -325,8 +330,8 @@ def run(ctx: RunContext) -> RunResult:
         loop.history, loop.args.critic_warmup_steps, loop.args.diagnose_kl, ctx.recipe.generation.max_new_tokens
     )
     for f in findings:
-        log.warning("PPO diagnosis: %s", f["message"])
-    ctx.tracker.update_manifest(diagnosis=findings)
+        log.warning("PPO diagnosis: %s: %s", f["code"], f["message"])
+    ctx.tracker.update_manifest(**{MANIFEST_FLAGS: findings})  # the report shows these flags as written
     model_dir = export_policy(loop.learner, ctx)
     return RunResult(ctx.run_dir, model_dir, {}, train_tokens=loop.tokens["train"], generated_tokens=loop.tokens["generated"])
 

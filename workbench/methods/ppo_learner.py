@@ -16,6 +16,7 @@ from typing import Any
 from workbench import losses
 from workbench.config import ModelConfig
 from workbench.errors import WorkbenchError
+from workbench.method_checks import ppo_batch_problems, ppo_kl_estimator, ppo_measured_kl
 from workbench.models import apply_lora, load_causal_lm, plain_loading
 from workbench.rollout import logprobs_and_entropy, model_inputs
 from workbench.train_configs import ppo_value_head
@@ -203,6 +204,8 @@ class Learner:
         from transformers import get_scheduler
 
         self.acc, self.args, self.seed, self.temperature = accelerator, args, seed, temperature
+        self.kl_estimator = ppo_kl_estimator(args.kl_estimator, args.kl_in)  # of the loss term (kl_in: loss)
+        self.measured_kl = ppo_measured_kl(args.kl_estimator, args.kl_in)  # of the reward penalty and the logged KL
         self.deepspeed = accelerator.state.deepspeed_plugin is not None
         if self.deepspeed:  # no Trainer to fill DeepSpeed's "auto" fields
             ds = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -253,7 +256,7 @@ class Learner:
             ref_logprobs, _ = logprobs_and_entropy(reference_logits(self.reference, policy, batch), batch, temp, False)
             old_logprobs, ref_logprobs = old_logprobs * mask, ref_logprobs * mask
             old_values = response_values(values, batch) * mask
-            kl = losses.kl_per_token(old_logprobs, ref_logprobs, args.kl_estimator) * mask  # (B, R)
+            kl = losses.kl_per_token(old_logprobs, ref_logprobs, self.measured_kl) * mask  # (B, R)
             raw = torch.tensor(scores, device=acc.device, dtype=torch.float32)
             shaped = losses.leave_one_out_baseline(raw, args.num_generations) if args.score_baseline == "prompt" else raw
             if args.reward_normalization == "running":
@@ -266,6 +269,28 @@ class Learner:
             advantages, returns = losses.gae(rewards, old_values, mask, args.gamma, args.lam)
             advantages = losses.masked_whiten(advantages, mask, reduce_sum=self.reduce_sum)
         return Experience(batch, old_logprobs, ref_logprobs, old_values, advantages, returns, kl, entropy * mask, raw)
+
+    def optimizer_state_keys(self, group: int) -> tuple[Any, list[Any]]:
+        """(the optimizer that holds Adam's state, the tensors it keys the state of parameter group `group` by:
+        0 the actor, 1 the critic). Without DeepSpeed those are the parameters; ZeRO steps flat fp32 partitions."""
+        base, owner = self.optimizer, None
+        while hasattr(base, "optimizer"):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch one
+            owner, base = base, base.optimizer
+        if hasattr(owner, "sub_group_to_group_id"):  # ZeRO-3: partitions per sub-group, put in the groups only to step
+            group_of = owner.sub_group_to_group_id
+            return base, [flat for sub, flat in enumerate(owner.fp32_partitioned_groups_flat) if group_of[sub] == group]
+        if hasattr(owner, "single_partition_of_fp32_groups"):  # ZeRO-1/2: one partition per group
+            return base, [owner.single_partition_of_fp32_groups[group]]
+        return base, list(base.param_groups[group]["params"])
+
+    def forget_actor_state(self) -> None:
+        """Drop the actor's optimizer state, so its first update after critic warm-up is a fresh Adam's.
+
+        Without DeepSpeed the actor has none then (its gradients are None during warm-up); ZeRO steps the actor's
+        flat partition with zero gradients, which advances Adam's step count and decays its moments."""
+        base, keys = self.optimizer_state_keys(0)
+        for key in keys:
+            base.state.pop(key, None)
 
     # -- the update, undone as a whole when any process sees a non-finite loss -------------------
 
@@ -309,6 +334,9 @@ class Learner:
         import torch
 
         acc, args = self.acc, self.args
+        size = exp.batch["input_ids"].shape[0]
+        for problem in ppo_batch_problems(size, args.num_mini_batches, args.gradient_accumulation_steps):
+            raise WorkbenchError(problem)  # validate refuses such sizes; never drop rows or leave gradients here
         snap = None
         if self.deepspeed and scratch is not None:
             self.snapshot(scratch)
@@ -318,9 +346,8 @@ class Learner:
             snap = self.snapshot(None)
         t0 = time.perf_counter()
         self.model.train()
-        size = exp.batch["input_ids"].shape[0]
-        mb_size = max(1, size // args.num_mini_batches)
-        micro_size = max(1, mb_size // args.gradient_accumulation_steps)
+        mb_size = size // args.num_mini_batches
+        micro_size = mb_size // args.gradient_accumulation_steps
         rng = torch.Generator().manual_seed(self.seed + step)
         acc_metrics: dict[str, list[float]] = {
             k: [] for k in ("policy", "value", "kl_loss", "loss", "clipfrac", "approxkl", "vclipfrac")
@@ -328,7 +355,7 @@ class Learner:
         actor_on = step > args.critic_warmup_steps
         for _ in range(args.ppo_epochs):
             perm = torch.randperm(size, generator=rng)
-            for mb_start in range(0, mb_size * args.num_mini_batches, mb_size):
+            for mb_start in range(0, size, mb_size):
                 mb_rows = perm[mb_start : mb_start + mb_size].to(acc.device)
                 mb_tokens = self.reduce_sum(exp.batch["response_mask"][mb_rows].sum()).clamp(min=1)
                 scale = acc.num_processes * args.gradient_accumulation_steps  # DDP averages, accumulation divides
@@ -341,6 +368,8 @@ class Learner:
                         return None
                     for key, value in zip(acc_metrics, values):
                         acc_metrics[key].append(value)
+        if not actor_on:
+            self.forget_actor_state()
         self.model.eval()
         exp.seconds["learn"] = exp.seconds.get("learn", 0.0) + time.perf_counter() - t0  # after the loop's experience pass
         return {key: sum(v) / len(v) for key, v in acc_metrics.items()}
@@ -364,7 +393,7 @@ class Learner:
             kl_loss = torch.zeros_like(pg_loss)
             if args.kl_in == "loss" and kl_coef:
                 kl_loss = losses.token_mean(
-                    losses.kl_per_token(new_logprobs, exp.ref_logprobs[rows], args.kl_estimator), m, num_tokens
+                    losses.kl_per_token(new_logprobs, exp.ref_logprobs[rows], self.kl_estimator), m, num_tokens
                 )
             vf_loss, vclipfrac = losses.clipped_value_loss(
                 response_values(values, mb), exp.old_values[rows], exp.returns[rows], m, args.cliprange_value, num_tokens
@@ -376,6 +405,9 @@ class Learner:
                 self.optimizer.zero_grad()
                 return None
             acc.backward(loss)
+            if not actor_on and not self.deepspeed:  # no actor gradient (not zeros): AdamW leaves its state alone
+                for p in self.actor_params:  # (DDP has reduced them already; ZeRO's are dropped in forget_actor_state)
+                    p.grad = None
             if (
                 acc.sync_gradients and args.max_grad_norm and not self.deepspeed
             ):  # separately: a huge value loss cannot starve the policy

@@ -3,7 +3,8 @@
 Each stage writes its artifact under OUTPUT_DIR/samples/ and a `.done` marker; a rerun skips
 finished stages and continues an unfinished one where it stopped (generation by batch, scoring
 by line), so no prompt is lost or duplicated. Stage inputs are fingerprinted: samples made with
-other settings are never reused.
+other settings are never reused. Selection and pairs take finished completions only (workbench/selection.py):
+a completion cut at the length cap would be fine-tuned with an EOS the model never sampled.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench import losses
+from workbench import losses, selection
 from workbench.data.formatting import tokenize_sft
 from workbench.data.pipeline import read_jsonl, write_jsonl
 from workbench.data.schema import stable_hash
+from workbench.errors import WorkbenchError
 from workbench.generation import Completion, GenerationStats, batches_of, generate
+from workbench.method_checks import refuse_method_problems
 from workbench.metrics import mean_std
 from workbench.models import load_causal_lm
 from workbench.scoring import reward_source
+from workbench.selection import Candidate, Group
 
 if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
@@ -179,67 +183,59 @@ def group_by_prompt(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [sorted(groups[k], key=lambda r: r["sample"]) for k in sorted(groups)]
 
 
-def select(groups: list[list[dict[str, Any]]], args: Any) -> list[dict[str, Any]]:
-    """The completions kept for fine-tuning, by the recipe's selection rule."""
-    kept = []
-    for group in groups:
-        scores = [r["score"] for r in group]
-        if args.selection == "best":
-            picks = [losses.best_of_n(scores)]
-        elif args.selection == "top_k":
-            picks = losses.top_k(scores, args.top_k)
-        else:
-            picks = losses.above_threshold(scores, args.score_threshold)
-        kept.extend(group[i] for i in picks)
-    return kept
+def as_groups(grouped: list[list[dict[str, Any]]]) -> list[Group]:
+    return [Group(g[0]["prompt"], [Candidate(r["completion"], r["score"], r["finished"]) for r in g]) for g in grouped]
 
 
-def preference_pairs(groups: list[list[dict[str, Any]]], min_gap: float) -> list[dict[str, Any]]:
-    """Best vs worst completion of each prompt, as rows a DPO recipe reads unchanged."""
-    out = []
-    for group in groups:
-        pair = losses.best_worst_pair([r["score"] for r in group], min_gap)
-        if pair:
-            best, worst = group[pair[0]], group[pair[1]]
-            out.append(
-                {
-                    "prompt": best["prompt"],
-                    "chosen": best["completion"],
-                    "rejected": worst["completion"],
-                    "chosen_score": best["score"],
-                    "rejected_score": worst["score"],
-                }
-            )
-    return out
-
-
-def stage_select(ctx: RunContext, samples: Path, args: Any) -> dict[str, float]:
+def stage_select(ctx: RunContext, samples: Path, args: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """selected.jsonl and pairs.jsonl, from finished completions only; (metrics, the selection report)."""
     rows = read_jsonl(samples / "generations.jsonl")
-    groups = group_by_prompt(rows)
-    kept = select(groups, args)
-    metrics: dict[str, float] = {}
+    grouped = group_by_prompt(rows)
+    groups = as_groups(grouped)
+    picks, counts = selection.select(groups, args.selection, args.top_k, args.score_threshold)
+    kept = [grouped[g][i] for g, i in picks]
+    report: dict[str, Any] = {"rule": args.selection, **counts.to_dict()}
+    metrics: dict[str, float] = {
+        "rs/selected": float(counts.selected),
+        "rs/skipped_no_finished": float(counts.skipped_no_finished),
+        "rs/unfinished": float(counts.unfinished),
+    }
+    if args.selection == "threshold":
+        metrics["rs/skipped_below_threshold"] = float(counts.skipped_below_threshold)
+    pairs: list[dict[str, Any]] = []
+    if args.write_pairs:
+        made, pair_counts = selection.select_pairs(groups, args.min_pair_gap)
+        pairs = [{"prompt_id": grouped[g][0]["prompt_id"], **selection.pair_row(groups[g], c, r)} for g, c, r in made]
+        report["pairs"] = pair_counts.to_dict()
+        metrics["rs/pairs"] = float(len(pairs))
     if ctx.is_main:
-        write_jsonl(samples / "selected.jsonl", [{k: r[k] for k in ("prompt_id", "prompt", "completion", "score")} for r in kept])
+        fields = ("prompt_id", "sample", "prompt", "completion", "score")
+        write_jsonl(samples / "selected.jsonl", [{k: r[k] for k in fields} for r in kept])
         if args.write_pairs:
-            pairs = preference_pairs(groups, args.min_pair_gap)
             write_jsonl(samples / "pairs.jsonl", pairs)
-            metrics["rs/pairs"] = float(len(pairs))
+        (samples / "selection_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not kept:
+        cap = ctx.recipe.generation.max_new_tokens
+        raise WorkbenchError(
+            f"rejection sampling kept no completion: of {counts.prompts} prompts, {counts.skipped_no_finished} have no completion "
+            f"that ended before `generation.max_new_tokens` ({cap}) and {counts.skipped_below_threshold} none scoring at least "
+            "`train.score_threshold`; raise max_new_tokens or num_samples, or lower the threshold"
+        )
     all_mean, all_std = mean_std([r["score"] for r in rows])
     sel_mean, sel_std = mean_std([r["score"] for r in kept])
     n = ctx.recipe.generation.num_samples
-    curve = losses.best_of_n_curve([[r["score"] for r in g] for g in groups], losses.powers_of_two_upto(n))
+    curve = losses.best_of_n_curve([[r["score"] for r in g] for g in grouped], losses.powers_of_two_upto(n))
     metrics.update(
         {
             "rs/reward_all_mean": all_mean,
             "rs/reward_all_std": all_std,
             "rs/reward_selected_mean": sel_mean,
             "rs/reward_selected_std": sel_std,
-            "rs/selected": float(len(kept)),
             "rs/finished_share": sum(r["finished"] for r in rows) / len(rows),
             **{f"rs/best_of_{k}": v for k, v in curve.items()},
         }
     )
-    return metrics
+    return metrics, report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,12 +257,15 @@ def run(ctx: RunContext) -> RunResult:
     from workbench.config import train_config_class, train_field_defaults
     from workbench.methods import sft
 
+    refuse_method_problems(ctx.recipe, ctx.world_size)  # before hours of generation, not at the fine-tuning stage
+    args = SimpleNamespace(**{**train_field_defaults(train_config_class("rejection_sampling")), **ctx.recipe.train})
     samples = prepare_samples_dir(ctx)
     metrics = stage_generate(ctx, samples)
     stage_score(ctx, samples)
     ctx_wait()
-    args = SimpleNamespace(**{**train_field_defaults(train_config_class("rejection_sampling")), **ctx.recipe.train})
-    metrics.update(stage_select(ctx, samples, args))
+    selected_metrics, report = stage_select(ctx, samples, args)
+    metrics.update(selected_metrics)
+    ctx.tracker.update_manifest(selection=report)
     ctx.tracker.log(metrics, step=0)
     ctx_wait()
     selected = read_jsonl(samples / "selected.jsonl")

@@ -15,7 +15,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from workbench.data.schema import text_of
-from workbench.errors import RecipeError
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 from workbench.online import trl_generation_fields
@@ -64,16 +63,9 @@ def reward_model_for_trl(ctx: RunContext, device: Any) -> Any:
 
 
 def online_args(ctx: RunContext) -> Any:
-    """TRL's config from `train:` plus the `generation:` settings it does not set itself."""
-    fields, problems = trl_generation_fields(ctx.recipe.generation, ctx.recipe.train)
-    ref = ctx.recipe.reference
-    if ref.name_or_path or ref.precompute_log_probs:
-        problems.append(
-            f"`reference` is not used by method {ctx.recipe.method}: TRL's trainer keeps a frozen copy of the initial policy "
-            "(or disables the LoRA adapters) as its reference; remove the `reference:` settings"
-        )
-    if problems:
-        raise RecipeError(ctx.recipe.output_dir + "/recipe.yaml", problems)
+    """TRL's config from `train:` plus the `generation:` settings it does not set itself (a recipe whose settings
+    conflict is refused in `hf.training_args`, with the list `validate` reports: `online.online_problems`)."""
+    fields = trl_generation_fields(ctx.recipe.generation, ctx.recipe.train)[0]
     # TRL counts prompt + completion tokens itself; the Trainer's own count looks for input_ids it never gets
     return hf.training_args(ctx, include_num_input_tokens_seen="no", **fields)
 
