@@ -23,6 +23,22 @@ NOISE = {
     "accelerate's remainder note on resume": "drop the remainder yourself",
     "the Trainer's printed dicts": "{'loss'",
 }
+
+
+def console_of(args: list[str]) -> str:
+    """What `workbench ARGS` prints, stdout and stderr in order, as a log file gets it; the run must succeed."""
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res.stdout
+
+
 PROGRESS = re.compile(r"^step (\d+)/(\d+) \| ([\d.]+) (it/s|s/it) \| ETA (\d+:\d\d) \| ")
 
 
@@ -42,16 +58,7 @@ def test_a_resumed_run_prints_no_known_noise_each_warning_once_and_progress_with
     )
     run = tmp_path / "console"
     kill_when(["train", str(path)], run / "checkpoints" / "checkpoint-3" / ".complete")
-    res = subprocess.run(
-        [sys.executable, "-m", "workbench", "train", str(path), "--resume"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
-    out = res.stdout
-    assert res.returncode == 0, out[-3000:]
+    out = console_of(["train", str(path), "--resume"])
     assert {name: out.count(text) for name, text in NOISE.items()} == dict.fromkeys(NOISE, 0)
 
     train_pairs = json.loads((run / "data_report.json").read_text())["split"]["train"]
@@ -120,16 +127,7 @@ def test_a_two_process_deepspeed_launch_prints_no_known_noise(tmp_path, tiny_mod
     accelerator and printed torch's OMP_NUM_THREADS banner; DeepSpeed's gather called a deprecated torch API."""
     path = write_recipe(tmp_path, tiny_model, "zero2", train__max_steps=4, train__logging_steps=2)
     config = REPO / "accelerate_configs" / "cpu_zero2.yaml"
-    res = subprocess.run(
-        [sys.executable, "-m", "workbench", "launch", str(path), "--accelerate-config", str(config)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
-    out = res.stdout
-    assert res.returncode == 0, out[-3000:]
+    out = console_of(["launch", str(path), "--accelerate-config", str(config)])
     noise = {
         **NOISE,
         "torch's OMP_NUM_THREADS banner": "Setting OMP_NUM_THREADS environment variable",
