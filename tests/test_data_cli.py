@@ -56,6 +56,23 @@ def test_data_inspect_a_file_writes_report_and_length_plots(tmp_path, tiny_model
     assert lb["chosen_longer"] + lb["rejected_longer"] + lb["equal"] == report["split"]["train"]
 
 
+def test_data_inspect_of_a_file_writes_nothing_unless_told_where(tmp_path, tiny_model, capsys, monkeypatch):
+    """It wrote `inspect-NAME/` into the current directory unasked; now it prints, and writes only with --out."""
+    data = tmp_path / "data" / "pairs.jsonl"
+    data.parent.mkdir()
+    data.write_text(
+        "".join(json.dumps({"prompt": f"q{i}?", "chosen": "a longer answer", "rejected": "no"}) + "\n" for i in range(8))
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["data", "inspect", str(data), "--tokenizer", str(tiny_model)]) == 0
+    printed = capsys.readouterr().out
+    assert "rows read 8, kept 8, dropped 0" in printed
+    assert printed.rstrip().splitlines()[-1] == "nothing written: pass --out DIR to keep the report and the length plots"
+    assert list(work.iterdir()) == [] and sorted(p.name for p in data.parent.iterdir()) == ["pairs.jsonl"]
+
+
 def test_hub_ids_go_through_load_dataset_and_fail_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -64,3 +81,34 @@ def test_hub_ids_go_through_load_dataset_and_fail_clearly_offline(monkeypatch):
     assert str(info.value).startswith(
         "data source 'someone/some-preference-data': not a local file or directory, and loading it as a hub dataset failed"
     )
+
+
+def test_the_report_warns_when_length_alone_explains_nine_pairs_in_ten():
+    from workbench.data.report import length_rule_warning, summary_lines
+
+    def bias(longer: int, shorter: int, pairs: int = 10) -> dict:
+        return {"pairs": pairs, "chosen_longer": longer, "rejected_longer": shorter, "equal": pairs - longer - shorter}
+
+    assert length_rule_warning(bias(9, 1)) == (
+        "warning: one rule, 'the longer response is chosen', explains 9 of 10 train pairs (90%): a reward model can "
+        "reach that accuracy by length alone; judge it against this rule, or balance the lengths"
+    )
+    assert length_rule_warning(bias(0, 19, pairs=20)).startswith(
+        "warning: one rule, 'the shorter response is chosen', explains 19 of 20 train pairs (95%)"
+    )
+    assert length_rule_warning(bias(8, 1)) is None  # 80%: below the bar
+    assert length_rule_warning(bias(0, 0, pairs=0)) is None
+
+    report = {
+        "rows_read": 10,
+        "kept": 10,
+        "dropped": {"total": 0, "by_reason": {}},
+        "duplicates": {"removed": 0, "mode": "exact"},
+        "warnings": {},
+        "sources": [],
+        "split": {"by": "pair", "train": 10, "eval": 0},
+        "contamination": {"eval_pairs_in_train": 0, "eval_prompts_in_train": 0},
+        "length_bias": {"train": {**bias(9, 1), "chosen_longer_share": 0.9}},
+    }
+    lines = summary_lines(report)
+    assert lines[lines.index("length bias (train): chosen longer in 9 of 10 pairs (0.9)") + 1] == length_rule_warning(bias(9, 1))

@@ -65,10 +65,30 @@ def test_error_mode_stops_at_first_bad_row_and_counts_the_rest(tmp_path):
     with pytest.raises(DataError) as info:
         prepare(DataConfig(sources=[SourceConfig(path=str(path))]), seed=0)
     message = str(info.value)
-    assert message.startswith(
-        f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes) (7 more invalid rows follow)."
+    assert message.startswith(  # the parser's whole message: file, line and column
+        f"{path}:2:2: not valid JSON (Expecting property name enclosed in double quotes) (7 more invalid rows follow)."
     )
     assert "on_invalid: drop" in message
+
+
+def test_a_json_parse_error_names_file_line_and_column(tmp_path):
+    """JSON Lines: the line of the file and the column in it; a whole .json file: its line and column. The rejects
+    keep the column; the report groups rows by the parser's words, not by where they broke."""
+    lines = ['{"prompt": "p", "chosen": "a", "rejected": "b"}', '{"prompt": "p2", "chosen": "a" "rejected": "b"}']
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        prepare(DataConfig(sources=[SourceConfig(path=str(jsonl))]), seed=0)
+    assert str(info.value).startswith(f"{jsonl}:2:32: not valid JSON (Expecting ',' delimiter).")
+    prepared = prepare(DataConfig(sources=[SourceConfig(path=str(jsonl))], on_invalid="drop", eval_split=0.0), seed=0)
+    assert prepared.rejects[0].to_json()["column"] == 32
+    assert prepared.report["dropped"]["by_reason"] == {"not valid JSON (Expecting ',' delimiter)": 1}
+
+    whole = tmp_path / "pairs.json"
+    whole.write_text("[\n" + ",\n".join(lines) + "\n]\n")
+    with pytest.raises(DataError) as info:
+        prepare(DataConfig(sources=[SourceConfig(path=str(whole))]), seed=0)
+    assert str(info.value).startswith(f"{whole}:3:32: not valid JSON (Expecting ',' delimiter)")
 
 
 def rows(n, seed=0):

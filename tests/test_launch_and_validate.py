@@ -223,3 +223,16 @@ def test_missing_relative_model_path_is_not_taken_for_a_hub_id(tmp_path, monkeyp
     assert "model 'runs/tiny-model' not found" in err and "workbench tiny-model" in err and "Traceback" not in err
     assert main(["data", "inspect", "x.jsonl", "--format", "hh"]) == 2
     assert "`--format` must be one of" in capsys.readouterr().err
+
+
+def test_the_launcher_is_told_what_it_would_guess_and_the_users_values_are_kept():
+    from workbench.launch import COMMAND_ENV, launch_env
+
+    cpu = {"use_cpu": True, "num_processes": 2, "num_machines": 1}
+    env = launch_env(cpu, {"PATH": "/bin"}, ["launch", "r.yaml"])
+    assert env["DS_ACCELERATOR"] == "cpu" and env["OMP_NUM_THREADS"] == "1" and env["WORKBENCH_LAUNCHED"] == "1"
+    assert json.loads(env[COMMAND_ENV]) == ["launch", "r.yaml"]
+    mine = launch_env(cpu, {"DS_ACCELERATOR": "xpu", "OMP_NUM_THREADS": "4"})
+    assert (mine["DS_ACCELERATOR"], mine["OMP_NUM_THREADS"]) == ("xpu", "4")
+    gpus = launch_env({"num_processes": 8, "num_machines": 8}, {})  # one process per machine: torch sets nothing
+    assert "DS_ACCELERATOR" not in gpus and "OMP_NUM_THREADS" not in gpus and COMMAND_ENV not in gpus

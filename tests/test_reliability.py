@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -160,7 +161,15 @@ def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):
 
     commands = []
     monkeypatch.setenv("WORKBENCH_FRESH_STAGE_PROCESSES", "1")  # the command as a fresh process gets it (forked: the same argv)
-    monkeypatch.setattr(compare.subprocess, "call", lambda cmd, **kw: commands.append(cmd) or 0)
+
+    class Finished:  # a stage process that ends at once
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(compare.subprocess, "Popen", Finished)
 
     class Stage:
         accelerate_config = None
@@ -537,6 +546,56 @@ def test_stale_deepspeed_build_lock_fails_with_the_fix_instead_of_hanging(tmp_pa
     assert "Traceback" not in res.stderr
 
 
+EXTENSION_DIR_PROBE = """
+import sys
+from workbench.cli import main
+from workbench.launch import extension_build_dir
+main(["validate", "no-such-recipe.yaml"])  # any command: the CLI's start-up is what is tested
+print("DIR", extension_build_dir("deepspeed_shm_comm"))
+"""
+
+
+def test_deepspeed_extensions_are_built_per_environment_and_a_users_own_dir_is_kept(tmp_path):
+    """Two virtual environments shared ~/.cache/torch_extensions/py311_cpu and rebuilt DeepSpeed's shm extension
+    for each other, silently once a .so existed. Each environment (its prefix, torch and DeepSpeed versions) now
+    builds in a directory of its own; a TORCH_EXTENSIONS_DIR the user set is used as it is."""
+    import site
+    import venv
+
+    other = tmp_path / "other-venv"
+    venv.EnvBuilder(with_pip=False).create(other)
+    (site_dir,) = (other / "lib").glob("python3*/site-packages")
+    (site_dir / "main-env.pth").write_text("\n".join([*site.getsitepackages(), str(REPO)]) + "\n")
+    pythons = {"main": sys.executable, "other": str(other / "bin" / "python")}
+
+    def build_dir(python: str, **env: str) -> str:
+        full = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+        full.update(PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"), **env)  # torch creates the directory
+        res = subprocess.run([python, "-c", EXTENSION_DIR_PROBE], cwd=tmp_path, capture_output=True, text=True, env=full)
+        lines = [line for line in res.stdout.splitlines() if line.startswith("DIR ")]
+        assert lines, res.stderr[-3000:]
+        return lines[0][4:]
+
+    main, again, theirs = build_dir(pythons["main"]), build_dir(pythons["main"]), build_dir(pythons["other"])
+    assert main == again  # the same environment finds its build again
+    assert main != theirs and Path(main).parent.parent == Path(theirs).parent.parent  # one each, side by side
+    assert Path(main).name == Path(theirs).name == "deepspeed_shm_comm"
+    assert Path(main).parent.parent == tmp_path / "cache" / "torch_extensions"  # under torch's own root
+    for python in pythons.values():
+        assert build_dir(python, TORCH_EXTENSIONS_DIR=str(tmp_path / "mine")) == str(tmp_path / "mine" / "deepspeed_shm_comm")
+
+
+def test_the_extensions_directory_is_keyed_by_prefix_python_torch_and_deepspeed(tmp_path):
+    from workbench.launch import environment_extensions_dir
+
+    base = {"prefix": "/envs/a", "python": "3.11.7", "torch": "2.13.0+cpu", "deepspeed": "0.19.8"}
+    first = environment_extensions_dir(tmp_path, **base)
+    assert first.parent == tmp_path and first.name.startswith("a-py311-")
+    assert environment_extensions_dir(tmp_path, **base) == first
+    for key, value in [("prefix", "/envs/b"), ("python", "3.12.1"), ("torch", "2.13.0+cu128"), ("deepspeed", "0.19.9")]:
+        assert environment_extensions_dir(tmp_path, **{**base, key: value}) != first, key
+
+
 def test_build_lock_owner_is_found_while_it_builds(tmp_path):
     from workbench.launch import lock_owners
 
@@ -650,3 +709,122 @@ def test_a_run_killed_under_a_parents_wandb_service_resumes(tmp_path, tiny_model
     finally:
         host.kill()
         host.wait()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} existed"
+        assert time.time() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_interrupted_with_the_last_checkpoint_and_prints_the_command_that_continues(tmp_path, tiny_model):
+    """A real SIGINT (what Ctrl-C sends) to a training run once checkpoint-4 is complete: the manifest said
+    `failed: KeyboardInterrupt:`; it says `interrupted`, names the last complete checkpoint, and the printed
+    command continues the run from it."""
+    path = recipe(tmp_path, tiny_model, "ctrl-c", max_steps=40, save_steps=2)
+    run = tmp_path / "ctrl-c"
+    args = ["train", str(path), "--set", "train.logging_steps=5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(run / "checkpoints" / "checkpoint-4" / ".complete", proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    record = manifest(run)
+    assert record["status"] == "interrupted" and "error" not in record
+    last = marked(run)[-1]
+    assert record["last_checkpoint"] == str(last) and 4 <= step(last) < 40
+    command = f"workbench train {path} --set train.logging_steps=5 --resume"
+    assert record["resume_command"] == command
+    assert out.rstrip().splitlines()[-1] == (
+        f"interrupted: {run} keeps its last complete checkpoint, {last.name}; continue with: {command}"
+    )
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+
+    res = run_workbench(shlex.split(command)[1:])  # the printed command, as the user would paste it
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = manifest(run)
+    assert record["status"] == "completed" and record["resumed_from_step"] == step(last)
+
+
+def test_the_command_that_continues_an_interrupted_one():
+    from workbench.rundir import continue_command
+
+    assert continue_command(["train", "r.yaml", "--set", "a=1", "--overwrite"]) == "workbench train r.yaml --set a=1 --resume"
+    assert continue_command(["train", "r.yaml", "--resume"]) == "workbench train r.yaml --resume"
+    assert (
+        continue_command(["launch", "my r.yaml", "--accelerate-config", "c.yaml", "--allow-changes", "train.max_steps"])
+        == "workbench launch 'my r.yaml' --accelerate-config c.yaml --allow-changes train.max_steps --resume"
+    )
+    assert continue_command(["compare", "c.yaml", "--set", "stages.dpo.train.beta=0.3"]) == (
+        "workbench compare c.yaml --set stages.dpo.train.beta=0.3"  # compare resumes by itself
+    )
+    assert continue_command(["train", "r.yaml", "--set", "train.hub_token=abc"]) == (
+        "workbench train r.yaml --set 'train.hub_token=***REDACTED***' --resume"
+    )
+    assert continue_command(["train", "r.yaml"], launcher="accelerate launch --config_file c.yaml -m workbench") == (
+        "accelerate launch --config_file c.yaml -m workbench train r.yaml --resume"
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_comparison_says_which_stage_stopped_and_the_rerun_continues_it(tmp_path, tiny_model):
+    """Ctrl-C in a terminal signals the whole process group: `workbench compare` and the stage process it forked.
+    The stage records `interrupted`; compare says which stage stopped, what it kept, and the command that
+    continues; that command resumes the stage from its checkpoint."""
+    comparison = {
+        "name": "ctrl-c",
+        "output_dir": str(tmp_path / "cmp"),
+        "seeds": [1],
+        "base": {
+            "model": {"name_or_path": str(tiny_model), "dtype": "float32"},
+            "data": {"sources": [{"synthetic": {"num_pairs": 96, "seed": 0}}], "eval_split": 0.25, "max_length": 48},
+            "tracking": {"mode": "disabled"},
+        },
+        "stages": {
+            "sft": {
+                "method": "sft",
+                "evaluate": False,
+                "train": {"per_device_train_batch_size": 8, "max_steps": 40, "save_steps": 4},
+            }
+        },
+    }
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(comparison))
+    stage = tmp_path / "cmp" / "seed-1" / "sft"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "compare", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+    )
+    try:
+        wait_for(stage / "checkpoints" / "checkpoint-4" / ".complete", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    record = manifest(stage)
+    last = marked(stage)[-1]
+    assert record["status"] == "interrupted" and record["last_checkpoint"] == str(last)
+    lines = out.rstrip().splitlines()
+    assert lines[-2].endswith(f"sft: interrupted (its last complete checkpoint, {last.name}, is kept)")
+    assert lines[-1].startswith(f"interrupted; continue with: workbench compare {path} (")
+    assert "Traceback" not in out
+
+    res = run_workbench(["compare", str(path)])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert manifest(stage)["status"] == "completed" and manifest(stage)["resumed_from_step"] == step(last)

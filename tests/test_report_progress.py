@@ -24,7 +24,7 @@ def test_disable_tqdm_follows_the_terminal_unless_the_recipe_sets_it(tmp_path, m
             {"method": "sft", "model": {"name_or_path": "x"}, "data": {"sources": [{"path": "x.jsonl"}]}, "train": train},
             source="test",
         )
-        return training_args(SimpleNamespace(recipe=recipe, run_dir=tmp_path))
+        return training_args(SimpleNamespace(recipe=recipe, run_dir=tmp_path, world_size=1))
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert args({}).disable_tqdm is True  # not a terminal: no bars, a line per logging step

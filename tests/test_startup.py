@@ -56,3 +56,48 @@ def test_train_imports_only_its_own_method(tmp_path, tiny_model):
         m for m in modules if m.startswith("trl.trainer.") and m.endswith("_trainer") and "sft" not in m and "base" not in m
     ]
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_version_prints_the_installed_package_version_without_ml_libraries():
+    from importlib import metadata
+
+    from conftest import run_workbench
+
+    code, modules, out = modules_after("", "--version")
+    assert code == 0, out
+    assert [m for m in HEAVY if m in modules] == []
+    assert run_workbench(["--version"]).stdout == f"workbench {metadata.version('workbench')}\n"
+
+
+def test_help_texts_show_what_each_verb_takes(capsys):
+    import pytest
+
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "e.g. stages.NAME.train.learning_rate=1e-5" in text  # a comparison's keys live under stages.NAME
+    with pytest.raises(SystemExit):
+        main(["tiny-model", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "out_dir where to write the model and its tokenizer" in text
+    assert "--seed SEED seed of the random weights (default 0)" in text
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """`workbench ... | head` closes the pipe early: Python raised BrokenPipeError with a traceback."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "tiny-model", str(tmp_path / "m")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -143,7 +143,7 @@ def test_a_bad_row_far_into_the_file_is_found(tmp_path, tiny_model, capsys):
     lines = [json.dumps(r) for r in PAIRS[:4]] + ['{"prompt": "x", "chosen": "y"'] + [json.dumps(r) for r in PAIRS[4:]]
     data.write_text("\n".join(lines) + "\n")
     err = validate_err(recipe_file(tmp_path, tiny_model, data), capsys)
-    assert f"{data}:5: not valid JSON" in err
+    assert f"{data}:5:30: not valid JSON (Expecting ',' delimiter)" in err  # line 5 ends at column 29
 
 
 @pytest.mark.parametrize("method", ["ppo", "rejection_sampling"])
@@ -215,7 +215,7 @@ def test_bad_data_stops_train_before_the_wandb_run(tmp_path, tiny_model, capsys)
     path = recipe_file(tmp_path, tiny_model, data)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{data}:5: not valid JSON" in err and "Traceback" not in err
+    assert f"{data}:5:2: not valid JSON" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
@@ -284,3 +284,100 @@ def test_documented_choices_are_read_from_the_trl_field_help():
     choices = allowed_values(DPOConfig, "loss_type")
     assert choices[:3] == ["sigmoid", "hinge", "ipo"] and "sigmoid_norm" in choices and len(choices) == 15
     assert allowed_values(DPOConfig, "beta") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# tracking.mode online: a W&B key or server that cannot be used is a problem of validate (and of train, before it starts)
+
+
+def test_online_tracking_with_an_unusable_key_or_server_fails_validate_in_one_sentence(tmp_path, tiny_model, capsys, monkeypatch):
+    import socket
+    import time
+
+    path = recipe_file(tmp_path, tiny_model, tracking={"mode": "online"})
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
+    err = validate_err(path, capsys)
+    assert "1 problem:" in err
+    assert "`tracking.mode: online`: WANDB_API_KEY is not a W&B API key (API key must have 40+ characters, has 5.)" in err
+    assert "not-a-key" not in err
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    t0 = time.time()
+    err = validate_err(path, capsys)
+    assert time.time() - t0 < 30
+    assert f"`tracking.mode: online`: cannot reach the W&B server {url}" in err
+    assert main(["train", str(path)]) == 2  # train makes the same check before the W&B run and any weights
+    assert "cannot reach the W&B server" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the verdict comes first (and last); the resolved recipe only on request
+
+
+def validate_output(path: Path, *args: str) -> tuple[int, list[str]]:
+    """`workbench validate` as a user sees it: stdout and stderr in the order printed."""
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench", "validate", str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "WORKBENCH_CACHE": str(path.parent / "cache")},
+    )
+    return res.returncode, [line for line in res.stdout.splitlines() if line.strip()]
+
+
+def test_validate_puts_the_verdict_and_problems_first_and_the_verdict_last(tmp_path, tiny_model):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:4]) + '{"prompt": "q", "chosen": "a"}\n')
+    path = recipe_file(tmp_path, tiny_model, data, train={"loss_type": ["sigmoidd"]})
+    code, lines = validate_output(path)
+    assert code == 2
+    assert lines[0] == f"{path}: recipe not valid, 2 problems:"
+    assert "'sigmoidd' is not one of" in lines[1] and f"{data}:5" in lines[2]
+    assert lines[-1] == f"{path}: recipe not valid (2 problems, listed at the top)"
+    assert not any(line.startswith(("resolved recipe:", "output_dir:", "method:")) for line in lines)  # no recipe dump
+    assert "Traceback" not in "\n".join(lines)
+
+    ok = recipe_file(tmp_path, tiny_model)
+    code, lines = validate_output(ok)
+    assert code == 0 and lines[0] == lines[-1] == f"{ok}: recipe OK"
+    assert any(line.startswith("global batch:") for line in lines) and not any(line.startswith("method:") for line in lines)
+    assert "W&B: offline (recipe tracking.mode)" in lines
+
+    code, shown = validate_output(ok, "--show-recipe")
+    assert code == 0 and shown[0] == shown[-1] == f"{ok}: recipe OK"
+    start = shown.index("resolved recipe:")
+    assert start > shown.index(next(line for line in shown if line.startswith("global batch:")))  # after the checks
+    assert "method: dpo" in shown[start:] and f"output_dir: {tmp_path / 'run'}" in shown[start:]
+
+
+def test_the_decoded_example_says_when_the_chat_template_is_not_applied(tmp_path, tiny_model, capsys):
+    """CSV cells are plain text, so CSV pairs are tokenized without the model's chat template, while conversational
+    JSON Lines are templated: the decoded example says which, since the two train differently."""
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("prompt,chosen,rejected\n" + "".join(f"question {i}?,good answer {i},bad {i}\n" for i in range(6)))
+    assert main(["validate", str(recipe_file(tmp_path, tiny_model, csv))]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: this prompt is plain text, so it is tokenized as it is, without the model's chat template (only "
+        "message lists, such as conversational JSON Lines, are templated); give the rows as messages to train "
+        "in the chat format" in out
+    )
+    chat = tmp_path / "chat.jsonl"
+    rows = [
+        {"prompt": [{"role": "user", "content": f"question {i}?"}], "chosen": f"good answer {i}", "rejected": f"bad {i}"}
+        for i in range(6)
+    ]
+    write_jsonl(chat, rows)
+    assert main(["validate", str(recipe_file(tmp_path, tiny_model, chat))]) == 0
+    out = capsys.readouterr().out
+    assert "example pair" in out and "chat template" not in out

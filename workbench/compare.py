@@ -56,6 +56,7 @@ from workbench.config import (
     recipe_from_dict,
     unknown_key_message,
 )
+from workbench.console import duration
 from workbench.data.pipeline import read_json, write_json
 from workbench.data.schema import stable_hash
 from workbench.errors import RecipeError, WorkbenchError
@@ -340,7 +341,12 @@ def run_stage(run: StageRun) -> None:
 
     if run.stage.accelerate_config or not stageproc.usable():
         with open(log_path, "a", encoding="utf-8") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the stage too: let it record `interrupted`
+                stageproc.wait_for_interrupted(proc.wait, proc.kill)
+                raise
     else:  # the same command, forked from a process that has imported the libraries already
         code = stageproc.run(cmd[3:], log_path)
     run.seconds = time.time() - t0
@@ -349,14 +355,6 @@ def run_stage(run: StageRun) -> None:
     else:
         run.status, run.error = "failed", f"exit code {code}: {error_line(log_path)} (log: {log_path})"
     write_json(state_path, {"fingerprint": run.fingerprint, "status": run.status, "error": run.error, "seconds": run.seconds})
-
-
-def duration(seconds: float) -> str:
-    """0:07, 3:05, 1:02:03: short enough for a progress line."""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 @dataclass
@@ -397,7 +395,13 @@ def train_seed(comparison: Comparison, seed: int, progress: Progress | None = No
             print(f"{prefix} {stage.name} ({run.method}): cached, fingerprint {run.fingerprint}", flush=True)
             continue
         print(f"{prefix} {stage.name} ({run.method}): training in {run.run_dir} ...{progress.eta(run)}", flush=True)
-        run_stage(run)
+        try:
+            run_stage(run)
+        except KeyboardInterrupt:
+            last = read_json(run.run_dir / "manifest.json").get("last_checkpoint")
+            kept = f"its last complete checkpoint, {Path(last).name}, is kept" if last else "it had no complete checkpoint"
+            print(f"{prefix} {stage.name}: interrupted ({kept})", flush=True)
+            raise
         print(
             f"{prefix} {stage.name}: {run.status} in {duration(run.seconds)} (total {duration(time.time() - progress.started)})"
             + (f" - {run.error}" if run.error else ""),

@@ -167,24 +167,76 @@ def launch(
     resume: bool = False,
     extra: list[str] | None = None,
     machine_flags: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> int:
     """Run `accelerate launch --config_file CFG -m workbench train RECIPE` and return its exit code.
+    `command`: the `workbench launch` arguments, which an interrupted rank 0 repeats as the command that continues.
 
     The launcher dies with us (parent-death signal), and each rank watches its own parent, so a
     killed `workbench launch` leaves no rank training as an orphan.
     """
     from workbench.secrets import redact_argv
 
-    read_accelerate_config(accelerate_config)  # a clear error before spawning anything
+    acc = read_accelerate_config(accelerate_config)  # a clear error before spawning anything
     cmd = launch_command(recipe, accelerate_config, overrides, resume, machine_flags) + list(extra or [])
     print("launching:", " ".join(redact_argv(cmd[1:])), flush=True)
-    env = {**os.environ, "WORKBENCH_LAUNCHED": "1"}
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM))
+    env = launch_env(acc, dict(os.environ), command)
+    # its own process group: a Ctrl-C in the terminal reaches the launcher once, passed on by us (a second SIGINT
+    # would cut short the launcher's shutdown of the ranks, which are recording `interrupted`)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=parent_death_signal(signal.SIGTERM), process_group=0)
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+
+
+def launch_env(acc: dict[str, Any], environ: dict[str, str], command: list[str] | None = None) -> dict[str, str]:
+    """The launcher's environment. Besides the launch markers, it states what the launcher would otherwise guess
+    and announce (accelerate's launcher is not our process, so workbench.console's filters do not reach it): the
+    CPU as DeepSpeed's accelerator when the config says `use_cpu`, and torch's own one OpenMP thread per process
+    when a machine runs several. A value the user set is kept."""
+    env = {**environ, "WORKBENCH_LAUNCHED": "1"}
+    if command is not None:
+        env[COMMAND_ENV] = json.dumps(command)
+    if acc.get("use_cpu"):
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    per_machine = int(acc.get("num_processes") or 1) // max(int(acc.get("num_machines") or 1), 1)
+    if per_machine > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# the command this process runs, as the user typed it (for the command that continues it)
+
+COMMAND_ENV = "WORKBENCH_COMMAND"  # `workbench launch` hands its own arguments to the ranks it starts
+
+
+def invocation(argv: list[str]) -> tuple[str, list[str]]:
+    """(launcher, workbench arguments) of the command the user ran: `workbench launch ...` for its ranks,
+    the `accelerate launch ... -m workbench` line (read from the launcher process) under a plain accelerate
+    launch, else `workbench` and `argv`."""
+    given = os.environ.get(COMMAND_ENV)
+    if given:
+        return "workbench", list(json.loads(given))
+    if "LOCAL_RANK" in os.environ:
+        return accelerate_prefix(), argv
+    return "workbench", argv
+
+
+def accelerate_prefix() -> str:
+    """The launcher's command line up to `-m workbench`, from /proc (the rank's parent runs `accelerate launch`)."""
+    import shlex
+
+    try:
+        parts = [p.decode() for p in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if p]
+    except OSError:
+        parts = []
+    for i in range(len(parts) - 1):
+        if parts[i] == "-m" and parts[i + 1] == "workbench":
+            return shlex.join(parts[: i + 2])
+    return "accelerate launch [the same options] -m workbench"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,6 +284,39 @@ def die_with_launcher(poll_s: float = 0.5, grace_s: float = 10.0) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # DeepSpeed's one-time extension build and its lock
+
+
+def environment_extensions_dir(root: Path, prefix: str, python: str, torch: str | None, deepspeed: str | None) -> Path:
+    """ROOT/<env name>-pyXY-<hash>: a build directory of this environment's own (its prefix, Python, torch and
+    DeepSpeed versions). Environments sharing one directory rebuild each other's extensions, since each build
+    records the other's paths and flags."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([prefix, python, torch, deepspeed]).encode()).hexdigest()[:10]
+    major, minor = python.split(".")[:2]
+    return root / f"{Path(prefix).name.lstrip('.') or 'env'}-py{major}{minor}-{key}"
+
+
+def keep_extensions_per_environment() -> None:
+    """Point TORCH_EXTENSIONS_DIR (where torch JIT-builds DeepSpeed's ops) at this environment's own directory
+    under torch's usual root, unless the user set it. Reads versions from package metadata: no import."""
+    import platform
+    from importlib import metadata
+
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # torch's root: user_cache_dir
+    root = Path(os.path.realpath(Path(cache) / "torch_extensions"))
+    prefix = os.path.realpath(sys.prefix)
+    where = environment_extensions_dir(root, prefix, platform.python_version(), version("torch"), version("deepspeed"))
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(where)
 
 
 def extension_build_dir(name: str) -> Path:
@@ -283,10 +368,7 @@ def check_extension_build(name: str) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"waiting for DeepSpeed's {name} extension, being built by pid {owners[0]} ({build})", flush=True)
     elif not any(build.glob("*.so")) and os.environ.get("RANK", "0") == "0":
-        print(
-            f"building DeepSpeed's {name} extension in {build} (once per machine; 2-3 minutes on 2 CPU cores)",
-            flush=True,
-        )
+        print(f"building DeepSpeed's {name} extension in {build} (once per environment; it takes minutes)", flush=True)
 
 
 def world_size() -> int:

@@ -13,8 +13,10 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,15 @@ def recipe_changes(saved: Path, resolved: dict[str, Any]) -> dict[str, list[Any]
     new = flatten(yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)))) or {})
     old.pop("output_dir", None), new.pop("output_dir", None)  # the same directory, however it was spelled
     return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def continue_command(argv: Sequence[str], launcher: str = "workbench", resume: bool = True) -> str:
+    """The command line that continues an interrupted workbench command (`argv`: its arguments): `--resume` added
+    for train and launch (compare resumes by itself), `--overwrite` dropped (it would delete the checkpoints to
+    continue from), secrets redacted. `resume=False`: the command that starts over (no checkpoint to continue)."""
+    from workbench.secrets import redact_argv
+
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    if args and args[0] in ("train", "launch") and resume:
+        args.append("--resume")
+    return f"{launcher} {shlex.join(redact_argv(args))}"

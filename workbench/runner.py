@@ -49,11 +49,18 @@ class RunResult:
     already_finished: bool = False  # --resume of a completed run: nothing was done
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, allow_changes: list[str] | None = None) -> RunResult:
-    """Run one recipe end to end; the manifest ends `completed` or `failed`.
+def train(
+    recipe: Recipe,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: list[str] | None = None,
+    command: list[str] | None = None,
+) -> RunResult:
+    """Run one recipe end to end; the manifest ends `completed`, `failed` or `interrupted` (Ctrl-C).
 
     The main process holds the run directory's lock for the whole run and decides how the run
     starts (fresh, resumed, already finished, or refused); every process gets its answer.
+    `command`: the workbench arguments of this run, for the command an interruption prints.
     """
     from transformers import set_seed
 
@@ -79,13 +86,15 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, allow_c
             log.info("already finished: %s completed earlier; nothing was changed", run_dir)
             model_dir = run_dir / "model"
             return RunResult(run_dir, model_dir if model_dir.is_dir() else None, already_finished=True)
-        return run_locked(recipe, method, run_dir, state, start, lock)
+        return run_locked(recipe, method, run_dir, state, start, lock, command)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: Start, lock: RunLock | None) -> RunResult:
+def run_locked(
+    recipe: Recipe, method: Any, run_dir: Path, state: Any, start: Start, lock: RunLock | None, command: list[str] | None = None
+) -> RunResult:
     checkpoint = start.checkpoint
     tracker = Tracker(recipe, run_dir, is_main=state.is_main_process, world_size=state.num_processes)
     extra: dict[str, Any] = {}
@@ -116,7 +125,13 @@ def run_locked(recipe: Recipe, method: Any, run_dir: Path, state: Any, start: St
         tracker.finish("completed")
     except BaseException as exc:
         on_sigterm(signal.SIG_IGN)  # the launcher's SIGTERM must not cut the failure record short
-        error = fail(tracker, run_dir, exc, rank=state.process_index)
+        previous_int = on_signal(signal.SIGINT, signal.SIG_IGN)  # nor a second Ctrl-C (or the launcher passing it on)
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                raise interrupt(tracker, run_dir, command) from None
+            error = fail(tracker, run_dir, exc, rank=state.process_index)
+        finally:
+            on_signal(signal.SIGINT, previous_int)
         if error is exc:
             raise
         raise error from None
@@ -141,13 +156,53 @@ def prune_checkpoints(tracker: Tracker, run_dir: Path, keep: int) -> None:
 
 def on_sigterm(handler: Any) -> Any:
     """Install a SIGTERM handler where Python allows it (the main thread); return the previous one."""
+    return on_signal(signal.SIGTERM, handler)
+
+
+def on_signal(signum: int, handler: Any) -> Any:
+    """Install a handler for `signum` where Python allows it (the main thread); return the previous one."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    previous = signal.getsignal(signum)
+    signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     return previous
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, recorded: the message says what is kept and the command that continues (empty off rank 0)."""
+
+
+def interrupt(tracker: Tracker, run_dir: Path, command: list[str] | None) -> Interrupted:
+    """Record `interrupted` (rank 0) with the last complete checkpoint and the command that continues from it, or
+    that starts over when there is none; half-written checkpoints go first, as in `fail`."""
+    import sys
+
+    from workbench.launch import invocation
+    from workbench.rundir import continue_command
+
+    if not tracker.is_main:
+        return Interrupted("")
+    for stale in remove_incomplete(run_dir / "checkpoints"):
+        log.info("removed %s, left half-written by the interruption", stale)
+    last = newest_complete(run_dir / "checkpoints")
+    launcher, argv = invocation(list(sys.argv[1:] if command is None else command))
+    again = continue_command(argv, launcher, resume=last is not None)
+    tracker.update_manifest(last_checkpoint=str(last) if last else None, resume_command=again)
+    try:
+        tracker.finish("interrupted")
+    except OSError as exc:
+        log.error("could not record the interruption in %s/manifest.json: %s", run_dir, exc)
+    return Interrupted(interrupted_line(tracker.manifest, run_dir))
+
+
+def interrupted_line(manifest: dict[str, Any], run_dir: Path) -> str:
+    """What an interrupted run says last: what it keeps, and the command to paste."""
+    last = manifest.get("last_checkpoint")
+    if last:
+        return f"interrupted: {run_dir} keeps its last complete checkpoint, {Path(last).name}; continue with: {manifest['resume_command']}"
+    return f"interrupted before {run_dir} had a complete checkpoint; start again with: {manifest.get('resume_command')}"
 
 
 class Terminated(WorkbenchError):

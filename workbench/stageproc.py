@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # Imported once by the server; what `workbench train` imports before its first training step.
-BASE_PRELOAD = ("workbench.cli", "workbench.runner", "workbench.validate", "wandb")
+BASE_PRELOAD = ("workbench.quiet", "workbench.cli", "workbench.runner", "workbench.validate", "wandb")
 
 _context: Any = None
 
@@ -68,9 +68,28 @@ def run(argv: Sequence[str], log_path: str | Path) -> int:
     owner_gone.close()
     try:
         proc.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the stage too: let it record `interrupted` before the pipe closes
+        wait_for_interrupted(proc.join, proc.kill)
+        raise
     finally:
         owner.close()
     return proc.exitcode if proc.exitcode is not None else 1
+
+
+INTERRUPT_GRACE_S = 60.0
+
+
+def wait_for_interrupted(wait: Any, kill: Any, grace_s: float = INTERRUPT_GRACE_S) -> None:
+    """After Ctrl-C: give the stage (which got the same SIGINT) `grace_s` to record `interrupted` and stop, then
+    kill it; a second Ctrl-C stops waiting at once."""
+    import subprocess
+
+    try:
+        wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        kill()
 
 
 def stop() -> None:

@@ -8,6 +8,7 @@ reach the recipe copy, the manifest, the metrics or the W&B config.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -24,6 +25,7 @@ from workbench.errors import WorkbenchError
 from workbench.secrets import NOT_SECRET, REDACTED, SECRET_NAME, redact_argv
 
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY")
+log = logging.getLogger("workbench")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "wandb", "workbench")
 
 
@@ -90,6 +92,7 @@ def now() -> str:
 
 
 WANDB_MODES = ("online", "offline", "disabled", "shared")
+AUTO_INIT_TIMEOUT = 30.0  # seconds `auto` lets a reachable server take before it falls back to offline
 TRUE = ("1", "true", "yes", "on")
 
 
@@ -106,11 +109,97 @@ def wandb_mode_source(mode: str) -> tuple[str, str]:
         return env, "env WANDB_MODE"
     if mode != "auto":
         return mode, "recipe tracking.mode"
-    return ("online", "auto: WANDB_API_KEY set") if os.environ.get("WANDB_API_KEY") else ("offline", "auto: no WANDB_API_KEY")
+    if not os.environ.get("WANDB_API_KEY"):
+        return "offline", "auto: no WANDB_API_KEY"
+    problem = wandb_online_problem()
+    return ("offline", f"auto: {problem}") if problem else ("online", "auto: WANDB_API_KEY set")
 
 
 def wandb_mode(mode: str) -> str:
     return wandb_mode_source(mode)[0]
+
+
+def wandb_base_url() -> str:
+    """The W&B server a run talks to: WANDB_BASE_URL, else wandb's own settings (settings files, its default)."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    from wandb.sdk import wandb_setup
+
+    return str(wandb_setup.singleton().settings.base_url)
+
+
+def server_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to `url`'s host (or to the proxy the environment names for it) fails within
+    `timeout` seconds, or None. The lookup runs in a thread, since a name lookup takes no timeout of its own."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme) if host and not urllib.request.proxy_bypass(host) else None
+    if proxy:
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+    outcome: dict[str, str] = {}
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = ""
+        except OSError as exc:
+            outcome["error"] = exc.strerror or str(exc) or type(exc).__name__
+
+    thread = threading.Thread(target=connect, name="workbench-wandb-reach", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if "ok" in outcome:
+        return None
+    reason = outcome.get("error") or f"no answer within {timeout:g} s"
+    return reason + (f", through the proxy {host}:{port}" if proxy else "")
+
+
+def api_key_problem(key: str) -> str | None:
+    """wandb's own format check of an API key (a sentence), or None when the key looks usable."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+    except ImportError:  # another wandb: its init will say
+        return None
+    return check_api_key(key)
+
+
+_online_checks: dict[tuple[str, str], str | None] = {}
+
+
+def wandb_online_problem(timeout: float = 3.0) -> str | None:
+    """Why a W&B run cannot go online from here, as a clause naming no secret, or None: a malformed WANDB_API_KEY,
+    or a server that does not answer within `timeout` seconds. Checked before `wandb.init`, which otherwise waits
+    its own long timeout in silence and then raises; memoised per key and server for this process."""
+    key = os.environ.get("WANDB_API_KEY") or ""
+    url = wandb_base_url()
+    if (key, url) not in _online_checks:
+        bad_key = api_key_problem(key) if key else None
+        if bad_key:
+            problem: str | None = f"WANDB_API_KEY is not a W&B API key ({bad_key})"
+        else:
+            unreachable = server_problem(url, timeout)
+            problem = f"cannot reach the W&B server {url} ({unreachable})" if unreachable else None
+        _online_checks[(key, url)] = problem
+    return _online_checks[(key, url)]
+
+
+def wandb_problems(mode: str) -> list[str]:
+    """`validate`'s (and `train`'s) check of online tracking: one sentence when W&B cannot be used online
+    (`auto` needs none: it falls back to offline and says so)."""
+    resolved, source = wandb_mode_source(mode)
+    if resolved != "online":
+        return []
+    problem = wandb_online_problem()
+    if problem is None:
+        return []
+    where = "`tracking.mode: online`" if source == "recipe tracking.mode" else f"{source}=online"
+    return [f"{where}: {problem}; fix that, or use `tracking.mode: auto` to log offline when W&B cannot be reached"]
 
 
 def wandb_place(project: str, run_dir: Path) -> dict[str, str]:
@@ -153,6 +242,9 @@ class Tracker:
         self._written_step: int | None = None  # the last line written, which later logs of its step extend
         self._written: dict[str, Any] = {}
         self._written_offset = 0
+        self.print_progress = not sys.stderr.isatty()  # off a terminal: a line per logging step
+        self.total_steps: int | None = None
+        self._progress_from = (self._t0, 0)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -210,19 +302,41 @@ class Tracker:
 
         Path(place["dir"]).mkdir(parents=True, exist_ok=True)
         own_wandb_service()
-        self.wandb_run = wandb.init(
-            project=place["project"],
-            entity=cfg.entity,
-            group=cfg.group,
-            job_type=cfg.job_type or self.recipe.method,
-            tags=redact(cfg.tags) or None,
-            name=redact(cfg.name or self.run_dir.name),
-            mode=mode,
-            dir=place["dir"],
-            config=redact({"recipe": resolved, "manifest": self.manifest}),
-            reinit="finish_previous",
-            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
-        )
+
+        def init(mode: str) -> Any:
+            return wandb.init(
+                project=place["project"],
+                entity=cfg.entity,
+                group=cfg.group,
+                job_type=cfg.job_type or self.recipe.method,
+                tags=redact(cfg.tags) or None,
+                name=redact(cfg.name or self.run_dir.name),
+                mode=mode,
+                dir=place["dir"],
+                config=redact({"recipe": resolved, "manifest": self.manifest}),
+                reinit="finish_previous",
+                **({"id": resume_id, "resume": "allow"} if resume_id else {}),
+                **({"settings": wandb.Settings(init_timeout=AUTO_INIT_TIMEOUT)} if source.startswith("auto") else {}),
+            )
+
+        auto = source.startswith("auto")
+        try:
+            self.wandb_run = init(mode)
+        except wandb.errors.Error as exc:  # the server refused the key, or stopped answering
+            reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            if not auto:
+                raise WorkbenchError(
+                    f"W&B could not start the run online ({reason}); check WANDB_API_KEY and the network, "
+                    "or use `tracking.mode: auto` to log offline when W&B cannot be reached"
+                ) from None
+            mode, source = "offline", f"auto: W&B could not start the run online ({reason})"
+            self.wandb_run = init(mode)
+        if auto and mode == "offline" and os.environ.get("WANDB_API_KEY"):
+            log.warning(
+                "W&B: %s, so this run logs offline (tracking.mode auto); upload it later with `wandb sync %s`",
+                source.removeprefix("auto: "),
+                Path(self.wandb_run.dir).parent,
+            )
         self.update_manifest(
             wandb={"mode": mode, "mode_source": source, "id": self.wandb_run.id, "dir": str(self.wandb_run.dir), **place}
         )
@@ -260,8 +374,21 @@ class Tracker:
         self._pending.update(clean)
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
-        if not sys.stderr.isatty() and not getattr(self, "trainer_prints", False):  # off a terminal: a line per logging step
-            print(step_line(step, clean, getattr(self, "total_steps", None)), flush=True)
+        if self.print_progress:
+            print(self.progress_line(step, clean), flush=True)
+
+    def begin_progress(self, total: int | None, step: int = 0, print_lines: bool | None = None) -> None:
+        """Training starts (or resumes) at `step` of `total`: the rate and ETA of the progress lines count from now.
+        `print_lines`: whether this tracker prints them (default: off a terminal, where no progress bar renders)."""
+        self.total_steps, self._progress_from = total, (time.time(), step)
+        if print_lines is not None:
+            self.print_progress = print_lines
+
+    def progress_line(self, step: int, metrics: dict[str, float]) -> str:
+        t0, step0 = self._progress_from
+        elapsed = time.time() - t0
+        rate = (step - step0) / elapsed if step > step0 and elapsed > 0 else None
+        return step_line(step, metrics, self.total_steps, rate)
 
     def flush(self) -> None:
         """Write the pending step's line now (checkpoints call this, so a resumed run loses no line)."""
@@ -312,10 +439,13 @@ def metric_name(key: str) -> str:
     return "train/" + key
 
 
-def step_line(step: int, metrics: dict[str, float], total: int | None = None, width: int = 6) -> str:
-    """`step 10/60 | loss 0.6931 | rewards/margins 0.0123 ...`: the first `width` metrics of one logging step."""
+def step_line(step: int, metrics: dict[str, float], total: int | None = None, rate: float | None = None, width: int = 6) -> str:
+    """`step 10/60 | 2.5 it/s | ETA 0:20 | loss 0.6931 | rewards/margins 0.0123 ...`: progress, then the first
+    `width` metrics of one logging step."""
+    from workbench.console import progress_text
+
     shown = [f"{k.removeprefix('train/')} {v:.4g}" for k, v in list(metrics.items())[:width]]
-    return " | ".join([f"step {step}" + (f"/{total}" if total else ""), *shown])
+    return " | ".join([progress_text(step, total, rate), *shown])
 
 
 def trainer_callback(tracker: Tracker) -> Any:
@@ -324,8 +454,8 @@ def trainer_callback(tracker: Tracker) -> Any:
 
     class TrackingCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            tracker.total_steps = state.max_steps
-            tracker.trainer_prints = bool(args.disable_tqdm)  # transformers' PrinterCallback already prints each log
+            # without the Trainer's bars (off a terminal, or turned off) the tracker prints each log as a progress line
+            tracker.begin_progress(state.max_steps, state.global_step, print_lines=bool(args.disable_tqdm))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and state.is_world_process_zero:

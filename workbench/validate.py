@@ -29,6 +29,7 @@ from workbench.config import (
 )
 from workbench.data.schema import Reject
 from workbench.errors import RecipeError, WorkbenchError
+from workbench.tracking import wandb_mode_source, wandb_problems
 
 
 def path_problems(recipe: Recipe) -> list[str]:
@@ -223,15 +224,34 @@ def example_text(recipe: Recipe, scan: DataScan) -> str:
     settings = tokenization_settings(recipe.data)
     where = f"({item.source}:{item.line})"
     if scan.kind == "preference":
-        return f"example pair {where}:\n" + describe_pair(tokenizer, tokenize_pair(tokenizer, item.row, settings))
-    if scan.kind == "sft":
+        text = f"example pair {where}:\n" + describe_pair(tokenizer, tokenize_pair(tokenizer, item.row, settings))
+    elif scan.kind == "sft":
         sft = tokenize_sft(tokenizer, item.row, settings)
-        return (
+        text = (
             f"example {where}: prompt {len(sft.prompt_ids)} tokens, completion {len(sft.completion_ids)} tokens (in loss): "
             f"{tokenizer.decode(sft.completion_ids)!r}"
         )
-    prompt = tokenize_prompt(tokenizer, item.row["prompt"], settings.max_prompt_length)
-    return f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
+    else:
+        prompt = tokenize_prompt(tokenizer, item.row["prompt"], settings.max_prompt_length)
+        text = f"example prompt {where}: {len(prompt.prompt_ids)} tokens: {tokenizer.decode(prompt.prompt_ids)!r}"
+    note = template_note(tokenizer, item.row.get("prompt"))
+    return f"{text}\n{note}" if note else text
+
+
+def template_note(tokenizer: Any, prompt: Any) -> str | None:
+    """Say when the model's chat template is not applied to this prompt (plain text: every CSV row, and text
+    fields in JSON), or when message lists meet a model without one: the example then trains unlike a chat."""
+    from workbench.data.formatting import has_chat_template
+
+    if isinstance(prompt, str) and has_chat_template(tokenizer):
+        return (
+            "note: this prompt is plain text, so it is tokenized as it is, without the model's chat template (only "
+            "message lists, such as conversational JSON Lines, are templated); give the rows as messages to train "
+            "in the chat format"
+        )
+    if isinstance(prompt, list) and not has_chat_template(tokenizer):
+        return "note: the model has no chat template, so these messages are rendered as plain 'User: ...' / 'Assistant: ...' text"
+    return None
 
 
 def models_key(recipe: Recipe) -> list[Any]:
@@ -298,7 +318,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     from workbench.launch import global_batch
 
     problems = path_problems(recipe)
-    sections = ["resolved recipe:", dump_yaml(resolved_dict(recipe))]
+    sections: list[str] = []
     train = recipe.train
     processes = processes_of(recipe, accelerate_config)
     if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
@@ -345,11 +365,12 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
 def preflight(recipe: Recipe, source: str = "recipe", accelerate_config: str | None = None) -> None:
     """`train`'s (and `launch`'s) first step: the checks of `validate` (no example shown); one RecipeError listing every problem."""
     _, problems = check_recipe(recipe, accelerate_config, example=False)
+    problems += wandb_problems(recipe.tracking.mode)
     if problems:
         raise RecipeError(source, problems)
 
 
-def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool = False) -> tuple[str, list[str]]:
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
@@ -359,7 +380,7 @@ def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[
     try:
         comparison = load_comparison(path, overrides)
     except RecipeError as exc:
-        return f"{path}: comparison recipe not valid", exc.problems
+        return "", exc.problems  # the verdict and the problems say it all
     seed = comparison.seeds[0]
     seed_dir = comparison.output_dir / f"seed-{seed}"
     future = [str(seed_dir / name / "model") for name in comparison.stages]
@@ -380,30 +401,45 @@ def validate_comparison(path: str, overrides: Sequence[str]) -> tuple[str, list[
             continue
         found, stage_problems = check_recipe(recipe, stage.accelerate_config)
         stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
-        useful = [line for line in found[2:] if not line.startswith("example")]
+        useful = [line for line in found if not line.startswith("example")]
         sections.append(f"\nstage {stage.name} ({recipe.method}): {'OK' if not stage_problems else 'NOT valid'}")
         sections.extend(f"  {line}" for text in useful for line in text.splitlines())
+        if show_recipe:
+            sections.extend(f"  {line}" for line in recipe_text(recipe).splitlines())
         problems.extend(f"stages.{stage.name}: {p}" for p in stage_problems)
     return "\n".join(sections), problems
 
 
-def validate(path: str, overrides: Sequence[str], accelerate_config: str | None) -> tuple[str, list[str]]:
-    """(printable report, problems). Problems include everything found, not just the first."""
+def recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in), under its heading, for `validate --show-recipe`."""
+    return "resolved recipe:\n" + dump_yaml(resolved_dict(recipe)).rstrip()
+
+
+def validate(
+    path: str, overrides: Sequence[str], accelerate_config: str | None, show_recipe: bool = False
+) -> tuple[str, list[str]]:
+    """(printable report, problems). Problems include everything found, not just the first; the report ends with
+    the resolved recipe when `show_recipe`."""
     from workbench.config import read_yaml
 
     try:
         if "stages" in read_yaml(path):
-            return validate_comparison(path, overrides)
+            return validate_comparison(path, overrides, show_recipe)
     except RecipeError as exc:
-        return f"{path}: recipe not valid", exc.problems
+        return "", exc.problems
     try:
         recipe = load_recipe(path, overrides)
     except RecipeError as exc:
-        return f"{path}: recipe not valid", exc.problems
+        return "", exc.problems
     sections, problems = check_recipe(recipe, accelerate_config)
+    problems += wandb_problems(recipe.tracking.mode)
+    sections.append("W&B: {} ({})".format(*wandb_mode_source(recipe.tracking.mode)))
     from workbench.plan import plan_total_line
 
     config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
     key = ["plan", plan_inputs(recipe), models_key(recipe), config]
     sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
+    sections.append(
+        "\n" + recipe_text(recipe) if show_recipe else "(the resolved recipe, every default filled in: --show-recipe)"
+    )
     return "\n".join(sections), problems

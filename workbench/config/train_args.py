@@ -108,14 +108,14 @@ def build_train_args(method: str, train: dict[str, Any], output_dir: str) -> tup
 
     def attempt(fields: dict[str, Any]) -> Exception | None:
         try:
-            cls(**{**base, **fields})
+            cls(**current_names(cls, {**base, **fields}))
         except Exception as exc:  # the library's own checks raise ValueError, TypeError, ...
             return exc
         return None
 
     whole = attempt(train)
     if whole is None:
-        return (None if problems else cls(**{**base, **train})), problems
+        return (None if problems else cls(**current_names(cls, {**base, **train}))), problems
     for key, value in train.items():
         exc = attempt({key: value})
         if exc is not None:
@@ -134,3 +134,26 @@ def _launched_without_gpu(hardware: dict[str, bool]) -> bool:
 
 def _is_training_arguments(cls: type) -> bool:
     return any(c.__name__ == "TrainingArguments" for c in cls.__mro__)
+
+
+# transformers' deprecated names -> current ones. A recipe may use either; the class is given the current one.
+RENAMED = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def current_names(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with deprecated aliases under their current names, and the class's own checkpointing default
+    (TRL's configs turn it on) given under the current name: building the class then warns of nothing."""
+    names = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if not all(new in names for new in RENAMED.values()):
+        return fields  # an older transformers: the old names are the current ones
+    out = dict(fields)
+    for old, new in RENAMED.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))  # both given: the current name wins, as in TrainingArguments
+    default = names["gradient_checkpointing"].default
+    if "activation_checkpointing" not in out and isinstance(default, bool):
+        out["activation_checkpointing"] = default
+    return out

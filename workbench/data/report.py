@@ -36,6 +36,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"length bias (train): chosen longer in {lb['chosen_longer']} of {lb['pairs']} pairs ({lb['chosen_longer_share']})"
         )
+        warning = length_rule_warning(lb)
+        if warning:
+            lines.append(warning)
     for name, t in report.get("tokens", {}).items():
         parts = ", ".join(
             f"{k} mean {v.get('mean')} p95 {v.get('p95')} max {v.get('max')}" for k, v in t.items() if isinstance(v, dict)
@@ -46,6 +49,24 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"truncation ({name}): {t['truncated']} of {t['pairs']} pairs truncated, {t['lost_difference']} lost the part where chosen and rejected differ"
         )
     return lines
+
+
+LENGTH_RULE_SHARE = 0.9  # a single rule this good makes the preferences learnable without reading the responses
+
+
+def length_rule_warning(bias: dict[str, Any]) -> str | None:
+    """A warning when "the longer (or the shorter) response is chosen" explains at least 90% of the pairs, or None."""
+    pairs = bias["pairs"]
+    if not pairs:
+        return None
+    for count, rule in ((bias["chosen_longer"], "longer"), (bias["rejected_longer"], "shorter")):
+        if count / pairs >= LENGTH_RULE_SHARE:
+            return (
+                f"warning: one rule, 'the {rule} response is chosen', explains {count} of {pairs} train pairs "
+                f"({count / pairs:.0%}): a reward model can reach that accuracy by length alone; judge it against "
+                "this rule, or balance the lengths"
+            )
+    return None
 
 
 def plot_lengths(tokenized: dict[str, list[Any]], out_dir: Path) -> list[Path]:

@@ -37,12 +37,14 @@ class Reject:
     reason: str
     row: Any = None
     kind: str = "invalid"  # or "tie": annotators tied and the recipe drops ties (not an error)
+    column: int | None = None  # where a line failed to parse (kept out of `reason`, which groups rows in the report)
 
     def location(self) -> str:
-        return f"{self.source}:{self.line}"
+        return f"{self.source}:{self.line}" + (f":{self.column}" if self.column else "")
 
     def to_json(self) -> dict[str, Any]:
         out = {"source": self.source, "line": self.line, "reason": self.reason, "row": self.row}
+        out = out if self.column is None else {**out, "column": self.column}
         return out if self.kind == "invalid" else {**out, "kind": self.kind}
 
 

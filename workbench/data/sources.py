@@ -97,10 +97,11 @@ def read_jsonl(path: Path, label: str) -> Iterator[RawRow | Reject]:
                 continue
             if not line.strip():
                 continue  # blank lines are not rows
+            text = line.rstrip("\r\n")  # parsed alone: the parser's position is the column in this line
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield Reject(label, number, f"not valid JSON ({exc.msg})", line.rstrip("\n")[:500])
+                yield Reject(label, number, f"not valid JSON ({exc.msg})", text[:500], column=exc.pos + 1)
                 continue
             if not isinstance(row, dict):
                 yield Reject(label, number, f"not a JSON object (got {type(row).__name__})", row)
@@ -117,7 +118,9 @@ def read_json(path: Path, label: str) -> Iterator[RawRow | Reject]:
         if exc.msg == "Extra data":  # JSON Lines saved as .json
             yield from read_jsonl(path, label)
             return
-        raise DataError(f"{label}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file or save it as JSON Lines") from None
+        raise DataError(
+            f"{label}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); fix the file or save it as JSON Lines"
+        ) from None
     if isinstance(data, dict):
         rows = next((data[k] for k in ("data", "rows", "examples") if isinstance(data.get(k), list)), None)
         if rows is None:

@@ -138,7 +138,7 @@ def run(ctx: RunContext) -> RunResult:
         callbacks=hf.callbacks(ctx),
     )
     ctx.tracker.update_manifest(reference_forward_batches_before_training=trainer.reference_forward_batches)
-    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    hf.train(trainer, ctx)
     if eval_pairs:
         hf.evaluate_at_end(trainer, ctx)
     model_dir = hf.export(trainer, ctx)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.checkpoint import assert_finite_weights, completion_callback, nonfinite_callback
 from workbench.config import train_config_class
+from workbench.config.train_args import current_names
 from workbench.errors import WorkbenchError
 from workbench.launch import cpu_launched
 from workbench.method_checks import refuse_method_problems
@@ -35,6 +36,8 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     """The method's TRL config built from the recipe; must exist before ZeRO-3 models are created.
 
     First refuses the recipe with every problem `validate` lists for the method (workbench/method_checks.py)."""
+    import torch
+
     recipe = ctx.recipe
     refuse_method_problems(recipe, ctx.world_size)
     train = dict(recipe.train)
@@ -46,6 +49,7 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
         "include_num_input_tokens_seen": "non_padding",  # the run's cost in tokens, read by the evaluation
         "logging_nan_inf_filter": False,  # a NaN loss is logged as NaN (and stops the run), never hidden as 0.0
         "disable_tqdm": not sys.stderr.isatty(),  # bars on a terminal; else tracking prints a line per logging step
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         **method_fields,
         **train,
         "save_total_limit": None,  # rotation happens after the new checkpoint is marked (checkpoint.rotate)
@@ -56,7 +60,8 @@ def training_args(ctx: RunContext, **method_fields: Any) -> Any:
     }
     if cpu_launched():  # keep the gloo state the launch path built (TrainingArguments would reset it)
         fields["accelerator_config"] = {**(fields.get("accelerator_config") or {}), "use_configured_state": True}
-    return train_config_class(recipe.method)(**fields)
+    cls = train_config_class(recipe.method)
+    return cls(**current_names(cls, fields))
 
 
 def keep_secret_out_of_pickle(train: dict[str, Any]) -> None:
@@ -78,6 +83,15 @@ def callbacks(ctx: RunContext) -> list[Any]:
 def resume_from(ctx: RunContext) -> str | None:
     """The checkpoint `--resume` continues from (the newest complete one), or None."""
     return str(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
+
+
+def train(trainer: Any, ctx: RunContext) -> None:
+    """`trainer.train`, from the checkpoint `--resume` names. Without bars the Trainer would print each log as a
+    dict; the tracker prints it as a progress line (step/total, rate, ETA) instead."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=resume_from(ctx))
 
 
 def evaluate_at_end(trainer: Any, ctx: RunContext) -> bool:

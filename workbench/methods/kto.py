@@ -109,7 +109,7 @@ def run(ctx: RunContext) -> RunResult:
         processing_class=ctx.tokenizer,
         callbacks=hf.callbacks(ctx),
     )
-    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    hf.train(trainer, ctx)
     if evals:
         trainer.evaluate()
     model_dir = hf.export(trainer, ctx)

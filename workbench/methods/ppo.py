@@ -292,6 +292,7 @@ class PPOLoop:
 
         args, acc, nonfinite = self.args, self.learner.acc, 0
         scratch = self.ctx.run_dir / "checkpoints" / ".before-update" if self.learner.deepspeed else None
+        self.ctx.tracker.begin_progress(args.max_steps, self.start)
         for step in range(self.start + 1, args.max_steps + 1):
             exp = self.rollout(step)
             bad_kl = self.learner.reduce_sum((~torch.isfinite(exp.kl.sum())).float().reshape(1))

@@ -106,7 +106,7 @@ def run(ctx: RunContext) -> RunResult:
         processing_class=ctx.tokenizer,
         callbacks=hf.callbacks(ctx),
     )
-    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    hf.train(trainer, ctx)
     pad_id = ctx.tokenizer.pad_token_id
     extra: dict[str, float] = {}
     if eval_pairs and hf.evaluate_at_end(trainer, ctx):

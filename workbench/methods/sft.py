@@ -46,7 +46,7 @@ def train_on(ctx: RunContext, train: list[TokenizedSFT], evals: list[TokenizedSF
         processing_class=ctx.tokenizer,
         callbacks=hf.callbacks(ctx),
     )
-    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    hf.train(trainer, ctx)
     if evals:
         hf.evaluate_at_end(trainer, ctx)
     model_dir = hf.export(trainer, ctx)

@@ -106,7 +106,7 @@ def run_online(ctx: RunContext, trainer_class: type) -> RunResult:
         "policy base with adapters disabled" if recipe.model.lora is not None else f"frozen copy of {recipe.model.name_or_path}"
     )
     ctx.tracker.update_manifest(reference=reference if args.beta else "none (beta 0: no KL term)")
-    trainer.train(resume_from_checkpoint=hf.resume_from(ctx))
+    hf.train(trainer, ctx)
     model_dir = hf.export(trainer, ctx)
     generated = trainer.accelerator.reduce(torch.tensor(trainer.workbench_generated_tokens, device=args.device), "sum")
     return RunResult(
