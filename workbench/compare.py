@@ -47,6 +47,7 @@ from typing import Any
 from workbench.cache import path_fingerprint
 from workbench.checkpoint import newest_complete
 from workbench.config import (
+    METHODS,
     EvalConfig,
     apply_override,
     build_dataclass,
@@ -229,11 +230,8 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if stage.model_from:
         recipe.setdefault("model", {})["name_or_path"] = str(seed_dir / stage.model_from / "model")
     reward_from = stage.reward_from
-    if (
-        reward_from is None
-        and recipe.get("method") in ("rejection_sampling", "ppo", "grpo", "rloo")
-        and not recipe.get("reward_model")
-    ):
+    spec = METHODS.get(recipe.get("method"))
+    if reward_from is None and spec is not None and spec.needs_reward and not recipe.get("reward_model"):
         reward_from = comparison.reward_stage
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.config import GenerationConfig
+from workbench.config import GenerationConfig, methods_where
 
-ONLINE_METHODS = ("grpo", "rloo")
+ONLINE_METHODS = methods_where(sampling="trl")  # TRL's online trainers: `generation:` maps onto their fields
 
 # workbench `generation:` field -> TRL GRPOConfig / RLOOConfig field
 GENERATION_TO_TRL = (

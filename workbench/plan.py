@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.config.methods import METHODS, reference_rule
 from workbench.errors import WorkbenchError
 
 GiB = 2**30
@@ -37,9 +38,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 INT8_BYTES = 1 + 4 / 4096  # LLM.int8: one byte per weight + per-row fp32 scales (rows of ~4k)
 DS_REDUCE_BUCKET_DEFAULT = 500_000_000  # deepspeed/runtime/zero/config.py: reduce_bucket_size
-KNOWN_METHODS = ("sft", "reward", "dpo", "kto", "rejection_sampling", "ppo", "grpo", "rloo")
-# Methods whose `train:` class is not (yet) in config.TRAIN_CONFIG_CLASSES: TRL's own defaults.
-TRL_TRAIN_CLASSES = {"grpo": "GRPOConfig", "rloo": "RLOOConfig", "kto": "KTOConfig"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,17 +380,9 @@ class Role:
 
 def train_settings(recipe: Any) -> dict[str, Any]:
     """The method's `train:` defaults updated with the recipe's values."""
-    from workbench.config import TRAIN_CONFIG_CLASSES, train_config_class, train_field_defaults
+    from workbench.config import train_config_class, train_field_defaults
 
-    if recipe.method in TRAIN_CONFIG_CLASSES:
-        cls = train_config_class(recipe.method)
-    elif recipe.method in TRL_TRAIN_CLASSES:
-        import trl
-
-        cls = getattr(trl, TRL_TRAIN_CLASSES[recipe.method])
-    else:
-        raise WorkbenchError(f"`method: {recipe.method}` has no memory plan; known methods: {', '.join(KNOWN_METHODS)}")
-    return {**train_field_defaults(cls), **recipe.train}
+    return {**train_field_defaults(train_config_class(recipe.method)), **recipe.train}
 
 
 def checkpointing_on(train: dict[str, Any]) -> bool:
@@ -426,58 +416,46 @@ def value_role(recipe: Any, train: dict[str, Any]) -> Role | None:
     )
 
 
+REFERENCE_NOTES = {  # the reference kinds that hold no model of their own
+    "none": "reference: none (train.beta is 0)",
+    "adapters_disabled": "reference: the policy with its adapters disabled (no second copy)",
+    "precomputed": "reference: log-probs precomputed with the initial policy before training (no reference model held)",
+}
+
+
 def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[str]]:
-    """(models held during training, notes on models that are not held)."""
-    m, method = recipe.model, recipe.method
-    lora = m.lora is not None
+    """(models held during training, notes on models that are not held), from the method's registry entry."""
+    m, spec = recipe.model, METHODS[recipe.method]
     policy = Role(
-        "reward" if method == "reward" else "policy",
+        spec.model_role,
         m.name_or_path,
-        head="seq-cls" if method == "reward" else "causal-lm",
-        training="lora" if lora else "full",
+        head="causal-lm" if spec.produces_policy else "seq-cls",
+        training="lora" if m.lora is not None else "full",
         dtype=m.dtype,
         quantization=m.quantization,
         lora=m.lora,
         trust_remote_code=m.trust_remote_code,
     )
     roles, notes = [policy], []
-    ref_cfg = recipe.reference
-
-    def reference(placement: str, note: str) -> Role:
-        return Role(
-            "reference", ref_cfg.name_or_path or m.name_or_path, training="frozen", dtype=m.dtype, placement=placement, note=note
-        )
-
-    if method in ("dpo", "kto"):
-        if ref_cfg.name_or_path:
-            roles.append(reference("engine", "separate frozen model"))
-        elif lora:
-            notes.append("reference: the policy with its adapters disabled (no second copy)")
-        elif ref_cfg.precompute_log_probs:
-            notes.append("reference: log-probs precomputed with the initial policy before training (no reference model held)")
+    if spec.reference != "none":
+        choice = reference_rule(recipe, train)
+        if choice.kind != "model":
+            notes.append(REFERENCE_NOTES[choice.kind])
+        elif spec.reference == "rollout":  # PPO's: its placement and note depend on the launch (plan_model)
+            roles.append(Role("reference", choice.name_or_path or "", training="frozen", dtype=m.dtype, placement=PPO_REFERENCE))
         else:
-            roles.append(reference("engine", "frozen copy of the policy"))
-    elif method == "ppo":
-        if lora:
-            notes.append("reference: the policy with its adapters disabled (no second copy)")
-        else:
-            roles.append(reference(PPO_REFERENCE, ""))  # its note depends on the launch (plan_model)
+            note = "separate frozen model" if choice.separate else "frozen copy of the policy"
+            roles.append(Role("reference", choice.name_or_path or "", training="frozen", dtype=m.dtype, note=note))
+    if spec.value_model:
         value = value_role(recipe, train)
         if value is None:
             notes.append("value: a value head on the policy's backbone (no second model)")
         else:
             roles.append(value)
-    elif method in ("grpo", "rloo"):
-        if float(train.get("beta", 0.0)) == 0.0:
-            notes.append("reference: none (train.beta is 0)")
-        elif lora:
-            notes.append("reference: the policy with its adapters disabled (no second copy)")
-        else:
-            roles.append(reference("engine", "frozen copy of the policy"))
     rm = recipe.reward_model
-    if method in ("ppo", "rejection_sampling", "grpo", "rloo") and rm is not None:
+    if spec.needs_reward and rm is not None:
         if rm.name_or_path:
-            on_cpu = method == "rejection_sampling"  # scored where it was loaded, on the main process
+            on_cpu = spec.sampling == "best_of_n"  # scored where it was loaded, on the main process
             roles.append(
                 Role(
                     "reward",
@@ -718,34 +696,34 @@ def rows_and_seq(recipe: Any, train: dict[str, Any], processes: int = 1) -> tupl
     from workbench.config import effective_max_prompt_length
     from workbench.online import online_batch, trl_generation_fields
 
-    method, micro = recipe.method, int(train.get("per_device_train_batch_size", 8))
+    spec, micro = METHODS[recipe.method], int(train.get("per_device_train_batch_size", 8))
     seq = recipe.data.max_length
     prompt = effective_max_prompt_length(recipe.data)
     gen = recipe.generation
-    if method in ("dpo", "reward"):
+    if spec.data_kind == "preference":
         return 2 * micro, seq, 0, 0  # chosen and rejected in one forward
-    if method == "ppo":
+    if spec.sampling == "rollout":
         rows = max(1, micro // (int(train["num_mini_batches"]) * int(train["gradient_accumulation_steps"])))
         samples = int(train["num_generations"])
         prompts = max(1, micro // samples)  # per process per rollout
         return rows, prompt + gen.max_new_tokens, min(gen.batch_size, prompts) * samples, prompt + gen.max_new_tokens
-    if method in ("grpo", "rloo"):  # TRL's fields as the run sets them: `generation:` mapped, unless `train:` sets them
+    if spec.sampling == "trl":  # TRL's fields as the run sets them: `generation:` mapped, unless `train:` sets them
         effective = {**train, **trl_generation_fields(gen, recipe.train)[0]}
         new = int(effective["max_completion_length"])
         gen_rows = online_batch(effective, {}, processes).generation_batch // processes
         return micro, prompt + new, gen_rows, prompt + new
-    if method == "rejection_sampling":
+    if spec.sampling == "best_of_n":
         return micro, seq, gen.batch_size * gen.num_samples, prompt + gen.max_new_tokens
     return micro, seq, 0, 0
 
 
 def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) -> Plan:
     """The per-device plan for `recipe` under `launch`, without suggestions."""
-    train = train_settings(recipe)
+    train, spec = train_settings(recipe), METHODS[recipe.method]
     roles, notes = model_roles(recipe, train)
     models = [plan_model(r, launch) for r in roles]
     value = next((m for m in models if m.role == "value"), None)  # None: a value head on the policy's backbone
-    if recipe.method == "ppo" and launch.deepspeed and value is not None:  # one engine for policy and value: one set of buffers
+    if launch.deepspeed and value is not None:  # one engine for policy and value: one set of buffers
         policy = models[0]
         policy.states.buffers = max(policy.states.buffers, value.states.buffers)
         value.states.buffers = 0
@@ -764,15 +742,16 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
         )
     ckpt = checkpointing_on(train)
     kv = gather = 0.0
-    concurrent = recipe.method != "rejection_sampling"
+    separate_phases = spec.sampling == "best_of_n"  # best-of-n generates with a plain copy, then fine-tunes
+    concurrent = not separate_phases
     if gen_rows:
         policy = roles[0]
         shape = model_shape(policy.name_or_path, policy.head, policy.trust_remote_code)
         # the cache takes the generating weights' dtype: 16-bit inside a mixed-precision DeepSpeed engine, else as loaded
-        in_engine = launch.deepspeed and launch.half and recipe.method != "rejection_sampling"
+        in_engine = launch.deepspeed and launch.half and not separate_phases
         gen_elem = 2 if in_engine else DTYPE_BYTES[weight_dtype(policy, shape)]
         kv = kv_cache_bytes(shape, gen_rows, gen_seq, gen_elem)
-        if recipe.method == "rejection_sampling":
+        if separate_phases:
             gather = models[0].params * DTYPE_BYTES[weight_dtype(policy, shape)]  # a plain inference copy, its own stage
             notes.append("rejection sampling: generation (a plain copy of the policy) and SFT are separate phases")
         elif launch.zero_stage == 3:
@@ -809,7 +788,7 @@ def resolve_precision(method: str, recipe_train: dict[str, Any], accelerate_mixe
         return "bf16"
     if recipe_train.get("fp16"):
         return "fp16"
-    if method == "ppo" or "bf16" in recipe_train or "fp16" in recipe_train:
+    if not METHODS[method].hf_trainer or "bf16" in recipe_train or "fp16" in recipe_train:
         return accelerate_mixed or "no"
     return "bf16"
 
@@ -819,7 +798,7 @@ GPU_DEFAULT_PRECISION = "the default of TRL-backed methods on a bf16-capable GPU
 
 def precision_note(method: str, recipe_train: dict[str, Any], precision: str) -> str:
     """Says so when `resolve_precision` gave the GPU default (hf.default_precision), which a CPU run does not use."""
-    explicit = method == "ppo" or {"bf16", "fp16"} & set(recipe_train)
+    explicit = not METHODS[method].hf_trainer or {"bf16", "fp16"} & set(recipe_train)
     return GPU_DEFAULT_PRECISION if precision == "bf16" and not explicit else ""
 
 
@@ -924,7 +903,7 @@ def candidate_changes(recipe: Any, train: dict[str, Any], launch: Launch) -> lis
             )
         )
     if (
-        recipe.method in ("dpo", "kto")
+        METHODS[recipe.method].reference == "offline"
         and recipe.model.lora is None
         and not recipe.reference.name_or_path
         and not recipe.reference.precompute_log_probs

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from workbench import health as H
 from workbench import stats as S
 from workbench.compare import BASELINE_METHOD, BASELINE_ROW
+from workbench.config.methods import methods_where
 from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 
@@ -68,6 +69,7 @@ SHORT = {
     "finished_share": "finished",
 }
 WARN = "⚠"
+BEST_OF_N_METHODS = methods_where(sampling="best_of_n")  # their metrics.jsonl holds the best-of-n curve (rs/best_of_N)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -943,7 +945,7 @@ def best_of_n_curves(comparison: Comparison, outcome: Outcome) -> dict[str, dict
     for name in comparison.stages:
         for seed in comparison.seeds:
             run = outcome.runs[seed].get(name)
-            if run is None or not run.ok or run.method != "rejection_sampling":
+            if run is None or not run.ok or run.method not in BEST_OF_N_METHODS:
                 continue
             curve: dict[int, float] = {}
             for line in read_jsonl(run.run_dir / "metrics.jsonl"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.checkpoint import newest_complete, prune_after_export, remove_incomplete, step_of
-from workbench.config import Recipe, resolved_dict
+from workbench.config import METHODS, Recipe, resolved_dict
 from workbench.data.pipeline import Prepared, prepare, save
 from workbench.errors import WorkbenchError
 from workbench.launch import init_distributed_state
@@ -109,7 +109,7 @@ def run_locked(
         tracker.start(extra, resume_step=step_of(checkpoint) if checkpoint else None)
         state.wait_for_everyone()
         tokenizer = load_tokenizer(recipe.model)
-        prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=getattr(method, "DATA_KIND", "preference"))
+        prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=METHODS[recipe.method].data_kind)
         if state.is_main_process:
             save(prepared, run_dir)
         tracker.update_manifest(data={"fingerprints": prepared.report["fingerprints"], "split": prepared.report["split"]})

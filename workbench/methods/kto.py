@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "unpaired"
 
 
 def class_weights(num_desirable: int, num_undesirable: int) -> dict[str, float]:

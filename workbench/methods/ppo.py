@@ -125,7 +125,6 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "prompt"
 
 
 def ppo_args(ctx: RunContext) -> SimpleNamespace:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "prompt"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "preference"
 
 
 def full_sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:

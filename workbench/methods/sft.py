@@ -17,8 +17,6 @@ from workbench.models import apply_lora, load_causal_lm
 if TYPE_CHECKING:
     from workbench.runner import RunContext, RunResult
 
-DATA_KIND = "sft"
-
 
 def sft_dataset(examples: list[TokenizedSFT], completion_only: bool) -> Any:
     from datasets import Dataset
