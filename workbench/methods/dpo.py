@@ -18,7 +18,7 @@ from workbench.packing import packed_calls
 from workbench.sampling import ResumableLengthGrouping
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
 
@@ -111,7 +111,7 @@ def reference_model(ctx: RunContext, args: Any) -> tuple[Any, str]:
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = hf.training_args(

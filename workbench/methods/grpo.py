@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from workbench.methods.trl_online import run_online
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 
 def run(ctx: RunContext) -> RunResult:

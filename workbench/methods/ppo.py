@@ -122,7 +122,7 @@ from workbench.rollout import completion_batch, sample_and_score
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
 
@@ -319,7 +319,7 @@ HISTORY_KEYS = PPO_HISTORY_KEYS  # per update, kept for the end-of-run diagnosis
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     loop = PPOLoop(ctx)
     if ctx.resume_checkpoint:

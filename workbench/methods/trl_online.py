@@ -22,7 +22,7 @@ from workbench.online import trl_generation_fields
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
 
@@ -80,7 +80,7 @@ def run_online(ctx: RunContext, trainer_class: type) -> RunResult:
     """Train with `trainer_class` (TRL's GRPOTrainer or RLOOTrainer) and export the policy."""
     import torch
 
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = online_args(ctx)
