@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from workbench import health as H
 from workbench import stats as S
-from workbench.compare import BASELINE_METHOD, BASELINE_ROW
+from workbench.comparison.types import BASELINE_METHOD, BASELINE_ROW
 from workbench.config.methods import methods_where
 from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 
 if TYPE_CHECKING:
-    from workbench.compare import Comparison, Outcome, StageRun
+    from workbench.comparison.types import Comparison, Outcome, StageRun
 
 # Which way is better, per metric (None: no "best", e.g. response length).
 HIGHER_IS_BETTER: dict[str, bool | None] = {

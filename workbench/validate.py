@@ -375,7 +375,7 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
-    from workbench.compare import load_comparison, stage_recipe
+    from workbench.comparison.recipe import load_comparison, stage_recipe
     from workbench.config import recipe_from_dict
 
     try:
