@@ -12,7 +12,8 @@ from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
 from workbench.errors import WorkbenchError
-from workbench.online import online_batch, trl_generation_fields
+from workbench.online import online_batch
+from workbench.sampling.settings import trl_generation_fields
 from workbench.scoring import checked_scores, reward_source
 
 

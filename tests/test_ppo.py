@@ -119,7 +119,7 @@ def test_learn_time_counts_the_experience_pass_and_the_update(tiny_model):
     """train/time/learn is the whole learning phase: the no-grad policy/value/reference pass plus the clipped updates."""
     from ppo_fixed import fixed_rollouts, make_learner
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     learner, tokenizer = make_learner(tiny_model)
     prompts, responses, scores = fixed_rollouts()

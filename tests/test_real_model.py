@@ -145,7 +145,7 @@ def test_fetched_model_is_plain_checked_and_licensed(smollm2, smol_tokenizer):
 
     from workbench.config import GenerationConfig
     from workbench.fetch_model import probe_ids
-    from workbench.generation import generate
+    from workbench.sampling.generation import generate
 
     record = json.loads((smollm2 / "fetch_model.json").read_text())
     checks = record["checks"]
@@ -446,8 +446,9 @@ def test_ppo_log_probs_are_those_generation_sampled_from(smollm2, smol_tokenizer
 
     from workbench.batching import left_pad
     from workbench.config import GenerationConfig
-    from workbench.generation import Completion, cut_at_eos, eos_ids_of, hf_generation_config
-    from workbench.rollout import completion_batch, logprobs_and_entropy, model_inputs
+    from workbench.sampling.generation import Completion, cut_at_eos, eos_ids_of
+    from workbench.sampling.logprobs import completion_batch, logprobs_and_entropy, model_inputs
+    from workbench.sampling.settings import hf_generation_config
 
     tok, temperature, cap = smol_tokenizer, 0.7, 20
     model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32).eval()

@@ -11,8 +11,8 @@ from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
 from workbench.errors import WorkbenchError
-from workbench.generation import cut_at_eos, generate
 from workbench.methods.rejection_sampling import examples_fingerprint, read_jsonl
+from workbench.sampling.generation import cut_at_eos, generate
 from workbench.scoring import checked_scores, reward_source
 from workbench.selection import Candidate, Group, pair_row, pick, pick_pair, select, select_pairs
 

@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "deepspeed", "wandb", "accelerate", "matplotlib")
-OTHER_CODE = ("workbench.compare", "workbench.report", "workbench.evaluate", "workbench.rollout", "matplotlib")
+OTHER_CODE = ("workbench.compare", "workbench.report", "workbench.evaluate", "workbench.sampling.logprobs", "matplotlib")
 
 
 def modules_after(code: str, *args: str, cwd=REPO) -> tuple[int, list[str], str]:

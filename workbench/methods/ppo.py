@@ -1,6 +1,6 @@
 """PPO for RLHF, ours (TRL removed its PPO trainer): actor-critic on accelerate + DeepSpeed.
 
-One update = rollout (workbench/rollout.py: generate -> score) -> one no-grad forward of policy,
+One update = rollout (workbench/sampling/: generate -> score) -> one no-grad forward of policy,
 value model and reference -> per-token KL -> shaped rewards -> GAE -> `ppo_epochs` passes of
 clipped policy and value losses over mini-batches. The math lives in `workbench/losses.py`.
 
@@ -12,7 +12,7 @@ removed PPOTrainer):
   a complete GenerationConfig built from the recipe (nothing inherited from the checkpoint), written
   to `generation_config.json` in the run dir. A response keeps the EOS id that actually ended it.
 - Module layout: the run loop is here; models, experience and the clipped updates are in
-  `methods/ppo_learner.py`, the math in `losses.py`, sampling in `rollout.py`.
+  `methods/ppo_learner.py`, the math in `losses.py`, sampling in `workbench/sampling/`.
 - Frozen models: a reward model is a whole plain copy on every process under every launch config
   (never created inside ZeRO-3's partitioned init, which left it with size-0 weights). The reference
   is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
@@ -40,7 +40,7 @@ removed PPOTrainer):
   (as TRL's classic trainer; the backbone's gradient then holds both terms, clipped as one; never during
   critic warm-up).
 - Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
-  and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
+  and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/sampling/logprobs.py), so
   no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
 - Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
   their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing (with the
@@ -113,12 +113,13 @@ from workbench import losses
 from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
-from workbench.generation import hf_generation_config
 from workbench.health import MANIFEST_FLAGS, PPO_HISTORY_KEYS, ppo_diagnosis
 from workbench.method_checks import ppo_kl_estimator, ppo_mixed_precision, refuse_method_problems
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
-from workbench.rollout import completion_batch, sample_and_score
+from workbench.sampling.generation import sample_and_score
+from workbench.sampling.logprobs import completion_batch
+from workbench.sampling.settings import hf_generation_config
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
