@@ -1,4 +1,4 @@
-"""PPO's learner: policy + value module, frozen reference, experience and clipped updates (see methods/ppo.py).
+"""PPO's learner: policy + value module, frozen reference, experience and clipped updates (design: docs/ppo.md).
 
 Kept apart from the run loop so tests can drive it with fixed rollouts, without a run directory.
 """
