@@ -18,9 +18,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import HH_TEST, need_shared, run_ok, run_workbench
-from test_train import read_metrics, write_recipe
+from conftest import HH_TEST, edit_yaml, need_shared, run_ok, run_workbench, write_recipe, write_yaml
+from test_train import read_metrics
 
 from workbench.errors import WorkbenchError
 from workbench.fetch_model import MODELS, extract_gguf, fetch_model
@@ -98,10 +97,9 @@ def test_eval_strategy_no_means_no_evaluation_and_the_stats_pass_is_optional(tmp
     if method == "reward":
         train["reward_stats_pairs"] = 0
     path = write_recipe(tmp_path, tiny_model, name=method, tracking__mode="disabled")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["method"] = method
-    recipe["train"].update(train)
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["method"] = method
+        recipe["train"].update(train)
     run_ok(["train", str(path)])
     run = tmp_path / method
     assert json.loads((run / "data_report.json").read_text())["split"]["eval"] > 0  # there was an eval split to use
@@ -253,9 +251,7 @@ def real_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **sec
         **sections,
     }  # fmt: skip
     recipe["train"]["eval_steps"] = recipe["train"]["max_steps"]
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{method}.yaml", recipe)
 
 
 def evals(run: Path, key: str) -> list[float]:
@@ -362,9 +358,7 @@ def online_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **s
         "seed": 0,
         **sections,
     }  # fmt: skip
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{method}.yaml", recipe)
 
 
 @pytest.mark.slow
@@ -416,9 +410,8 @@ def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, 
     train = {"learning_rate": 5e-4, "per_device_train_batch_size": 8, "selection": "best", "max_steps": 4}
     path = online_recipe(tmp_path, smollm2, "rejection_sampling", train, generation={
         "max_new_tokens": 24, "temperature": 0.7, "batch_size": 16, "num_samples": 4})  # fmt: skip
-    recipe = yaml.safe_load(path.read_text())
-    recipe["data"]["sources"][0]["weight"] = 1 / 3  # 16 prompts: 16 selected, 2 steps per epoch
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["data"]["sources"][0]["weight"] = 1 / 3  # 16 prompts: 16 selected, 2 steps per epoch
     run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     samples = tmp_path / "rejection_sampling" / "samples"
     generated = [json.loads(line) for line in (samples / "generations.jsonl").read_text().splitlines()]
