@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import read_yaml, write_yaml
 
 from workbench.cli import main
 
@@ -38,9 +38,7 @@ def recipe_file(tmp_path: Path, tiny_model: Path, data: Path | None = None, **se
             recipe[key] = {**recipe[key], **value}
         else:
             recipe[key] = value
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / "recipe.yaml", recipe)
 
 
 def validate_err(path: Path, capsys, *args: str) -> str:
@@ -237,12 +235,12 @@ def test_eval_sampling_without_modelled_log_probs_is_refused(tmp_path, tiny_mode
     assert "1 problem:" in err and sentence in err
     comparison = {
         "output_dir": str(tmp_path / "cmp"),
-        "base": yaml.safe_load(recipe_file(tmp_path, tiny_model).read_text()),
+        "base": read_yaml(recipe_file(tmp_path, tiny_model)),
         "eval": {"generation": generation},
         "stages": {"sft": {"method": "sft"}},
     }
     del comparison["base"]["method"], comparison["base"]["output_dir"], comparison["base"]["train"]
-    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(comparison))
+    write_yaml(tmp_path / "cmp.yaml", comparison)
     err = validate_err(tmp_path / "cmp.yaml", capsys)
     assert "1 problem:" in err and sentence in err
 

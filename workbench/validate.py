@@ -325,7 +325,8 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     train = recipe.train
     processes = processes_of(recipe, accelerate_config)
     if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
-        from workbench.online import TRL_GROUP_MESSAGES, trl_generation_fields, trl_one_process_fields
+        from workbench.online import TRL_GROUP_MESSAGES, trl_one_process_fields
+        from workbench.sampling.settings import trl_generation_fields
 
         train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
         train = trl_one_process_fields(train, plain_train_defaults(recipe.method), processes)
@@ -348,7 +349,8 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
-    from workbench.method_checks import eval_sampling_problems, method_problems
+    from workbench.method_checks import method_problems
+    from workbench.sampling.settings import eval_sampling_problems
 
     problems.extend(method_problems(recipe, processes))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
