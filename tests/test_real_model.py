@@ -420,10 +420,13 @@ def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, 
     assert not any("\nuser\n" in t or "\nassistant\n" in t for t in texts)  # no run-on into a next turn
     assert sum(g["finished"] for g in generated) >= 0.25 * len(generated)  # many answers end within 24 tokens
     best: dict = {}
-    for row in generated:  # scored in place
-        best[row["prompt_id"]] = max(best.get(row["prompt_id"], -1.0), row["score"])
+    for row in generated:  # scored in place; only a completion that ended is a candidate
+        if row["finished"]:
+            best[row["prompt_id"]] = max(best.get(row["prompt_id"], -1e9), row["score"])
     selected = [json.loads(line) for line in (samples / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == len(best) and all(row["score"] == best[row["prompt_id"]] for row in selected)
+    report = json.loads((samples / "selection_report.json").read_text())
+    assert report["skipped_no_finished"] == 16 - len(best)  # prompts whose 4 answers all ran to the cap
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "rejection_sampling") if "train/loss" in m]
     assert len(losses) == 4 and losses[2] + losses[3] < losses[0] + losses[1], losses
 

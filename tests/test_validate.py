@@ -421,7 +421,7 @@ def test_missing_local_data_is_reported_without_any_network_call(tmp_path):
         "tracking": {"mode": "offline"},
         "output_dir": "runs/x",
     }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "r.yaml", recipe)
     offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "WANDB_API_KEY", "WANDB_MODE")
     env = {k: v for k, v in os.environ.items() if k not in offline}
     env.update(PYTHONPATH=str(REPO), WORKBENCH_CACHE=str(tmp_path / "cache"))
