@@ -19,7 +19,7 @@ from pathlib import Path
 def naive(model, tokenizer, prompts, cfg, n) -> int:  # noqa: ANN001 - a baseline script
     import torch
 
-    from workbench.generation import cut_at_eos, eos_ids_of
+    from workbench.sampling.generation import cut_at_eos, eos_ids_of
 
     eos = eos_ids_of(model, tokenizer)
     tokens = 0
@@ -54,8 +54,8 @@ def main() -> None:
 
     from workbench.config import DataConfig, GenerationConfig, ModelConfig, SourceConfig, SyntheticSpec
     from workbench.data.pipeline import prepare
-    from workbench.generation import GenerationStats, generate
     from workbench.models import load_tokenizer
+    from workbench.sampling.generation import GenerationStats, generate
     from workbench.tiny import build_tiny_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -1,5 +1,5 @@
 """Peak memory of evaluation's response log-probs, side by side: the plain computation (the whole
-sequence's logits, then a float32 log_softmax over them) against `workbench.logprobs.token_logprobs`
+sequence's logits, then a float32 log_softmax over them) against `workbench.sampling.logprobs.token_logprobs`
 (logits only for the positions that predict response tokens, `logits_to_keep`, and logsumexp a few
 rows at a time). Each variant runs in a fresh process; the figure is the rise of peak RSS over the
 process's RSS just before the call (model loaded, inputs built), and both results are compared.
@@ -34,7 +34,7 @@ def load(model_dir: str | None):
 def measure(variant: str, model_dir: str | None, rows: int, prompt_len: int, response_len: int) -> dict:
     import torch
 
-    from workbench.logprobs import rollout_tensors, token_logprobs
+    from workbench.sampling.logprobs import rollout_tensors, token_logprobs
 
     model = load(model_dir)
     vocab = model.config.vocab_size

@@ -54,7 +54,7 @@ def child(model_dir: Path, rows: int, prompt_len: int, response_len: int, overri
     import torch
     from ppo_fixed import make_learner
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     learner, tok = make_learner(model_dir, per_device_train_batch_size=rows, **overrides)
     g = torch.Generator().manual_seed(1)

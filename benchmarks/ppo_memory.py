@@ -22,7 +22,7 @@ def saved_bytes(model_dir: Path, checkpointing: bool) -> int:
     import torch
     from ppo_fixed import fixed_rollouts, make_learner
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     learner, tok = make_learner(model_dir, gradient_checkpointing=checkpointing)
     prompts, responses, _ = fixed_rollouts(16)

@@ -68,7 +68,8 @@ def drift(policy_dir: Path, reference_dir: Path, recipe_path: Path, seed: int, p
     from workbench.config import GenerationConfig, load_recipe
     from workbench.data.formatting import prompt_ids
     from workbench.models import load_tokenizer
-    from workbench.rollout import completion_batch, logprobs_and_entropy, sample_and_score
+    from workbench.sampling.generation import sample_and_score
+    from workbench.sampling.logprobs import completion_batch, logprobs_and_entropy
 
     recipe = load_recipe(recipe_path)
     tok = load_tokenizer(recipe.model)

@@ -28,7 +28,7 @@ HH = REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.
 
 def completions(rows: Any, eos: set[int]) -> list[list[int]]:
     """New-token rows -> each completion up to and including its first EOS."""
-    from workbench.generation import cut_at_eos
+    from workbench.sampling.generation import cut_at_eos
 
     out = []
     for row in rows:
@@ -77,8 +77,8 @@ def main() -> None:
 
     from workbench.config import DataConfig, GenerationConfig, ModelConfig, SourceConfig
     from workbench.data.pipeline import prepare
-    from workbench.generation import GenerationStats, eos_ids_of, generate
     from workbench.models import load_tokenizer
+    from workbench.sampling.generation import GenerationStats, eos_ids_of, generate
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=a.model))
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()

@@ -1,12 +1,16 @@
-"""Shared fixtures: offline environment, a tiny model built once, the real data in ../shared/data."""
+"""Shared fixtures: offline environment, a tiny model built once, the real data in ../shared/data, recipe files."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -42,6 +46,66 @@ def tokenizer(tiny_model: Path):
     from workbench.models import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=str(tiny_model)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipe files: every test writes and edits its recipes (and other YAML configs) through these
+
+
+def write_yaml(path: Path, data: dict[str, Any], sort_keys: bool = True) -> Path:
+    """`data` (a run or comparison recipe, an accelerate config) as a YAML file at `path`; returns `path`.
+    A comparison keeps `sort_keys=False`: its stages run in the order written."""
+    path.write_text(yaml.safe_dump(data, sort_keys=sort_keys))
+    return path
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def shipped_recipe(name: str) -> dict[str, Any]:
+    """recipes/NAME.yaml as a dict, to adapt to a test (the tiny model, a temporary output_dir)."""
+    return read_yaml(REPO / "recipes" / f"{name}.yaml")
+
+
+@contextmanager
+def edit_yaml(path: Path) -> Iterator[dict[str, Any]]:
+    """The YAML file at `path` as a dict to change inside the block; written back when the block ends."""
+    data = read_yaml(path)
+    yield data
+    write_yaml(path, data)
+
+
+def write_recipe(tmp_path: Path, model: Path, name: str = "run", train: dict[str, Any] | None = None, **overrides: Any) -> Path:
+    """The tests' base run recipe (DPO on `model`, synthetic pairs) at tmp_path/NAME.yaml, writing to tmp_path/NAME.
+    `train` updates its train section; each `section__field=value` sets one field."""
+    recipe = {
+        "method": "dpo",
+        "model": {"name_or_path": str(model), "dtype": "float32"},
+        "data": {"sources": [{"synthetic": {"num_pairs": 96, "seed": 0}}], "eval_split": 0.25, "max_length": 48},
+        "train": {
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 16,
+            "max_steps": 4,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "gradient_checkpointing": False,
+        },
+        "tracking": {"project": "wb-tests", "mode": "offline"},
+        "output_dir": str(tmp_path / name),
+        "seed": 3,
+    }
+    for key, value in overrides.items():
+        section, field = key.split("__")
+        recipe[section][field] = value
+    recipe["train"].update(train or {})
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
+
+
+def quiet_recipe(tmp_path: Path, model: Path, name: str, **train: Any) -> Path:
+    """`write_recipe` with tracking disabled and `train` over its train section."""
+    return write_recipe(tmp_path, model, name, train=train, tracking__mode="disabled")
 
 
 def run_workbench(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None):

@@ -65,7 +65,7 @@ def fixed_rollouts(n: int = 16, seed: int = 0) -> tuple[list[list[int]], list[li
 def one_update(
     learner: Any, tokenizer: Any, rows: list[int], step: int = 1, scratch: Path | None = None
 ) -> dict[str, float] | None:
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     prompts, responses, scores = fixed_rollouts()
     batch = rollout_tensors([prompts[i] for i in rows], [responses[i] for i in rows], tokenizer.pad_token_id, learner.acc.device)

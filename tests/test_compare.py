@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import run_ok, run_workbench
+from conftest import read_yaml, run_ok, run_workbench, write_yaml
 
 POLICIES = ["sft", "dpo", "dpo_rpo", "rejection_sampling", "ppo", "grpo", "kto"]
 
@@ -135,9 +134,7 @@ def small_comparison(tmp_path: Path, model: Path) -> Path:
             "after_bad": {"method": "dpo", "model_from": "bad", "train": {**train, "max_steps": 1}},
         },
     }
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(comparison, sort_keys=False))
-    return path
+    return write_yaml(tmp_path / "small.yaml", comparison, sort_keys=False)
 
 
 def started(out: Path, stage: str) -> str:
@@ -192,12 +189,12 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
 
 def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, tiny_model):
     path = small_comparison(tmp_path, tiny_model)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)
     data["stages"]["dpo"]["train"]["betta"] = 0.1
     data["stages"]["dpo"]["model_from"] = "sfft"
     data["seeds"] = "42"
     data["baseline"] = "sft"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_yaml(path, data, sort_keys=False)
     res = run_workbench(["compare", str(path)])
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for text in ("`sfft` is not an earlier stage", "`seeds` must be a non-empty list", "did you mean `baseline_stage`?"):
@@ -205,7 +202,7 @@ def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, 
     assert not (tmp_path / "out").exists()
     del data["seeds"], data["baseline"]
     data["stages"]["dpo"]["model_from"] = "sft"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_yaml(path, data, sort_keys=False)
     res = run_workbench(["compare", str(path)])
     assert res.returncode == 2 and "stages.dpo" in res.stderr and "did you mean `beta`?" in res.stderr
 
@@ -312,7 +309,7 @@ def test_a_forked_stage_stops_and_records_failed_when_compare_is_killed(tmp_path
     import sys
     import time
 
-    from test_train import write_recipe
+    from conftest import write_recipe
 
     path = write_recipe(tmp_path, tiny_model, name="stage", tracking__mode="disabled", train__max_steps=100000)
     owner = subprocess.Popen(
@@ -386,7 +383,7 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
             run = tmp_path / name / "run"
             if not run.exists():
                 hand_run(tmp_path / name, build_tiny_model(tmp_path / f"m{seed}", seed=seed))
-            recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+            recipe = read_yaml(run / "recipe.yaml")
             runs[name] = StageRun(stages[name], 0, recipe, run, status="completed")
         return runs
 
@@ -442,7 +439,7 @@ def test_fewer_held_out_prompts_than_asked_is_said_on_the_console(tmp_path, tiny
     stages = {"p": Stage("p", {})}
     comparison = Comparison("short", tmp_path / "cmp", [0], {"tracking": {"mode": "disabled"}}, stages, cfg)
     run = hand_run(tmp_path / "p", tiny_model)
-    runs = {"p": StageRun(stages["p"], 0, yaml.safe_load((run / "recipe.yaml").read_text()), run, status="completed")}
+    runs = {"p": StageRun(stages["p"], 0, read_yaml(run / "recipe.yaml"), run, status="completed")}
     evaluate_seed(comparison, 0, runs)
     out = capsys.readouterr().out
     n = runs["p"].evaluation["num_prompts"]
@@ -461,9 +458,9 @@ def test_a_baseline_named_twice_or_clashing_with_a_stage_is_a_recipe_error(tmp_p
 
     path = tmp_path / "c.yaml"
     stages = {"baseline": {"method": "sft"}, "dpo": {"method": "dpo"}}
-    path.write_text(yaml.safe_dump({"stages": stages, "baseline_stage": "dpo", "eval": {"baseline": "m"}}))
+    write_yaml(path, {"stages": stages, "baseline_stage": "dpo", "eval": {"baseline": "m"}})
     with pytest.raises(RecipeError, match=r"`baseline_stage: dpo` and `eval.baseline: m` both name the win-rate baseline"):
         load_comparison(path)
-    path.write_text(yaml.safe_dump({"stages": stages, "eval": {"baseline": "m"}}))
+    write_yaml(path, {"stages": stages, "eval": {"baseline": "m"}})
     with pytest.raises(RecipeError, match=r"a stage is named `baseline`, the report's row of `eval.baseline`"):
         load_comparison(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import yaml
+from conftest import write_yaml
 
 from workbench.comparison import load_comparison
 from workbench.config import Recipe
@@ -17,17 +17,13 @@ BASE = {"model": {"name_or_path": "m"}, "data": {"sources": [{"synthetic": {"num
 
 
 def problems_of(tmp_path, data: dict) -> list[str]:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(RecipeError) as info:
-        load_comparison(path)
+        load_comparison(write_yaml(tmp_path / "c.yaml", data, sort_keys=False))
     return info.value.problems
 
 
 def comparison(tmp_path, data: dict):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_comparison(path)
+    return load_comparison(write_yaml(tmp_path / "c.yaml", data, sort_keys=False))
 
 
 def test_a_misspelt_stage_key_is_named_at_its_path_with_the_closest_key(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import yaml
+from conftest import write_yaml
 
 from workbench.cli import main
 from workbench.config import apply_override, load_recipe, parse_override, recipe_from_dict, resolved_dict
@@ -68,7 +68,7 @@ def test_yaml_scientific_notation_is_a_number():
 
 def test_overrides_are_yaml_typed_and_nested(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    write_yaml(path, BASE)
     recipe = load_recipe(
         path,
         [
@@ -90,7 +90,7 @@ def test_overrides_are_yaml_typed_and_nested(tmp_path):
 def test_one_value_where_a_list_is_expected_suggests_the_list(tmp_path):
     """`--set train.loss_type=ipo`: DPO's loss_type is a list of losses; the problem says how to write one."""
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    write_yaml(path, BASE)
     with pytest.raises(RecipeError) as info:
         load_recipe(path, ["train.loss_type=ipo"])
     assert info.value.problems == ["`train.loss_type` must be a list, got 'ipo'; did you mean [ipo]?"]
@@ -116,7 +116,7 @@ def test_resolved_recipe_fills_every_default():
 
 def test_cli_prints_one_message_without_traceback(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({**BASE, "train": {"learning_rat": 1}}))
+    write_yaml(path, {**BASE, "train": {"learning_rat": 1}})
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "did you mean `learning_rate`?" in err

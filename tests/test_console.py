@@ -11,8 +11,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import REPO, kill_when
-from test_train import write_recipe
+from conftest import REPO, kill_when, write_recipe
 
 # Lines a run used to print again and again, none of which a user can act on.
 NOISE = {

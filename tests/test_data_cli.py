@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from conftest import HH_TEST, LLMBAR, need_shared
+from conftest import HH_TEST, LLMBAR, need_shared, write_yaml
 
 from workbench.cli import main
 from workbench.config import SourceConfig
@@ -23,7 +22,7 @@ def test_data_prepare_writes_splits_rejects_and_report(tmp_path, tiny_model, cap
         "output_dir": str(tmp_path / "prep"),
     }
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    write_yaml(path, recipe)
     assert main(["data", "prepare", str(path)]) == 0
     out = capsys.readouterr().out
     assert "rows read 2354, kept 2352, dropped 2, duplicates removed 0 (exact)" in out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_yaml
 
 from workbench.config import DataConfig, LabelSpec, SourceConfig
 from workbench.data.pipeline import prepare, save
@@ -110,7 +111,6 @@ def test_empty_eval_split_is_written_loadable(tmp_path):
 
 
 def test_validate_counts_dropped_ties_without_failing(tmp_path, tiny_model, capsys):
-    import yaml
 
     from workbench.cli import main
 
@@ -127,11 +127,11 @@ def test_validate_counts_dropped_ties_without_failing(tmp_path, tiny_model, caps
         "data": {"sources": [source], "eval_split": 0.0, "max_length": 32},
         "output_dir": str(tmp_path / "run"),
     }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "r.yaml", recipe)
     assert main(["validate", str(tmp_path / "r.yaml")]) == 0, capsys.readouterr().err
     assert "data: 6 rows read, 4 valid, 0 invalid, 2 annotator ties dropped (preference records)" in capsys.readouterr().out
     recipe["data"]["sources"][0]["label"]["on_tie"] = "error"
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "r.yaml", recipe)
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2
     assert f"{data}:3: annotators tie (labels [1, 2, 0]) (1 more invalid rows in this source)." in capsys.readouterr().err
 

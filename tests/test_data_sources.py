@@ -218,3 +218,61 @@ def test_missing_file_and_unknown_layout_are_clear(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"a": 1}])
     with pytest.raises(DataError, match="cannot tell the data layout from columns"):
         list(load_source(SourceConfig(path=str(path)), 0))
+
+
+@pytest.mark.parametrize(
+    "text,local",
+    [
+        ("Anthropic/hh-rlhf", False),  # owner/name: a hub id
+        ("imdb", False),
+        ("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz", True),
+        ("~/pairs", True),
+        ("pairs.csv.gz", True),
+        ("corpora/hh/train", True),  # a hub id has at most one '/'
+        ("mine/pairs", True),  # its first part is a directory here: a missing saved dataset, not a hub id
+    ],
+)
+def test_what_looks_like_a_local_path(tmp_path, monkeypatch, text, local):
+    from workbench.data.sources import looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    assert looks_like_local_path(text) is local
+
+
+def test_a_hub_source_passes_its_config_folder_and_split_to_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        return datasets.Dataset.from_list(
+            [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}]
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    src = SourceConfig(path="Anthropic/hh-rlhf", data_dir="helpful-base", split="test", format="hh-rlhf")
+    rows = loaded(src)
+    assert calls == [("Anthropic/hh-rlhf", None, {"data_dir": "helpful-base", "split": "test"})]
+    assert len(rows) == 1 and rows[0].row["chosen"] == [{"role": "assistant", "content": "hello"}]
+
+
+def test_a_repository_folder_read_with_data_dir_gives_the_files_rows(tmp_path, monkeypatch):
+    """The shipped recipes name `Anthropic/hh-rlhf` with `data_dir: helpful-base`: `datasets` resolves that folder of
+    a repository laid out like the hub's (a local copy here, no network) to exactly the rows of its test file."""
+    import shutil
+
+    import datasets
+
+    need_shared()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "hh-rlhf" / "helpful-base").mkdir(parents=True)
+    shutil.copy(HH_TEST, tmp_path / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
+    from workbench.data.sources import read_hub
+
+    hub = list(read_hub(SourceConfig(path=str(tmp_path / "hh-rlhf"), data_dir="helpful-base", split="test")))
+    with gzip.open(HH_TEST, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    assert len(hub) == len(rows) == 2354
+    assert [r.row for r in hub] == rows and hub[0].source == f"{tmp_path / 'hh-rlhf'}/helpful-base[test]"

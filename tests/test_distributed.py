@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-from conftest import REPO, run_workbench
-from test_train import read_metrics, write_recipe
+from conftest import REPO, run_workbench, write_recipe
+from test_train import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

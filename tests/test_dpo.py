@@ -6,23 +6,14 @@ import json
 import math
 
 import pytest
-import yaml
-from conftest import kill_when, run_ok
-from test_train import read_metrics, write_recipe
+from conftest import kill_when, quiet_recipe, run_ok
+from test_train import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
 def train_losses(run) -> list[float]:
     return [m["train/loss"] for m in read_metrics(run) if "train/loss" in m]
-
-
-def dpo_recipe(tmp_path, tiny_model, name, **train):
-    path = write_recipe(tmp_path, tiny_model, name=name, tracking__mode="disabled")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["train"].update(train)
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -34,16 +25,16 @@ def dpo_recipe(tmp_path, tiny_model, name, **train):
     ],
 )
 def test_loss_type_is_selected_by_name(tmp_path, tiny_model, loss_type, expected):
-    path = dpo_recipe(tmp_path, tiny_model, loss_type, loss_type=[loss_type], beta=0.1, max_steps=1)
+    path = quiet_recipe(tmp_path, tiny_model, loss_type, loss_type=[loss_type], beta=0.1, max_steps=1)
     run_ok(["train", str(path)])
     assert train_losses(tmp_path / loss_type)[0] == pytest.approx(expected, rel=1e-5)
 
 
 def test_cached_reference_log_probs_are_reused_across_a_beta_sweep(tmp_path, tiny_model):
     env = {"WORKBENCH_CACHE": str(tmp_path / "cache")}
-    first = dpo_recipe(tmp_path, tiny_model, "first", beta=0.1, max_steps=3)
-    second = dpo_recipe(tmp_path, tiny_model, "second", beta=0.3, max_steps=3)
-    uncached = dpo_recipe(tmp_path, tiny_model, "uncached", beta=0.3, max_steps=3)
+    first = quiet_recipe(tmp_path, tiny_model, "first", beta=0.1, max_steps=3)
+    second = quiet_recipe(tmp_path, tiny_model, "second", beta=0.3, max_steps=3)
+    uncached = quiet_recipe(tmp_path, tiny_model, "uncached", beta=0.3, max_steps=3)
     for path in (first, second):
         run_ok(["train", str(path), "--set", "reference.precompute_log_probs=true"], env=env)
     run_ok(["train", str(uncached)], env=env)
@@ -59,10 +50,10 @@ def test_killed_run_resumes_to_the_same_end(tmp_path, tiny_model):
     from safetensors.torch import load_file
 
     common = {"max_steps": 8, "save_steps": 2, "logging_steps": 1}
-    straight = dpo_recipe(tmp_path, tiny_model, "straight", **common)
+    straight = quiet_recipe(tmp_path, tiny_model, "straight", **common)
     run_ok(["train", str(straight)])
 
-    killed = dpo_recipe(tmp_path, tiny_model, "killed", **common)
+    killed = quiet_recipe(tmp_path, tiny_model, "killed", **common)
     run = tmp_path / "killed"
     kill_when(["train", str(killed)], run / "checkpoints" / "checkpoint-4" / ".complete")
     assert (run / "checkpoints" / "checkpoint-4" / ".complete").exists()

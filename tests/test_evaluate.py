@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import run_ok, run_workbench
+from conftest import run_ok, run_workbench, write_yaml
 
 from workbench import metrics as M
 
@@ -67,7 +66,7 @@ def hand_run(tmp_path: Path, model: Path, method: str = "sft", **sections) -> Pa
         "output_dir": str(run),
         **sections,
     }
-    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(run / "recipe.yaml", recipe)
     return run
 
 

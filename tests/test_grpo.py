@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
-import yaml
-from conftest import REPO, kill_when, run_ok, run_workbench
+from conftest import REPO, edit_yaml, kill_when, run_ok, run_workbench, write_yaml
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
 from workbench.errors import WorkbenchError
-from workbench.online import online_batch, trl_generation_fields
+from workbench.online import online_batch
+from workbench.sampling.settings import trl_generation_fields
 from workbench.scoring import checked_scores, reward_source
 
 
@@ -37,9 +37,7 @@ def online_recipe(tmp_path, model, name, method="grpo", **train):
         "output_dir": str(tmp_path / name),
         "seed": 3,
     }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 def reward_model_dir(tmp_path, tiny_model, mean=0.0, std=1.0):
@@ -56,9 +54,8 @@ def reward_model_dir(tmp_path, tiny_model, mean=0.0, std=1.0):
 
 
 def use_reward_model(path, rm_dir):
-    recipe = yaml.safe_load(path.read_text())
-    recipe["reward_model"] = {"name_or_path": str(rm_dir), "normalize": True}
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["reward_model"] = {"name_or_path": str(rm_dir), "normalize": True}
 
 
 # ----------------------------------------------------------------------------------------------

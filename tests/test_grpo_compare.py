@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from conftest import run_ok
+from conftest import read_yaml, run_ok, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,7 @@ def test_comparison_rows_for_grpo_and_kto(tmp_path, tiny_model):
         },
     }
     path = tmp_path / "mini.yaml"
-    path.write_text(yaml.safe_dump(comparison, sort_keys=False))  # stages run in order: reward first
+    write_yaml(path, comparison, sort_keys=False)  # stages run in order: reward first
     run_ok(["compare", str(path)], timeout=1200)
     out = tmp_path / "mini"
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
@@ -57,7 +56,7 @@ def test_comparison_rows_for_grpo_and_kto(tmp_path, tiny_model):
             assert isinstance(rows[name][metric], float), (name, metric)
         assert rows[name]["generated_tokens"] > 0 and rows[name]["train_tokens"] > 0
     # the online stages were scored by the reward stage's model, normalized by its stored statistics
-    recipe = yaml.safe_load((out / "seed-1" / "grpo" / "recipe.yaml").read_text())
+    recipe = read_yaml(out / "seed-1" / "grpo" / "recipe.yaml")
     assert (
         recipe["reward_model"]["name_or_path"] == str(out / "seed-1" / "reward" / "model") and recipe["reward_model"]["normalize"]
     )

@@ -10,8 +10,7 @@ import json
 import math
 
 import pytest
-import yaml
-from conftest import REPO, run_workbench
+from conftest import REPO, edit_yaml, run_workbench
 from test_grpo import online_recipe, reward_model_dir, use_reward_model
 from test_train import read_metrics
 
@@ -20,17 +19,16 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def kto_pairs_recipe(tmp_path, model):
     path = online_recipe(tmp_path, model, "kto", max_steps=2)
-    recipe = yaml.safe_load(path.read_text())
-    recipe.update(method="kto", generation={})
-    recipe.pop("reward_model")
-    recipe["train"] = {
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 4,
-        "max_steps": 2,
-        "logging_steps": 1,
-        "save_steps": 100,
-    }
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe.update(method="kto", generation={})
+        recipe.pop("reward_model")
+        recipe["train"] = {
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "logging_steps": 1,
+            "save_steps": 100,
+        }
     return path
 
 

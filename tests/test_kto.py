@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-import yaml
-from conftest import run_ok
+from conftest import run_ok, write_yaml
 from test_train import read_metrics
 
 from workbench.config import DataConfig, SourceConfig, SyntheticSpec
@@ -91,9 +90,7 @@ def kto_recipe(tmp_path, model, name, source, **train):
         "output_dir": str(tmp_path / name),
         "seed": 3,
     }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 @pytest.mark.slow

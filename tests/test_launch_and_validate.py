@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, read_yaml, write_yaml
 
 from workbench.cli import main
 from workbench.launch import global_batch, launch_command, read_accelerate_config
@@ -59,10 +58,8 @@ def test_global_batch_flags_deepspeed_mismatches(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4, "train_batch_size": 16}))
     acc = tmp_path / "acc.yaml"
-    acc.write_text(
-        yaml.safe_dump(
-            {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"deepspeed_config_file": "ds.json"}}
-        )
+    write_yaml(
+        acc, {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"deepspeed_config_file": "ds.json"}}
     )
     gb = global_batch({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}, {}, acc)
     assert gb.total == 8
@@ -70,10 +67,8 @@ def test_global_batch_flags_deepspeed_mismatches(tmp_path):
     assert gb.warnings[0].startswith("mismatch: the DeepSpeed config sets gradient_accumulation_steps=4")
     auto = tmp_path / "auto.json"
     auto.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}))
-    acc.write_text(
-        yaml.safe_dump(
-            {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"deepspeed_config_file": "auto.json"}}
-        )
+    write_yaml(
+        acc, {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"deepspeed_config_file": "auto.json"}}
     )
     assert global_batch({"per_device_train_batch_size": 4}, {}, acc).warnings == []
 
@@ -112,9 +107,7 @@ def recipe_file(tmp_path: Path, model: Path, **extra) -> Path:
         "output_dir": str(tmp_path / "run"),
         **extra,
     }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / "recipe.yaml", recipe)
 
 
 def test_validate_prints_batch_and_a_decoded_truncated_pair(tmp_path, tiny_model, capsys):
@@ -137,7 +130,7 @@ def test_validate_reports_every_problem(tmp_path, capsys):
         "data": {"sources": [{"path": "missing.jsonl"}, {"path": "also-missing.parquet"}]},
     }
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    write_yaml(path, recipe)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "3 problems:" in err
@@ -195,7 +188,7 @@ def test_every_shipped_recipe_is_valid_and_documents_its_launch(recipe):
     from workbench.comparison import load_comparison
     from workbench.config import load_recipe
 
-    if "stages" in yaml.safe_load(recipe.read_text()):  # a comparison: every stage recipe is checked too
+    if "stages" in read_yaml(recipe):  # a comparison: every stage recipe is checked too
         output_dir = str(load_comparison(recipe).output_dir)
     else:
         output_dir = load_recipe(recipe).output_dir  # keys and types checked against the real TRL / peft classes
@@ -217,7 +210,7 @@ def test_missing_relative_model_path_is_not_taken_for_a_hub_id(tmp_path, monkeyp
         "data": {"sources": [{"synthetic": {"num_pairs": 4}}]},
         "tracking": {"mode": "disabled"},
     }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "r.yaml", recipe)
     assert main(["train", "r.yaml"]) == 2
     err = capsys.readouterr().err
     assert "model 'runs/tiny-model' not found" in err and "workbench tiny-model" in err and "Traceback" not in err

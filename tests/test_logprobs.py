@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.logprobs import response_logprobs, rollout_tensors, token_logprobs
+from workbench.sampling.logprobs import response_logprobs, rollout_tensors, token_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, edit_yaml, shipped_recipe, write_yaml
 
 from workbench import cache
 from workbench.cli import main
@@ -91,16 +90,15 @@ def test_environment_key_follows_library_versions(monkeypatch):
 
 def test_second_validate_imports_neither_trl_nor_torch_and_prints_the_same(tmp_path, tiny_model):
     recipe = tmp_path / "dpo.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "method": "dpo",
-                "model": {"name_or_path": str(tiny_model), "lora": {"r": 4}},
-                "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 64}}], "max_length": 64},
-                "train": {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "loss_type": ["sigmoid"]},
-                "output_dir": str(tmp_path / "run"),
-            }
-        )
+    write_yaml(
+        recipe,
+        {
+            "method": "dpo",
+            "model": {"name_or_path": str(tiny_model), "lora": {"r": 4}},
+            "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 64}}], "max_length": 64},
+            "train": {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "loss_type": ["sigmoid"]},
+            "output_dir": str(tmp_path / "run"),
+        },
     )
     probe = (
         "import sys; from workbench.cli import main; code = main(['validate', sys.argv[1]]); "
@@ -120,30 +118,28 @@ def test_second_validate_imports_neither_trl_nor_torch_and_prints_the_same(tmp_p
 
     # Editing what none of those verdicts read (data amounts and split, tracking, output, seed) keeps them warm;
     # a new `train:` value is built by TRL again.
-    edited = yaml.safe_load(recipe.read_text())
-    edited["data"].update(eval_split=0.25, sources=[{"synthetic": {"task": "vowels", "num_pairs": 96}}])
-    edited.update(seed=7, output_dir=str(tmp_path / "elsewhere"), tracking={"mode": "disabled"})
-    recipe.write_text(yaml.safe_dump(edited))
+    with edit_yaml(recipe) as edited:
+        edited["data"].update(eval_split=0.25, sources=[{"synthetic": {"task": "vowels", "num_pairs": 96}}])
+        edited.update(seed=7, output_dir=str(tmp_path / "elsewhere"), tracking={"mode": "disabled"})
     third = subprocess.run([sys.executable, "-c", probe, str(recipe)], cwd=REPO, capture_output=True, text=True, env=env)
     assert third.returncode == 0 and third.stdout.rsplit("IMPORTED", 1)[1].strip() == "[]", third.stdout[-1500:]
     edited["train"]["learning_rate"] = 2e-4
-    recipe.write_text(yaml.safe_dump(edited))
+    write_yaml(recipe, edited)
     fourth = subprocess.run([sys.executable, "-c", probe, str(recipe)], cwd=REPO, capture_output=True, text=True, env=env)
     assert fourth.returncode == 0 and "'trl'" in fourth.stdout.rsplit("IMPORTED", 1)[1]
 
 
 def test_a_bad_train_value_is_reported_again_from_the_memo(tmp_path, tiny_model, capsys, memo_dir):
     recipe = tmp_path / "dpo.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "method": "dpo",
-                "model": {"name_or_path": str(tiny_model)},
-                "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 32}}], "max_length": 64},
-                "train": {"lr_scheduler_type": "cosinee"},
-                "output_dir": str(tmp_path / "run"),
-            }
-        )
+    write_yaml(
+        recipe,
+        {
+            "method": "dpo",
+            "model": {"name_or_path": str(tiny_model)},
+            "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 32}}], "max_length": 64},
+            "train": {"lr_scheduler_type": "cosinee"},
+            "output_dir": str(tmp_path / "run"),
+        },
     )
     errors = []
     for _ in range(2):
@@ -154,11 +150,11 @@ def test_a_bad_train_value_is_reported_again_from_the_memo(tmp_path, tiny_model,
 
 
 def test_validate_checks_every_stage_of_a_comparison(tmp_path, tiny_model, capsys):
-    data = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())
+    data = shipped_recipe("quickstart")
     data["base"]["model"]["name_or_path"] = str(tiny_model)
     data["output_dir"] = str(tmp_path / "cmp")
     path = tmp_path / "cmp.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_yaml(path, data, sort_keys=False)
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("\nstage ") == len(data["stages"]) == 8
@@ -167,7 +163,7 @@ def test_validate_checks_every_stage_of_a_comparison(tmp_path, tiny_model, capsy
 
     data["stages"]["dpo"]["train"]["lr_scheduler_type"] = "cosinee"
     data["stages"]["kto"]["train"]["per_device_train_batch_size"] = 0
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_yaml(path, data, sort_keys=False)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "stages.dpo: `train.lr_scheduler_type: cosinee`" in err

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
-from test_train import read_metrics, write_recipe
+from conftest import REPO, edit_yaml, read_yaml, write_recipe, write_yaml
+from test_train import read_metrics
 
 from workbench.checkpoint import newest_complete, step_of
 from workbench.cli import main
@@ -38,7 +37,7 @@ def free_port() -> int:
 
 
 def test_the_flags_override_the_config_and_reach_accelerate():
-    acc = yaml.safe_load((CONFIGS / "multi_node_zero3.yaml").read_text())
+    acc = read_yaml(CONFIGS / "multi_node_zero3.yaml")
     plan = node_plan(acc, "multi_node_zero3.yaml", machine_rank=1, main_process_ip="10.1.2.3", main_process_port=29555)
     assert plan == NodePlan(2, 16, 1, "10.1.2.3", 29555)
     assert plan.accelerate_flags() == [
@@ -58,7 +57,7 @@ def test_the_flags_override_the_config_and_reach_accelerate():
     ],
 )
 def test_launch_values_are_checked_with_one_sentence(changes, flags, message):
-    acc = {**yaml.safe_load((CONFIGS / "cpu_2node_zero3.yaml").read_text()), **changes}
+    acc = {**read_yaml(CONFIGS / "cpu_2node_zero3.yaml"), **changes}
     with pytest.raises(WorkbenchError) as err:
         node_plan(acc, "cfg.yaml", **flags)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
@@ -226,9 +225,8 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
         envs = ({"WORKBENCH_CACHE": str(tmp_path / "cache-node0")}, {"WORKBENCH_CACHE": str(tmp_path / "cache-node1")})
     for name in ("single", "multi"):
         path = write_recipe(tmp_path, tiny_model, name=name, train__per_device_train_batch_size=4, train__max_steps=8)
-        recipe = yaml.safe_load(path.read_text())
-        recipe["reference"] = {"precompute_log_probs": stage == 2}
-        path.write_text(yaml.safe_dump(recipe))
+        with edit_yaml(path) as recipe:
+            recipe["reference"] = {"precompute_log_probs": stage == 2}
     single, multi = tmp_path / "single.yaml", tmp_path / "multi.yaml"
 
     one_node(single, f"cpu_zero{stage}.yaml", env={"WORKBENCH_CACHE": str(tmp_path / "cache-single")})
@@ -268,9 +266,9 @@ def test_two_nodes_equal_one_node_and_survive_kill_9_of_both(tmp_path, tiny_mode
 @pytest.mark.distributed
 def test_plain_accelerate_launch_with_another_recipe_on_one_node_stops_both(tmp_path, tiny_model):
     """Without `workbench launch` (no roll call) the processes compare fingerprints once the group is up."""
-    config = yaml.safe_load((CONFIGS / "cpu_ddp.yaml").read_text())
+    config = read_yaml(CONFIGS / "cpu_ddp.yaml")
     config.update(num_machines=2, num_processes=2, main_process_port=free_port())
-    (tmp_path / "ddp2.yaml").write_text(yaml.safe_dump(config))
+    write_yaml(tmp_path / "ddp2.yaml", config)
     recipe = write_recipe(tmp_path, tiny_model)
     procs = []
     for rank, lr in ((0, "0.001"), (1, "0.002")):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from conftest import REPO, kill_when, run_ok, run_workbench
+from conftest import REPO, edit_yaml, kill_when, read_yaml, run_ok, run_workbench, shipped_recipe, write_yaml
 from test_reward import reward_recipe
 from test_train import read_metrics
 
@@ -14,14 +13,12 @@ pytestmark = pytest.mark.slow
 
 
 def ppo_recipe(tmp_path, model, name, **train):
-    recipe = yaml.safe_load((REPO / "recipes" / "ppo.yaml").read_text())
+    recipe = shipped_recipe("ppo")
     recipe["model"]["name_or_path"] = str(model)
     recipe["tracking"] = {"mode": "disabled"}
     recipe["output_dir"] = str(tmp_path / name)
     recipe["train"].update(train)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 def scores(run) -> list[float]:
@@ -81,9 +78,9 @@ def test_ppo_export_loads_as_a_policy_and_for_dpo(single, tmp_path):
     from workbench.validate import validate
 
     AutoModelForCausalLM.from_pretrained(single / "model")
-    recipe = yaml.safe_load((REPO / "recipes" / "quickstart_dpo.yaml").read_text())
+    recipe = shipped_recipe("quickstart_dpo")
     recipe["model"]["name_or_path"] = str(single / "model")
-    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "dpo.yaml", recipe)
     assert load_recipe(tmp_path / "dpo.yaml").model.name_or_path == str(single / "model")
     _, problems = validate(str(tmp_path / "dpo.yaml"), [], None)
     assert problems == []
@@ -105,7 +102,7 @@ def test_ppo_raises_the_reward_on_two_processes(tmp_path, tiny_model, config):
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / f"{config}.yaml")])
     assert json.loads((tmp_path / config / "manifest.json").read_text())["world_size"] == 2
     # one schedule for every launch: stepped once per optimizer step, warmup counted in updates, then a linear decay
-    args = yaml.safe_load(path.read_text())["train"]
+    args = read_yaml(path)["train"]
     per_update = args["ppo_epochs"] * args["num_mini_batches"]
     warm, total, lr = 3 * per_update, 30 * per_update, args["learning_rate"]
     # the LR logged after update s, i.e. after k = s * per_update optimizer steps (by hand, not by transformers)
@@ -119,7 +116,7 @@ def test_learn_time_counts_the_experience_pass_and_the_update(tiny_model):
     """train/time/learn is the whole learning phase: the no-grad policy/value/reference pass plus the clipped updates."""
     from ppo_fixed import fixed_rollouts, make_learner
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     learner, tokenizer = make_learner(tiny_model)
     prompts, responses, scores = fixed_rollouts()
@@ -255,9 +252,8 @@ def test_ppo_under_zero3_with_a_trained_reward_model(tmp_path, tiny_model, train
     path = ppo_recipe(
         tmp_path, tiny_model, "zero3", max_steps=3, per_device_train_batch_size=8, save_steps=0, value_init="reward"
     )
-    recipe = yaml.safe_load(path.read_text())
-    recipe["reward_model"] = {"name_or_path": str(trained_rm)}
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["reward_model"] = {"name_or_path": str(trained_rm)}
     run_ok(["launch", str(path), "--accelerate-config", str(REPO / "accelerate_configs" / "cpu_zero3.yaml")])
     manifest = json.loads((tmp_path / "zero3" / "manifest.json").read_text())
     assert manifest["reference"].endswith("sharded by a DeepSpeed ZeRO-3 inference engine")
@@ -316,9 +312,8 @@ def test_ppo_under_zero3_with_the_default_value_head(tmp_path, tiny_model):
 
 def test_ppo_with_lora_uses_the_base_as_reference_and_saves_the_adapter(tmp_path, tiny_model):
     path = ppo_recipe(tmp_path, tiny_model, "lora", max_steps=3, per_device_train_batch_size=8, save_steps=0)
-    recipe = yaml.safe_load(path.read_text())
-    recipe["model"]["lora"] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["model"]["lora"] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     run_ok(["train", str(path)])
     run = tmp_path / "lora"
     manifest = json.loads((run / "manifest.json").read_text())

@@ -18,9 +18,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import HH_TEST, need_shared, run_ok, run_workbench
-from test_train import read_metrics, write_recipe
+from conftest import HH_TEST, edit_yaml, need_shared, run_ok, run_workbench, write_recipe, write_yaml
+from test_train import read_metrics
 
 from workbench.errors import WorkbenchError
 from workbench.fetch_model import MODELS, extract_gguf, fetch_model
@@ -98,10 +97,9 @@ def test_eval_strategy_no_means_no_evaluation_and_the_stats_pass_is_optional(tmp
     if method == "reward":
         train["reward_stats_pairs"] = 0
     path = write_recipe(tmp_path, tiny_model, name=method, tracking__mode="disabled")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["method"] = method
-    recipe["train"].update(train)
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["method"] = method
+        recipe["train"].update(train)
     run_ok(["train", str(path)])
     run = tmp_path / method
     assert json.loads((run / "data_report.json").read_text())["split"]["eval"] > 0  # there was an eval split to use
@@ -145,7 +143,7 @@ def test_fetched_model_is_plain_checked_and_licensed(smollm2, smol_tokenizer):
 
     from workbench.config import GenerationConfig
     from workbench.fetch_model import probe_ids
-    from workbench.generation import generate
+    from workbench.sampling.generation import generate
 
     record = json.loads((smollm2 / "fetch_model.json").read_text())
     checks = record["checks"]
@@ -253,9 +251,7 @@ def real_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **sec
         **sections,
     }  # fmt: skip
     recipe["train"]["eval_steps"] = recipe["train"]["max_steps"]
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{method}.yaml", recipe)
 
 
 def evals(run: Path, key: str) -> list[float]:
@@ -362,9 +358,7 @@ def online_recipe(tmp_path: Path, model_dir: Path, method: str, train: dict, **s
         "seed": 0,
         **sections,
     }  # fmt: skip
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{method}.yaml", recipe)
 
 
 @pytest.mark.slow
@@ -416,9 +410,8 @@ def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, 
     train = {"learning_rate": 5e-4, "per_device_train_batch_size": 8, "selection": "best", "max_steps": 4}
     path = online_recipe(tmp_path, smollm2, "rejection_sampling", train, generation={
         "max_new_tokens": 24, "temperature": 0.7, "batch_size": 16, "num_samples": 4})  # fmt: skip
-    recipe = yaml.safe_load(path.read_text())
-    recipe["data"]["sources"][0]["weight"] = 1 / 3  # 16 prompts: 16 selected, 2 steps per epoch
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["data"]["sources"][0]["weight"] = 1 / 3  # 16 prompts: 16 selected, 2 steps per epoch
     run_ok(["train", str(path)], timeout=REAL_TRAINING_TIMEOUT)
     samples = tmp_path / "rejection_sampling" / "samples"
     generated = [json.loads(line) for line in (samples / "generations.jsonl").read_text().splitlines()]
@@ -427,10 +420,13 @@ def test_rejection_sampling_keeps_the_best_real_completion_per_prompt(tmp_path, 
     assert not any("\nuser\n" in t or "\nassistant\n" in t for t in texts)  # no run-on into a next turn
     assert sum(g["finished"] for g in generated) >= 0.25 * len(generated)  # many answers end within 24 tokens
     best: dict = {}
-    for row in generated:  # scored in place
-        best[row["prompt_id"]] = max(best.get(row["prompt_id"], -1.0), row["score"])
+    for row in generated:  # scored in place; only a completion that ended is a candidate
+        if row["finished"]:
+            best[row["prompt_id"]] = max(best.get(row["prompt_id"], -1e9), row["score"])
     selected = [json.loads(line) for line in (samples / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == len(best) and all(row["score"] == best[row["prompt_id"]] for row in selected)
+    report = json.loads((samples / "selection_report.json").read_text())
+    assert report["skipped_no_finished"] == 16 - len(best)  # prompts whose 4 answers all ran to the cap
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "rejection_sampling") if "train/loss" in m]
     assert len(losses) == 4 and losses[2] + losses[3] < losses[0] + losses[1], losses
 
@@ -446,8 +442,9 @@ def test_ppo_log_probs_are_those_generation_sampled_from(smollm2, smol_tokenizer
 
     from workbench.batching import left_pad
     from workbench.config import GenerationConfig
-    from workbench.generation import Completion, cut_at_eos, eos_ids_of, hf_generation_config
-    from workbench.rollout import completion_batch, logprobs_and_entropy, model_inputs
+    from workbench.sampling.generation import Completion, cut_at_eos, eos_ids_of
+    from workbench.sampling.logprobs import completion_batch, logprobs_and_entropy, model_inputs
+    from workbench.sampling.settings import hf_generation_config
 
     tok, temperature, cap = smol_tokenizer, 0.7, 20
     model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32).eval()

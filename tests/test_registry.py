@@ -10,8 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, read_yaml
 
 from workbench.config import METHODS, Recipe, recipe_from_dict, reference_rule, type_hints
 from workbench.data.schema import KIND_FIELDS
@@ -37,7 +36,7 @@ def shipped_methods() -> dict[str, list[str]]:
     """method -> the shipped recipes (and comparison stages) that run it."""
     found: dict[str, list[str]] = {}
     for path in sorted((REPO / "recipes").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
         for where, method in recipe_methods(path, data):
             found.setdefault(method, []).append(where)
     return found
@@ -50,7 +49,7 @@ def recipe_methods(path: Path, data: dict) -> list[tuple[str, str]]:
     for name, stage in data["stages"].items():
         method = stage.get("method") or (data.get("base") or {}).get("method")
         if method is None and stage.get("recipe"):
-            method = yaml.safe_load((REPO / stage["recipe"]).read_text()).get("method")
+            method = read_yaml(REPO / stage["recipe"]).get("method")
         out.append((f"{path.name}:stages.{name}", method or "dpo"))
     return out
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from conftest import REPO, kill_when, run_ok
+from conftest import REPO, kill_when, run_ok, shipped_recipe, write_yaml
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
 from workbench.errors import WorkbenchError
-from workbench.generation import cut_at_eos, generate
 from workbench.methods.rejection_sampling import examples_fingerprint, read_jsonl
+from workbench.sampling.generation import cut_at_eos, generate
 from workbench.scoring import checked_scores, reward_source
 from workbench.selection import Candidate, Group, pair_row, pick, pick_pair, select, select_pairs
 
@@ -154,7 +153,7 @@ def test_reward_model_source_scores_with_its_own_formatting_and_normalizes(tmp_p
 
 
 def rs_recipe(tmp_path, model, name, **extra):
-    recipe = yaml.safe_load((REPO / "recipes" / "rejection_sampling.yaml").read_text())
+    recipe = shipped_recipe("rejection_sampling")
     recipe["model"]["name_or_path"] = str(model)
     recipe["data"]["sources"] = [{"synthetic": {"num_pairs": 160, "seed": 2}}]
     recipe["generation"] = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
@@ -163,9 +162,7 @@ def rs_recipe(tmp_path, model, name, **extra):
     recipe["output_dir"] = str(tmp_path / name)
     for key, value in extra.items():
         recipe[key] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +261,9 @@ def test_pairs_load_in_a_dpo_recipe(rs_run):
     tmp, run = rs_run
     pairs = read_jsonl(run / "samples" / "pairs.jsonl")
     assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
-    recipe = yaml.safe_load((REPO / "recipes" / "quickstart_dpo.yaml").read_text())
+    recipe = shipped_recipe("quickstart_dpo")
     recipe["data"]["sources"] = [{"path": str(run / "samples" / "pairs.jsonl")}]
-    (tmp / "idpo.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp / "idpo.yaml", recipe)
     prepared = prepare(load_recipe(tmp / "idpo.yaml").data, seed=0)
     assert prepared.report["rows_read"] == len(pairs) and prepared.report["dropped"]["total"] == 0
 
@@ -310,12 +307,12 @@ def test_sft_method_learns_completions_only(tmp_path, tiny_model):
     ex = TokenizedSFT([1, 2, 3], [7, 8], False, False, (3, 2))
     assert sft_dataset([ex], completion_only=True)[0] == {"input_ids": [1, 2, 3, 7, 8], "labels": [-100, -100, -100, 7, 8]}
     assert sft_dataset([ex], completion_only=False)[0]["labels"] == [1, 2, 3, 7, 8]
-    recipe = yaml.safe_load((REPO / "recipes" / "sft.yaml").read_text())
+    recipe = shipped_recipe("sft")
     recipe["model"]["name_or_path"] = str(tiny_model)
     recipe["tracking"] = {"mode": "disabled"}
     recipe["output_dir"] = str(tmp_path / "sft")
     recipe["train"]["logging_steps"] = 1
-    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(recipe))
+    write_yaml(tmp_path / "sft.yaml", recipe)
     run_ok(["train", str(tmp_path / "sft.yaml")])
     losses = [m["train/loss"] for m in read_metrics(tmp_path / "sft") if "train/loss" in m]
     assert losses[-1] < losses[0] - 1.0  # it learns the responses

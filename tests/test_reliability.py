@@ -18,21 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO, run_ok, run_workbench
-from test_train import read_metrics, write_recipe
+from conftest import REPO, edit_yaml, quiet_recipe, run_ok, run_workbench, write_recipe, write_yaml
+from test_train import read_metrics
 
 from workbench.cli import main
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
-
-
-def recipe(tmp_path: Path, tiny_model: Path, name: str, **train) -> Path:
-    path = write_recipe(tmp_path, tiny_model, name=name, tracking__mode="disabled")
-    data = yaml.safe_load(path.read_text())
-    data["train"].update(train)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def step(path: Path) -> int:
@@ -84,7 +75,7 @@ def test_kill_during_rotation_then_resume_rules(tmp_path, tiny_model, capsys):
     """kill -9 the moment the Trainer starts deleting checkpoint-2 (save_total_limit=1): checkpoint-4 must be
     marked and whole. Then: drift is refused naming the keys, an allowed change is recorded, a finished run is
     left alone, a fresh run does not delete checkpoints, and --resume with nothing to resume fails."""
-    path = recipe(tmp_path, tiny_model, "rot", max_steps=6, save_steps=2, save_total_limit=1)
+    path = quiet_recipe(tmp_path, tiny_model, "rot", max_steps=6, save_steps=2, save_total_limit=1)
     run = tmp_path / "rot"
     ckpt4 = run / "checkpoints" / "checkpoint-4"
     kill_at_rotation(["train", str(path)], tmp_path)
@@ -125,7 +116,7 @@ def test_kill_during_rotation_then_resume_rules(tmp_path, tiny_model, capsys):
     assert snapshot(run) == before
 
     # 5: --resume with nothing to resume fails with a sentence
-    empty = recipe(tmp_path, tiny_model, "empty", max_steps=2)
+    empty = quiet_recipe(tmp_path, tiny_model, "empty", max_steps=2)
     code = main(["train", str(empty), "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and "nothing to resume" in err and "Traceback" not in err
@@ -196,7 +187,7 @@ def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_secret_on_the_command_line_is_refused_without_echoing_it(tmp_path, tiny_model, capsys):
-    path = recipe(tmp_path, tiny_model, "sec", max_steps=1)
+    path = quiet_recipe(tmp_path, tiny_model, "sec", max_steps=1)
     secret = "hf_cmdline_secret_value_123456"
     for verb in (["train", str(path)], ["launch", str(path), "--accelerate-config", "accelerate_configs/cpu_ddp.yaml"]):
         code = main([*verb, "--set", f"train.hub_token={secret}"])
@@ -229,10 +220,9 @@ def test_argv_redaction():
 def test_nan_loss_stops_the_run_and_nothing_non_finite_is_saved(tmp_path, tiny_model):
     from safetensors.torch import load_file
 
-    path = recipe(tmp_path, tiny_model, "nan", learning_rate=1e30, max_steps=4, save_steps=1)
-    data = yaml.safe_load(path.read_text())
-    data["keep_checkpoints"] = 0  # applies only to a completed run: a failed one keeps what it can resume from
-    path.write_text(yaml.safe_dump(data))
+    path = quiet_recipe(tmp_path, tiny_model, "nan", learning_rate=1e30, max_steps=4, save_steps=1)
+    with edit_yaml(path) as data:
+        data["keep_checkpoints"] = 0  # applies only to a completed run: a failed one keeps what it can resume from
     res = run_workbench(["train", str(path)])
     run = tmp_path / "nan"
     assert res.returncode == 2, res.stderr[-3000:]
@@ -324,7 +314,7 @@ def rank_pids(marker: str, exclude: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_killed_launcher_takes_its_ranks_along_and_a_second_writer_is_refused(tmp_path, tiny_model):
-    path = recipe(tmp_path, tiny_model, "orph", max_steps=10_000, save_steps=2)
+    path = quiet_recipe(tmp_path, tiny_model, "orph", max_steps=10_000, save_steps=2)
     run = tmp_path / "orph"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "workbench", "launch", str(path), "--accelerate-config", "accelerate_configs/cpu_ddp.yaml"],
@@ -383,10 +373,9 @@ def small_disk(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_keeps_the_last_checkpoint_and_fails_with_one_message(tmp_path, tiny_model, small_disk):
-    path = recipe(tmp_path, tiny_model, "full", max_steps=8, save_steps=2)
-    data = yaml.safe_load(path.read_text())
-    data["output_dir"] = str(small_disk / "run")
-    path.write_text(yaml.safe_dump(data))
+    path = quiet_recipe(tmp_path, tiny_model, "full", max_steps=8, save_steps=2)
+    with edit_yaml(path) as data:
+        data["output_dir"] = str(small_disk / "run")
     res = run_workbench(["train", str(path)])
     run = small_disk / "run"
     assert res.returncode == 2, res.stderr[-3000:]
@@ -419,7 +408,7 @@ def test_enospc_at_the_write_layer_fails_the_run_with_one_sentence(tmp_path, tin
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    path = recipe(tmp_path, tiny_model, "enospc", max_steps=6, save_steps=2)
+    path = quiet_recipe(tmp_path, tiny_model, "enospc", max_steps=6, save_steps=2)
     code = main(["train", str(path)])
     err = capsys.readouterr().err
     run = tmp_path / "enospc"
@@ -453,7 +442,7 @@ def test_enospc_on_rank_1_fails_the_run_with_the_disk_full_cause(tmp_path, tiny_
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(ENOSPC_ON_RANK_1)
-    path = recipe(tmp_path, tiny_model, "enospc2", max_steps=6, save_steps=2)
+    path = quiet_recipe(tmp_path, tiny_model, "enospc2", max_steps=6, save_steps=2)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "workbench", "launch", str(path), "--accelerate-config", "accelerate_configs/cpu_ddp.yaml"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -525,7 +514,7 @@ def test_stale_deepspeed_build_lock_fails_with_the_fix_instead_of_hanging(tmp_pa
     lock = ext / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True)
     lock.write_text("")  # what a first launch killed mid-build leaves behind
-    path = recipe(tmp_path, tiny_model, "ds", max_steps=1)
+    path = quiet_recipe(tmp_path, tiny_model, "ds", max_steps=1)
     env = {
         "TORCH_EXTENSIONS_DIR": str(ext),
         "ACCELERATE_USE_DEEPSPEED": "true",
@@ -636,10 +625,9 @@ def test_prune_after_export_keeps_the_newest_complete_and_counts_the_bytes(tmp_p
 
 @pytest.mark.parametrize("keep", [1, 0])
 def test_keep_checkpoints_prunes_only_after_a_completed_export(tmp_path, tiny_model, keep):
-    path = recipe(tmp_path, tiny_model, f"keep{keep}", max_steps=4, save_steps=2)
-    data = yaml.safe_load(path.read_text())
-    data["keep_checkpoints"] = keep
-    path.write_text(yaml.safe_dump(data))
+    path = quiet_recipe(tmp_path, tiny_model, f"keep{keep}", max_steps=4, save_steps=2)
+    with edit_yaml(path) as data:
+        data["keep_checkpoints"] = keep
     run_ok(["train", str(path)])
     run = tmp_path / f"keep{keep}"
     assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == (["checkpoint-4"] if keep else [])
@@ -727,7 +715,7 @@ def test_ctrl_c_records_interrupted_with_the_last_checkpoint_and_prints_the_comm
     """A real SIGINT (what Ctrl-C sends) to a training run once checkpoint-4 is complete: the manifest said
     `failed: KeyboardInterrupt:`; it says `interrupted`, names the last complete checkpoint, and the printed
     command continues the run from it."""
-    path = recipe(tmp_path, tiny_model, "ctrl-c", max_steps=40, save_steps=2)
+    path = quiet_recipe(tmp_path, tiny_model, "ctrl-c", max_steps=40, save_steps=2)
     run = tmp_path / "ctrl-c"
     args = ["train", str(path), "--set", "train.logging_steps=5"]
     proc = subprocess.Popen(
@@ -800,7 +788,7 @@ def test_ctrl_c_in_a_comparison_says_which_stage_stopped_and_the_rerun_continues
         },
     }
     path = tmp_path / "cmp.yaml"
-    path.write_text(yaml.safe_dump(comparison))
+    write_yaml(path, comparison)
     stage = tmp_path / "cmp" / "seed-1" / "sft"
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "compare", str(path)],

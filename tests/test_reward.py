@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-import yaml
-from conftest import run_ok
+from conftest import edit_yaml, run_ok, write_yaml
 from test_train import read_metrics
 
 from workbench.batching import left_pad, length_sorted_batches
@@ -55,9 +54,7 @@ def reward_recipe(tmp_path, model, name, **train):
         "output_dir": str(tmp_path / name),
         "seed": 0,
     }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +115,8 @@ def test_lora_reward_model_exports_a_plain_scorer_with_its_stats(tmp_path, tiny_
     from workbench.models import load_reward_model
 
     path = reward_recipe(tmp_path, tiny_model, "lora", num_train_epochs=1, per_device_eval_batch_size=66)
-    recipe = yaml.safe_load(path.read_text())
-    recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"}
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"}
     run_ok(["train", str(path)])
     run = tmp_path / "lora"
     manifest = json.loads((run / "manifest.json").read_text())
@@ -142,9 +138,8 @@ def test_margin_column_flows_into_the_loss(tmp_path, tiny_model):
     for margin in (0.0, 5.0):
         data.write_text("".join(json.dumps({**r, "margin": margin}) + "\n" for r in rows))
         path = reward_recipe(tmp_path, tiny_model, f"margin{int(margin)}", max_steps=1, logging_steps=1, num_train_epochs=1)
-        recipe = yaml.safe_load(path.read_text())
-        recipe["data"] = {"sources": [{"path": str(data)}], "eval_split": 0.0, "max_length": 32}
-        path.write_text(yaml.safe_dump(recipe))
+        with edit_yaml(path) as recipe:
+            recipe["data"] = {"sources": [{"path": str(data)}], "eval_split": 0.0, "max_length": 32}
         run_ok(["train", str(path)])
         losses[margin] = read_metrics(tmp_path / f"margin{int(margin)}")[0]["train/loss"]
     # same initial model and batch: -logsigmoid(d - 5) > -logsigmoid(d) for any reward difference d

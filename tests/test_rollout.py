@@ -18,7 +18,7 @@ def load(tiny_model, tokenizer):
 
 
 def test_generation_ignores_sampling_settings_from_the_checkpoint(tiny_model, tokenizer):
-    from workbench.generation import generate
+    from workbench.sampling.generation import generate
 
     cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, batch_size=8)
     prompts = [tokenizer("hello there")["input_ids"], tokenizer("a b c d")["input_ids"]] * 8
@@ -33,8 +33,8 @@ def test_generation_ignores_sampling_settings_from_the_checkpoint(tiny_model, to
 
 
 def test_each_response_keeps_the_eos_id_that_ended_it(tiny_model, tokenizer):
-    from workbench.generation import generate
-    from workbench.rollout import completion_batch
+    from workbench.sampling.generation import generate
+    from workbench.sampling.logprobs import completion_batch
 
     model = load(tiny_model, tokenizer)
     eos_list = [tokenizer.eos_token_id, *range(20, 28)]  # a 9-id EOS list, as some chat models ship
@@ -56,18 +56,17 @@ def test_each_response_keeps_the_eos_id_that_ended_it(tiny_model, tokenizer):
 @pytest.mark.parametrize("setting", [{"top_p": 0.9}, {"top_k": 20}, {"temperature": 0.0}])
 def test_ppo_refuses_sampling_it_cannot_model(setting):
     from workbench.errors import WorkbenchError
-    from workbench.rollout import refuse_unmodelled_sampling
+    from workbench.sampling.settings import PPO_SAMPLING, refuse_sampling
 
     with pytest.raises(WorkbenchError, match="generation"):
-        refuse_unmodelled_sampling(GenerationConfig(**setting), "PPO")
+        refuse_sampling(GenerationConfig(**setting), PPO_SAMPLING)
 
 
 def test_one_refusal_names_every_unmodelled_setting_under_its_own_key():
     """PPO's rollouts and the evaluation (run and comparison recipes) refuse through the same sentences."""
     from workbench.errors import RecipeError
-    from workbench.method_checks import eval_sampling_problems
-    from workbench.method_checks import unmodelled_sampling_problems as unmodelled_sampling
-    from workbench.rollout import refuse_unmodelled_sampling
+    from workbench.sampling.settings import EVAL_SAMPLING, eval_sampling_problems, refuse_sampling
+    from workbench.sampling.settings import unmodelled_sampling_problems as unmodelled_sampling
 
     bad = GenerationConfig(temperature=0.0, top_k=5, top_p=0.5)
     fixes = [p.split("; set ")[1] for p in unmodelled_sampling(bad, "PPO")]
@@ -77,13 +76,13 @@ def test_one_refusal_names_every_unmodelled_setting_under_its_own_key():
     assert all(p.startswith("evaluation ") for p in problems)
     assert unmodelled_sampling(GenerationConfig(temperature=0.7), "PPO") == []
     with pytest.raises(RecipeError, match="run/recipe.yaml: 3 problems"):
-        refuse_unmodelled_sampling(bad, "evaluation", "eval.generation", "run/recipe.yaml")
+        refuse_sampling(bad, EVAL_SAMPLING, "run/recipe.yaml")
 
 
 def test_log_probs_entropy_and_kl_are_those_of_the_tempered_distribution(tiny_model):
     import torch
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     learner, tok = make_learner(tiny_model, temperature=0.5)
     prompts, responses, scores = fixed_rollouts(8)
@@ -111,9 +110,8 @@ def test_kept_positions_give_the_whole_forwards_logprobs_entropy_and_values(tiny
     log-softmax: log-probs, entropies and values equal those of a whole forward and log_softmax(logits / T)."""
     import torch
 
-    from workbench.logprobs import rollout_tensors
     from workbench.methods.ppo_learner import response_values
-    from workbench.rollout import logprobs_and_entropy, model_inputs
+    from workbench.sampling.logprobs import logprobs_and_entropy, model_inputs, rollout_tensors
 
     learner, tok = make_learner(tiny_model, value_model=value_model, per_device_train_batch_size=8)
     model = learner.unwrapped
@@ -198,7 +196,7 @@ def test_a_huge_value_loss_does_not_clip_the_policy_gradient(tiny_model, value_m
     The shared head gets non-zero weights: at zero, d(value loss)/d(hidden) is 0 and the check would be vacuous."""
     import torch
 
-    from workbench.logprobs import rollout_tensors
+    from workbench.sampling.logprobs import rollout_tensors
 
     grads = {}
     for vf_coef in (0.1, 1e6):
@@ -252,8 +250,7 @@ def test_the_value_head_reads_the_last_hidden_state_without_keeping_every_layers
     `output_hidden_states` within 1e-6, but the policy is never asked for every layer's hidden states."""
     import torch
 
-    from workbench.logprobs import rollout_tensors
-    from workbench.rollout import model_inputs
+    from workbench.sampling.logprobs import model_inputs, rollout_tensors
 
     learner, tok = make_learner(tiny_model, lora=lora, per_device_train_batch_size=8)
     model = learner.unwrapped

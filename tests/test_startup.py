@@ -8,11 +8,10 @@ import json
 import subprocess
 import sys
 
-import yaml
-from conftest import REPO
+from conftest import REPO, write_yaml
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "deepspeed", "wandb", "accelerate", "matplotlib")
-OTHER_CODE = ("workbench.comparison", "workbench.report", "workbench.evaluate", "workbench.rollout", "matplotlib")
+OTHER_CODE = ("workbench.comparison", "workbench.report", "workbench.evaluate", "workbench.sampling.logprobs", "matplotlib")
 
 
 def modules_after(code: str, *args: str, cwd=REPO) -> tuple[int, list[str], str]:
@@ -35,17 +34,16 @@ def test_help_imports_no_ml_library():
 
 def test_train_imports_only_its_own_method(tmp_path, tiny_model):
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "method": "sft",
-                "model": {"name_or_path": str(tiny_model)},
-                "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 16}}], "max_length": 48, "eval_split": 0},
-                "train": {"max_steps": 1, "per_device_train_batch_size": 4, "save_steps": 1000},
-                "tracking": {"mode": "disabled"},
-                "output_dir": str(tmp_path / "run"),
-            }
-        )
+    write_yaml(
+        recipe,
+        {
+            "method": "sft",
+            "model": {"name_or_path": str(tiny_model)},
+            "data": {"sources": [{"synthetic": {"task": "vowels", "num_pairs": 16}}], "max_length": 48, "eval_split": 0},
+            "train": {"max_steps": 1, "per_device_train_batch_size": 4, "save_steps": 1000},
+            "tracking": {"mode": "disabled"},
+            "output_dir": str(tmp_path / "run"),
+        },
     )
     code, modules, out = modules_after("", "train", str(recipe))
     assert code == 0, out

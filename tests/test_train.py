@@ -8,39 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import run_ok
+from conftest import edit_yaml, read_yaml, run_ok, write_recipe
 
 from workbench.cli import main
 
 SECRET = "wb-secret-0123456789abcdef"
 HF_SECRET = "hf_secret_value_987654321"
-
-
-def write_recipe(tmp_path: Path, model: Path, name: str = "run", **overrides) -> Path:
-    recipe = {
-        "method": "dpo",
-        "model": {"name_or_path": str(model), "dtype": "float32"},
-        "data": {"sources": [{"synthetic": {"num_pairs": 96, "seed": 0}}], "eval_split": 0.25, "max_length": 48},
-        "train": {
-            "learning_rate": 1e-3,
-            "per_device_train_batch_size": 8,
-            "per_device_eval_batch_size": 16,
-            "max_steps": 4,
-            "logging_steps": 1,
-            "save_steps": 2,
-            "gradient_checkpointing": False,
-        },
-        "tracking": {"project": "wb-tests", "mode": "offline"},
-        "output_dir": str(tmp_path / name),
-        "seed": 3,
-    }
-    for key, value in overrides.items():
-        section, field = key.split("__")
-        recipe[section][field] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -76,7 +49,7 @@ def test_run_directory_has_every_record(dpo_run):
     assert cost["planned_vs_measured"].startswith("not comparable: peak_memory_mb is cpu_max_rss")  # labelled, on a CPU
     report = json.loads((dpo_run / "data_report.json").read_text())
     assert manifest["data"]["fingerprints"] == report["fingerprints"]
-    resolved = yaml.safe_load((dpo_run / "recipe.yaml").read_text())
+    resolved = read_yaml(dpo_run / "recipe.yaml")
     assert resolved["train"]["beta"] == 0.1 and resolved["train"]["max_steps"] == 4  # defaults filled, overrides kept
     assert sorted(p.name for p in (dpo_run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
@@ -118,7 +91,7 @@ def test_secrets_never_reach_records_or_wandb(dpo_run):
     texts.append(json.dumps(wandb_records(dpo_run)))
     for text in texts:
         assert SECRET not in text and HF_SECRET not in text
-    resolved = yaml.safe_load((dpo_run / "recipe.yaml").read_text())
+    resolved = read_yaml(dpo_run / "recipe.yaml")
     assert resolved["train"]["hub_token"] == "***REDACTED***"
     assert resolved["tracking"]["tags"] == ["***REDACTED***"]
 
@@ -145,10 +118,9 @@ def test_bad_data_fails_the_run_with_one_message_before_the_run_starts(tmp_path,
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p"}\n')
     path = write_recipe(tmp_path, tiny_model, name="failing")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["data"]["sources"] = [{"path": str(bad)}]
-    recipe["tracking"]["mode"] = "disabled"
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["data"]["sources"] = [{"path": str(bad)}]
+        recipe["tracking"]["mode"] = "disabled"
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2: missing field 'chosen' (columns found: prompt)." in err and "Traceback" not in err
@@ -162,10 +134,9 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
     path = write_recipe(tmp_path, tiny_model, name="lora", train__max_steps=2, tracking__mode="disabled")
-    recipe = yaml.safe_load(path.read_text())
-    recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    recipe["model"]["merge_lora_on_export"] = True
-    path.write_text(yaml.safe_dump(recipe))
+    with edit_yaml(path) as recipe:
+        recipe["model"]["lora"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+        recipe["model"]["merge_lora_on_export"] = True
     run_ok(["train", str(path)])
     run = tmp_path / "lora"
     manifest = json.loads((run / "manifest.json").read_text())

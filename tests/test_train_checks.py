@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import write_yaml
 from test_validate import PAIRS, write_jsonl
 
 import workbench.validate
@@ -164,9 +164,7 @@ def case_recipe(tmp_path: Path, tiny_model: Path, method: str, sections: dict) -
         AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(rm)
         AutoTokenizer.from_pretrained(tiny_model).save_pretrained(rm)
         recipe["reward_model"] = {"name_or_path": str(rm), "normalize": True}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / "recipe.yaml", recipe)
 
 
 @pytest.mark.parametrize(("case", "method", "sections", "sentence"), CASES, ids=[c[0] for c in CASES])

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import read_yaml, write_yaml
 
 from workbench.cli import main
 
@@ -38,9 +38,7 @@ def recipe_file(tmp_path: Path, tiny_model: Path, data: Path | None = None, **se
             recipe[key] = {**recipe[key], **value}
         else:
             recipe[key] = value
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_yaml(tmp_path / "recipe.yaml", recipe)
 
 
 def validate_err(path: Path, capsys, *args: str) -> str:
@@ -237,12 +235,12 @@ def test_eval_sampling_without_modelled_log_probs_is_refused(tmp_path, tiny_mode
     assert "1 problem:" in err and sentence in err
     comparison = {
         "output_dir": str(tmp_path / "cmp"),
-        "base": yaml.safe_load(recipe_file(tmp_path, tiny_model).read_text()),
+        "base": read_yaml(recipe_file(tmp_path, tiny_model)),
         "eval": {"generation": generation},
         "stages": {"sft": {"method": "sft"}},
     }
     del comparison["base"]["method"], comparison["base"]["output_dir"], comparison["base"]["train"]
-    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(comparison))
+    write_yaml(tmp_path / "cmp.yaml", comparison)
     err = validate_err(tmp_path / "cmp.yaml", capsys)
     assert "1 problem:" in err and sentence in err
 
@@ -373,3 +371,57 @@ def test_the_decoded_example_says_when_the_chat_template_is_not_applied(tmp_path
     assert main(["validate", str(recipe_file(tmp_path, tiny_model, chat))]) == 0
     out = capsys.readouterr().out
     assert "example pair" in out and "chat template" not in out
+
+
+GUARD = """
+import os, socket, sys
+
+def refuse(*args, **kwargs):
+    sys.stderr.write(f"NETWORK ATTEMPT {args[:2]}\\n")
+    sys.stderr.flush()
+    os._exit(99)
+
+socket.getaddrinfo = refuse
+socket.create_connection = refuse
+socket.socket.connect = lambda self, address: refuse(address)
+from workbench.cli import main
+sys.exit(main(["validate", sys.argv[1]]))
+"""
+
+
+def test_missing_local_data_is_reported_without_any_network_call(tmp_path):
+    """A user's clone has no ../shared: each path-like source that does not exist is a missing file at once, and
+    the rest of validate (the hub model's memory plan included) reaches for no network first. The hub is not
+    told to stay offline here, as it is not on a user's machine; any connection attempt ends the process."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "mine").mkdir()
+    recipe = {
+        "method": "dpo",
+        "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},  # a hub id: its config would come from the hub
+        "data": {
+            "sources": [
+                {"path": "../shared/data/hh-rlhf/helpful-base/test.jsonl.gz", "format": "hh-rlhf"},
+                {"path": "corpora/hh/train"},  # two '/': no hub id
+                {"path": "mine/pairs"},  # `mine/` is here: a missing saved dataset
+            ]
+        },
+        "tracking": {"mode": "offline"},
+        "output_dir": "runs/x",
+    }
+    write_yaml(tmp_path / "r.yaml", recipe)
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "WANDB_API_KEY", "WANDB_MODE")
+    env = {k: v for k, v in os.environ.items() if k not in offline}
+    env.update(PYTHONPATH=str(REPO), WORKBENCH_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, "-c", GUARD, "r.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert "NETWORK ATTEMPT" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]
+    for i, path in enumerate(["../shared/data/hh-rlhf/helpful-base/test.jsonl.gz", "corpora/hh/train", "mine/pairs"]):
+        assert f"`data.sources.{i}.path`: '{path}' not found" in done.stderr
+    assert "3 problems" in done.stderr

@@ -33,12 +33,11 @@ from workbench.config import EvalConfig, Recipe, dump_yaml, methods_where, recip
 from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import DataError, WorkbenchError
-from workbench.generation import generate
 from workbench.health import eval_shortfalls
-from workbench.logprobs import token_logprobs
-from workbench.method_checks import EVAL_SAMPLING
 from workbench.models import load_policy, load_tokenizer
-from workbench.rollout import refuse_unmodelled_sampling
+from workbench.sampling.generation import sample_and_score
+from workbench.sampling.logprobs import token_logprobs
+from workbench.sampling.settings import EVAL_SAMPLING, refuse_sampling
 from workbench.scoring import reward_source
 
 log = logging.getLogger("workbench")
@@ -158,15 +157,16 @@ def eval_inputs(recipe: Recipe, tokenizer: Any) -> EvalInputs:
 
 
 def sample_responses(model: Any, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig) -> Samples:
-    """`samples_per_prompt` responses per prompt with the evaluation's fixed sampling and seed."""
+    """`samples_per_prompt` responses per prompt with the evaluation's fixed sampling and seed (PPO's sampling path)."""
     gen = dataclasses.replace(cfg.generation, num_samples=cfg.samples_per_prompt, backend="transformers")
-    made = sorted(generate(model, tokenizer, inputs.prompt_ids, gen, cfg.seed), key=lambda c: (c.prompt_index, c.sample))
+    made = sample_and_score(model, tokenizer, inputs.prompt_ids, inputs.prompts, gen, cfg.seed)
+    done = made.completions
     return Samples(
-        [c.prompt_index for c in made],
-        [c.token_ids for c in made],
-        [c.finished for c in made],
-        [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in made],
-        eos_ids=[c.eos_id for c in made],
+        [c.prompt_index for c in done],
+        [c.token_ids for c in done],
+        [c.finished for c in done],
+        made.texts,
+        eos_ids=[c.eos_id for c in done],
     )
 
 
@@ -415,7 +415,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     recipe = run_recipe(run_dir, overrides)
     cfg = cfg or recipe.eval
-    refuse_unmodelled_sampling(cfg.generation, *EVAL_SAMPLING, str(run_dir / "recipe.yaml"))
+    refuse_sampling(cfg.generation, EVAL_SAMPLING, str(run_dir / "recipe.yaml"))
     if recipe.method not in POLICY_METHODS:
         raise WorkbenchError(
             f"{run_dir} is a `{recipe.method}` run; `workbench eval` evaluates policies ({', '.join(POLICY_METHODS)}). "
@@ -465,7 +465,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate one model (a run's policy, or a comparison's `eval.baseline` itself); write `out_dir`/eval.json and
     eval_samples.jsonl. Costs come from `out_dir`/manifest.json when it is a run directory."""
-    refuse_unmodelled_sampling(cfg.generation, *EVAL_SAMPLING, str(out_dir))
+    refuse_sampling(cfg.generation, EVAL_SAMPLING, str(out_dir))
     judge = judge_of(cfg, scorers)
     shared = shared if shared is not None else Shared()
     baseline_path = cfg.baseline or reference

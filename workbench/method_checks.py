@@ -16,6 +16,8 @@ from typing import Any
 from workbench.config import METHODS, GenerationConfig, ModelConfig, Recipe, plain_train_defaults
 from workbench.errors import RecipeError
 from workbench.online import online_problems
+from workbench.sampling.settings import PPO_SAMPLING, REJECTION_SAMPLING, sampling_problems
+from workbench.sampling.settings import eval_sampling_problems as eval_sampling_problems  # compare imports it from here
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}  # TRL's DPOTrainer
 
@@ -39,58 +41,6 @@ def nearest_divisors(number: int, target: int) -> list[int]:
 def effective_train(recipe: Recipe) -> dict[str, Any]:
     """The `train:` values the run uses: the recipe's over the method's defaults (plain YAML values)."""
     return {**plain_train_defaults(recipe.method), **recipe.train}
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling (the methods that generate with the workbench's own path, and GRPO / RLOO)
-
-
-def unmodelled_sampling_problems(cfg: GenerationConfig, who: str, key: str = "generation") -> list[str]:
-    """One sentence per setting whose sampled distribution is not softmax(logits / temperature), the one whose
-    log-probs every consumer computes: a learner would train on wrong log-probs, an evaluation's KL would be
-    NaN (greedy) or biased (truncated sampling). PPO's checks and the evaluation's both use it."""
-    problems = []
-    if cfg.temperature <= 0:
-        problems.append(
-            f"{who} needs the log-probs of what it samples and greedy decoding has none (`{key}.temperature: {cfg.temperature}`); "
-            f"set `{key}.temperature` > 0 (1.0 is usual)"
-        )
-    if cfg.top_k:
-        problems.append(
-            f"{who} computes log-probs of the whole distribution, not of top-k sampling (`{key}.top_k: {cfg.top_k}`), "
-            f"which gives every other token probability 0; set `{key}.top_k: 0`"
-        )
-    if cfg.top_p < 1.0:
-        problems.append(
-            f"{who} computes log-probs of the whole distribution, not of nucleus sampling (`{key}.top_p: {cfg.top_p}`), "
-            f"which gives every token outside the nucleus probability 0; set `{key}.top_p: 1.0`"
-        )
-    return problems
-
-
-EVAL_SAMPLING = ("evaluation", "eval.generation")  # (who, key) of the shared evaluation's sampling
-
-
-def eval_sampling_problems(cfg: GenerationConfig) -> list[str]:
-    """`unmodelled_sampling_problems` of an `eval.generation` block (run recipes and comparison recipes alike)."""
-    return unmodelled_sampling_problems(cfg, *EVAL_SAMPLING)
-
-
-def greedy_problems(cfg: GenerationConfig, num_samples: int) -> list[str]:
-    if cfg.temperature <= 0 and num_samples > 1:
-        return ["`generation.temperature: 0` (greedy) gives one completion per prompt; set num_samples: 1 or a temperature > 0"]
-    return []
-
-
-def backend_problems(cfg: GenerationConfig) -> list[str]:
-    """The vLLM backend is refused clearly: missing package, or (this version) not yet supported."""
-    if cfg.backend != "vllm":
-        return []
-    if importlib.util.find_spec("vllm") is None:
-        return [
-            "`generation.backend: vllm` needs vLLM: pip install 'workbench[vllm]' (on a CUDA machine), or use backend: transformers"
-        ]
-    return ["`generation.backend: vllm` is not supported by this version of the workbench; use backend: transformers"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +83,7 @@ def ppo_problems(train: dict[str, Any], generation: GenerationConfig) -> list[st
     """PPO's own settings (train: over PPOConfig's defaults), its precision, and the sampling its learner can model."""
     from workbench.config.train_args import precision_problems
 
-    problems = unmodelled_sampling_problems(generation, "PPO") + backend_problems(generation) + precision_problems(train)
+    problems = sampling_problems(generation, PPO_SAMPLING) + precision_problems(train)
     counts = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "num_mini_batches", "ppo_epochs")
     small = [f"`train.{key}: {train[key]}` must be at least 1" for key in counts if train[key] < 1]
     if small:  # the size checks below need positive sizes
@@ -169,7 +119,7 @@ def ppo_mixed_precision(train: dict[str, Any]) -> str | None:
 
 
 def rejection_sampling_problems(train: dict[str, Any], generation: GenerationConfig) -> list[str]:
-    problems = greedy_problems(generation, generation.num_samples) + backend_problems(generation)
+    problems = sampling_problems(generation, REJECTION_SAMPLING)
     if train["selection"] == "threshold" and train.get("score_threshold") is None:
         problems.append("`train.selection: threshold` needs `train.score_threshold` (the lowest score kept)")
     if train["selection"] == "top_k" and train["top_k"] < 1:

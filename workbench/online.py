@@ -1,9 +1,7 @@
-"""Settings of the TRL-backed online methods (GRPO, RLOO): one source of truth for sampling, and the batch they imply.
+"""Settings of the TRL-backed online methods (GRPO, RLOO): the batch they imply, and what they refuse.
 
-The workbench's `generation:` block (shared with rejection sampling, PPO and evaluation) maps onto
-TRL's own fields; `train:` may set TRL's names instead, but a recipe that sets both to different
-values is refused rather than one silently winning. Pure functions: validate uses them without
-loading anything.
+Their sampling settings are the workbench's `generation:` block mapped onto TRL's own fields, next to every
+other sampler's in `workbench/sampling/settings.py`. Pure functions: validate uses them without loading anything.
 """
 
 from __future__ import annotations
@@ -11,38 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.config import GenerationConfig, methods_where
+from workbench.config import methods_where
+from workbench.sampling.settings import GENERATION_TO_TRL, trl_generation_fields
 
 ONLINE_METHODS = methods_where(sampling="trl")  # TRL's online trainers: `generation:` maps onto their fields
-
-# workbench `generation:` field -> TRL GRPOConfig / RLOOConfig field
-GENERATION_TO_TRL = (
-    ("num_samples", "num_generations"),
-    ("max_new_tokens", "max_completion_length"),
-    ("temperature", "temperature"),
-    ("top_p", "top_p"),
-    ("top_k", "top_k"),
-)
-
-
-def trl_generation_fields(generation: GenerationConfig, train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(TRL fields taken from `generation:`, problems). A TRL field the recipe's `train:` sets is left to it;
-    a `generation:` value changed from its default that disagrees with it is a problem."""
-    defaults = GenerationConfig()
-    fields: dict[str, Any] = {}
-    problems: list[str] = []
-    for ours, theirs in GENERATION_TO_TRL:
-        value = getattr(generation, ours)
-        if theirs not in train:
-            fields[theirs] = value
-        elif value != getattr(defaults, ours) and value != train[theirs]:
-            problems.append(
-                f"`generation.{ours}` ({value}) and `train.{theirs}` ({train[theirs]}) both set the same sampling setting; "
-                f"keep one (`generation.{ours}` is shared with rejection sampling, PPO and evaluation)"
-            )
-    if fields.get("temperature", train.get("temperature", 1.0)) <= 0:
-        problems.append("GRPO / RLOO compare several sampled completions per prompt: the temperature must be > 0")
-    return fields, problems
 
 
 @dataclass

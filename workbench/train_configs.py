@@ -121,9 +121,9 @@ class PPOConfig:
     gamma: float = _h("Discount.", 1.0)  # type: ignore[assignment]
     lam: float = _h("GAE lambda.", 0.95)  # type: ignore[assignment]
     kl_coef: float = _h(
-        "KL penalty beta (the initial value when target_kl is set); 0.03 lies between OpenRLHF's 0.01 and TRL PPOv2's 0.05: "
-        "on benchmarks/ppo_vs_grpo.py 0.1 halved the gain; 0.05 (and 0.03 on first_half, 2 of 3 seeds) let the policy end "
-        "its responses early to dodge the summed KL (see the module docstring of methods/ppo.py).",
+        "KL penalty beta (the initial value when target_kl is set), between OpenRLHF's 0.01 and TRL PPOv2's 0.05; larger "
+        "values hold the reward gain back, smaller ones let the policy end its responses early to dodge the summed KL "
+        "(docs/ppo.md).",
         0.03,
     )  # type: ignore[assignment]
     kl_estimator: Literal["auto", "k1", "k2", "k3"] = _h(
@@ -154,10 +154,9 @@ class PPOConfig:
         "Initialize the value model from the reward model (a model reward) or the policy.", "policy"
     )  # type: ignore[assignment]
     value_model: Literal["auto", "separate", "shared"] = _h(
-        "auto: a value head on the policy's backbone (one forward for both, no second backbone: the learning phase "
-        "costs about half a separate critic's, with the same gain on benchmarks/ppo_vs_grpo.py), except a separate "
-        "critic from the reward model when value_init: reward names a reward model dir (full fine-tuning only); "
-        "separate / shared force one.",
+        "auto: a value head on the policy's backbone (one forward for both, no second backbone to run and train; "
+        "docs/ppo.md), except a separate critic from the reward model when value_init: reward names a reward model dir "
+        "(full fine-tuning only); separate / shared force one.",
         "auto",
     )  # type: ignore[assignment]
     value_head_trains_backbone: bool = _h(

@@ -39,7 +39,10 @@ def path_problems(recipe: Recipe) -> list[str]:
     problems = []
     for i, src in enumerate(recipe.data.sources):
         if src.path and looks_like_local_path(src.path) and not Path(src.path).expanduser().exists():
-            problems.append(f"`data.sources.{i}.path`: '{src.path}' not found (relative to {Path.cwd()})")
+            problems.append(
+                f"`data.sources.{i}.path`: '{src.path}' not found (relative to {Path.cwd()}); "
+                "fix the path, or name a hub dataset id (with `data_dir:` for a folder of it)"
+            )
     models = [("model.name_or_path", recipe.model.name_or_path), ("reference.name_or_path", recipe.reference.name_or_path)]
     if recipe.reward_model is not None:
         models.append(("reward_model.name_or_path", recipe.reward_model.name_or_path))
@@ -323,7 +326,8 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     processes = processes_of(recipe, accelerate_config)
     spec = METHODS[recipe.method]
     if spec.sampling == "trl":  # TRL's checks see the sampling settings mapped from `generation:`
-        from workbench.online import TRL_GROUP_MESSAGES, trl_generation_fields, trl_one_process_fields
+        from workbench.online import TRL_GROUP_MESSAGES, trl_one_process_fields
+        from workbench.sampling.settings import trl_generation_fields
 
         train = {**trl_generation_fields(recipe.generation, recipe.train)[0], **recipe.train}
         train = trl_one_process_fields(train, plain_train_defaults(recipe.method), processes)
@@ -346,7 +350,8 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         lines, more = memo_json("recipe-checks", key, lambda: list(validate_trl_method(recipe, processes)))
         sections.extend(lines)
         problems.extend(more)
-    from workbench.method_checks import eval_sampling_problems, method_problems
+    from workbench.method_checks import method_problems
+    from workbench.sampling.settings import eval_sampling_problems
 
     problems.extend(method_problems(recipe, processes))  # the list the method refuses with
     problems.extend(reward_problems(recipe))
@@ -437,9 +442,12 @@ def validate(
     sections.append("W&B: {} ({})".format(*wandb_mode_source(recipe.tracking.mode)))
     from workbench.plan import plan_total_line
 
-    config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
-    key = ["plan", plan_inputs(recipe), models_key(recipe), config]
-    sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
+    if path_problems(recipe):  # a hub model's plan would ask the network first (retrying for long without one)
+        sections.append("memory plan: once the missing paths above are fixed")
+    else:
+        config = [accelerate_config, path_fingerprint(accelerate_config)] if accelerate_config else None
+        key = ["plan", plan_inputs(recipe), models_key(recipe), config]
+        sections.append(memo_json("recipe-checks", key, lambda: plan_total_line(recipe, accelerate_config)))
     sections.append(
         "\n" + recipe_text(recipe) if show_recipe else "(the resolved recipe, every default filled in: --show-recipe)"
     )

@@ -147,6 +147,11 @@ class SourceConfig:
     )
     split: str = _help("Split to read from a hub dataset or a saved DatasetDict.", default="train")
     name: str | None = _help("Hub dataset configuration name.", default=None)
+    data_dir: str | None = _help(
+        "Hub dataset: the folder of the dataset repository to read (`datasets.load_dataset`'s data_dir), "
+        "e.g. helpful-base of Anthropic/hh-rlhf.",
+        default=None,
+    )
 
 
 @dataclass

@@ -208,13 +208,14 @@ def read_hub(src: SourceConfig) -> Iterator[RawRow | Reject]:
 
     assert src.path is not None
     try:
-        ds = load_dataset(src.path, src.name, split=src.split)
+        ds = load_dataset(src.path, src.name, data_dir=src.data_dir, split=src.split)
     except Exception as exc:  # the hub raises many types; all mean "cannot load this id"
         raise DataError(
             f"data source '{src.path}': not a local file or directory, and loading it as a hub dataset failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the path, or the id and network."
         ) from None
-    yield from read_dataset_rows(ds, f"{src.path}[{src.split}]")
+    folder = f"/{src.data_dir}" if src.data_dir else ""
+    yield from read_dataset_rows(ds, f"{src.path}{folder}[{src.split}]")
 
 
 def _not_empty(rows: Iterator[RawRow | Reject], label: str) -> Iterator[RawRow | Reject]:
@@ -228,7 +229,15 @@ def _not_empty(rows: Iterator[RawRow | Reject], label: str) -> Iterator[RawRow |
 
 
 def looks_like_local_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or _base_suffix(Path(text)) in FILE_SUFFIXES
+    """Whether `text` can only mean a local path, so that a missing one is reported as such without asking the hub:
+    it starts with . / ~, ends like a data file, has more '/' than a hub id (`name` or `owner/name`), or its first
+    part is a local directory."""
+    return (
+        text.startswith((".", "/", "~"))
+        or _base_suffix(Path(text)) in FILE_SUFFIXES
+        or text.count("/") > 1
+        or Path(text.split("/", 1)[0]).expanduser().is_dir()
+    )
 
 
 def iter_raw(src: SourceConfig) -> Iterator[RawRow | Reject]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl import DPOTrainer
 
+from workbench.batch_order import ResumableLengthGrouping
 from workbench.batching import length_sorted_batches
 from workbench.cache import persisted_dataset
 from workbench.config import ModelConfig, reference_rule
@@ -15,7 +16,6 @@ from workbench.data.schema import stable_hash
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 from workbench.packing import packed_calls
-from workbench.sampling import ResumableLengthGrouping
 
 if TYPE_CHECKING:
     from workbench.context import RunContext, RunResult

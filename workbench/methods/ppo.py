@@ -1,102 +1,9 @@
 """PPO for RLHF, ours (TRL removed its PPO trainer): actor-critic on accelerate + DeepSpeed.
 
-One update = rollout (workbench/rollout.py: generate -> score) -> one no-grad forward of policy,
-value model and reference -> per-token KL -> shaped rewards -> GAE -> `ppo_epochs` passes of
-clipped policy and value losses over mini-batches. The math lives in `workbench/losses.py`.
-
-Design choices (after OpenRLHF, "The N+ implementation details of RLHF with PPO" and TRL's
-removed PPOTrainer):
-- Sampled distribution: every log-prob (rollout, ratio, reference, entropy, KL) is taken from
-  logits / temperature, the distribution generation sampled; top_k / top_p are refused because a
-  truncated distribution has -inf log-probs for tokens the new policy may move into. Generation uses
-  a complete GenerationConfig built from the recipe (nothing inherited from the checkpoint), written
-  to `generation_config.json` in the run dir. A response keeps the EOS id that actually ended it.
-- Module layout: the run loop is here; models, experience and the clipped updates are in
-  `methods/ppo_learner.py`, the math in `losses.py`, sampling in `rollout.py`.
-- Frozen models: a reward model is a whole plain copy on every process under every launch config
-  (never created inside ZeRO-3's partitioned init, which left it with size-0 weights). The reference
-  is loaded whole, then under ZeRO-3 wrapped in a DeepSpeed inference engine sharded like the policy
-  (a plain copy otherwise); under LoRA it is the policy with its adapters disabled. The value model is
-  trained, so it is part of the prepared engine and sharded like the policy under ZeRO-3.
-- Value model (`value_model: auto`): a scalar value head on the policy's last hidden state, one
-  backbone forward for both (as TRL's classic PPO trainer, AutoModelForCausalLMWithValueHead); a
-  separate critic (AutoModelForTokenClassification) only with `value_init: reward` and a reward-model
-  dir (the critic starts from the RM, full fine-tuning) or `value_model: separate`. Why: the separate
-  critic's second backbone forward/backward made the learning phase ~1.6-1.7x the generation phase;
-  the head gives ~1.0-1.2x, and on benchmarks/ppo_vs_grpo.py (3 seeds x 2 rewards, PPO only,
-  benchmarks/results/ppo_shared_value_head_3seeds.json) a gain of +0.585 ± 0.032 (vowels) and
-  +0.454 ± 0.007 (first_half) against the separate critic's +0.601 ± 0.008 / +0.449 ± 0.026 and
-  GRPO's +0.529 ± 0.078 / +0.369 ± 0.023; on first_half no seed took the short-response route the
-  separate critic took on 2 of 3. With the final code, alternating with GRPO
-  (benchmarks/results/ppo_vs_grpo.json): +0.595 ± 0.020 / +0.448 ± 0.019, learn / generate 1.02-1.15,
-  PPO / GRPO CPU seconds 0.79-0.96 per pair (those figures with the value loss training the backbone too).
-  The head reads the LM head's input (a forward pre-hook on `get_output_embeddings()`, through peft's
-  wrappers too: the final-normed last hidden state at the kept positions only), never
-  `output_hidden_states`, which kept every layer's (B, L, H) states (8B model, 16 x 1024 tokens: ~4.4 GB).
-  By default the head learns on that state detached (`value_head_trains_backbone: false`): the policy's
-  weights get only the policy's gradient, clipped on its own, and critic warm-up leaves them bitwise
-  unchanged. Seed 0, both rewards, alternating with GRPO: +0.579 / +0.460 against GRPO's +0.559 / +0.386,
-  learn / generate 1.01 / 1.12. `value_head_trains_backbone: true` lets the value loss train the backbone
-  (as TRL's classic trainer; the backbone's gradient then holds both terms, clipped as one; never during
-  critic warm-up).
-- Forwards keep logits only at the R + 1 positions that predict response tokens (`logits_to_keep`)
-  and log-probs / entropies are logit - logsumexp a few rows at a time (workbench/logprobs.py), so
-  no (B, L, V) logits nor a (B, R, V) float32 log-softmax are built (a 49k vocabulary: 0.2 MB a token).
-- Actor and critic are two parameter groups of one AdamW (own learning rates, no weight decay) with
-  their own gradient clipping, so a huge value loss cannot clip the policy's gradient to nothing (with the
-  value head: since the value loss does not reach the backbone, see above). Under DeepSpeed the engine
-  owns clipping: `max_grad_norm` is its `gradient_clipping`, one norm over actor and critic together
-  (DeepSpeed clips inside its step, over partitioned gradients, with no per-group norm), so there a
-  huge value loss does shrink the policy's step; keep `vf_coef` moderate under DeepSpeed. During critic warm-up
-  the actor gets no gradient and its Adam state is dropped after each update (ZeRO steps its flat partition with
-  zero gradients, which advanced Adam's step count), so its first real step is a fresh Adam's.
-- Sizes: a rollout of per_device_train_batch_size rows is split into num_mini_batches equal mini-batches of
-  gradient_accumulation_steps equal micro-batches; sizes that do not divide are refused (workbench/method_checks.py),
-  as TRL's PPO did, so no row goes untrained and no gradient carries into the next update.
-- Rewards: the score (optionally minus the leave-one-out mean of its prompt's other samples, and
-  normalized by the running mean/std of all scores) on the last token; KL either as a per-token
-  reward penalty (k1/k3) or as a loss term (k2 by default: its gradient is the KL's; k1 is refused there, its
-  expected gradient being 0; the KL logged then is k3). Advantages (and rewards, when whitened) are whitened with
-  statistics of the whole global batch; losses are token sums over the global mini-batch's token
-  count, so 1 process x 16 rows and 2 processes x 8 rows give the same update.
-- Dropout is disabled (on-policy log-probs must be deterministic); models are in train mode while
-  learning so gradient checkpointing engages.
-- The LR schedule is stepped by us once per optimizer step (accelerate would step it once per
-  process under DDP but not under DeepSpeed); warmup is given in updates.
-- KL defaults: a per-token k1 penalty (log pi - log pi_ref) in the reward with a fixed kl_coef 0.03,
-  between OpenRLHF's 0.01 and TRL PPOv2's 0.05. k1 because in the reward its policy gradient is
-  exactly the KL's; k3 there (the recipe's earlier choice) under-penalizes tokens the policy made
-  likelier, and on benchmarks/ppo_vs_grpo.py (tiny model, lr 3e-3, 100 updates, vowel reward, seed 0)
-  it collapsed the entropy (6.7 -> 1.6, sequence KL 82). k1 sweep there: kl_coef 0.2 -> gain +0.13
-  (KL 6), 0.1 -> +0.27 (KL 16), 0.05 -> +0.61 but by shortening every response to dodge the summed
-  KL (finished share 1.0, entropy 0.18), 0.03 -> +0.61 (KL 71, entropy 2.2). With 0.03, 3 seeds x 2
-  rewards (separate critic): gain above GRPO's on both, but on first_half 2 of 3 seeds took the
-  short-response route (finished share 1.0, entropy ~1.3): a share-type reward with a KL summed over
-  the response rewards stopping early; with the value head (the default now) no seed did. The
-  adaptive controller (target_kl) stays opt-in: with the usual kl_horizon 10000 it moves kl_coef by
-  ~3% over a 1,600-sample run.
-- End-of-run diagnosis (workbench/health.py ppo_diagnosis, in the manifest; the comparison report shows it as
-  written): a high KL alone is not flagged, because on that benchmark no method reaching GRPO's final
-  reward stays under 10 nats: the
-  least-KL policy at vowel share 0.94 (tokens independent, the near-uniform reference of the random
-  tiny model) has sequence KL 18.5 (first_half at 0.90: 10.9), and TRL GRPO (beta 0) ends at 75 / 40.
-  KL above `diagnose_kl` is reported when it bought no reward gain (kl_without_gain) or came with a
-  degenerate policy (kl_high beside entropy_collapse, short_responses or finished_collapse); those
-  and value_not_learning are reported on their own too, each naming the knob to turn.
-- Time split: train/time/learn is the experience pass (policy (+ critic) and reference forwards)
-  plus the clipped updates. Tiny model, 16 x 16 tokens, 2 epochs: learn / generate per update
-  (median of 100; benchmarks/results/ppo_learn_vs_generate_*.json, ppo_vs_grpo.json) is ~1.5-1.7
-  with a separate critic and 1.02-1.15 with the default value head (6 runs): the critic's second backbone
-  forward/backward was the cost; keeping only the response positions' logits cut ~5% more. The
-  reference log-probs and old values come from the one experience pass (never per epoch); the only
-  repeated forward is epoch 1's, equal to the experience pass (reusing its graph would save about
-  one of eight forward-equivalents per update; not done).
-- Resume: ppo_state.json records the value model (head or separate); a checkpoint of the other kind
-  (e.g. a run started when `value_model: auto` meant a separate critic) is refused with the setting to
-  resume it with.
-- Non-finite guard: each micro-batch's loss is checked on every process and the flag summed over
-  all of them before any backward; a bad update is undone (weights, optimizer and scheduler restored
-  from a snapshot taken before it: in memory, or an accelerate state directory under DeepSpeed).
+One update = rollout (workbench/sampling/: generate -> score) -> one no-grad forward of policy, value model
+and reference -> per-token KL -> shaped rewards -> GAE -> `ppo_epochs` passes of clipped policy and value
+losses over mini-batches. This module is the run loop; models, experience and the updates are in
+`methods/ppo_learner.py`, the math in `losses.py`. Design choices and their reasons: docs/ppo.md.
 """
 
 from __future__ import annotations
@@ -113,12 +20,13 @@ from workbench import losses
 from workbench.checkpoint import mark_complete
 from workbench.config import train_config_class, train_field_defaults
 from workbench.errors import WorkbenchError
-from workbench.generation import hf_generation_config
 from workbench.health import MANIFEST_FLAGS, PPO_HISTORY_KEYS, ppo_diagnosis
 from workbench.method_checks import ppo_kl_estimator, ppo_mixed_precision, refuse_method_problems
 from workbench.methods import hf
 from workbench.methods.ppo_learner import Experience, Learner, build_models
-from workbench.rollout import completion_batch, sample_and_score
+from workbench.sampling.generation import sample_and_score
+from workbench.sampling.logprobs import completion_batch
+from workbench.sampling.settings import hf_generation_config
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""PPO's learner: policy + value module, frozen reference, experience and clipped updates (see methods/ppo.py).
+"""PPO's learner: policy + value module, frozen reference, experience and clipped updates (design: docs/ppo.md).
 
 Kept apart from the run loop so tests can drive it with fixed rollouts, without a run directory.
 """
@@ -18,7 +18,7 @@ from workbench.config import ModelConfig, reference_rule
 from workbench.errors import WorkbenchError
 from workbench.method_checks import ppo_batch_problems, ppo_kl_estimator, ppo_measured_kl
 from workbench.models import apply_lora, load_causal_lm, plain_loading
-from workbench.rollout import logprobs_and_entropy, model_inputs
+from workbench.sampling.logprobs import logprobs_and_entropy, model_inputs
 from workbench.train_configs import ppo_value_head
 
 

@@ -20,10 +20,10 @@ from workbench.data.formatting import tokenize_sft
 from workbench.data.pipeline import read_jsonl, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import WorkbenchError
-from workbench.generation import Completion, GenerationStats, batches_of, generate
 from workbench.method_checks import refuse_method_problems
 from workbench.metrics import mean_std
 from workbench.models import load_causal_lm
+from workbench.sampling.generation import Completion, GenerationStats, batches_of, generate
 from workbench.scoring import reward_source
 from workbench.selection import Candidate, Group
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from trl import RewardTrainer
 
+from workbench.batch_order import ResumableLengthGrouping
 from workbench.methods import hf
 from workbench.metrics import length_baseline_accuracy, mean_std, pairwise_accuracy
 from workbench.models import apply_lora, load_reward_model
 from workbench.packing import backbone, packed_calls
-from workbench.sampling import ResumableLengthGrouping
 from workbench.scoring import score_sequences
 
 if TYPE_CHECKING:

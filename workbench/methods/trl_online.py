@@ -5,7 +5,7 @@
 - The reward is the recipe's `reward_model:` (a function or a reward-model directory, with `normalize`)
   through `workbench/scoring.py`, with the same output check as rejection sampling and PPO; completions
   reach it as text, as in those methods.
-- Sampling settings come from `generation:` or TRL's own `train:` names (`workbench/online.py`).
+- Sampling settings come from `generation:` or TRL's own `train:` names (`workbench/sampling/settings.py`).
 - Training arguments, tracking, resume and the checked export are `methods/hf.py`'s, as for DPO or SFT.
 """
 
@@ -18,7 +18,7 @@ from workbench.config import reference_rule
 from workbench.data.schema import text_of
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
-from workbench.online import trl_generation_fields
+from workbench.sampling.settings import trl_generation_fields
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from workbench.sampling import EpochSeededLengthGroupedSampler
+from workbench.batch_order import EpochSeededLengthGroupedSampler
 
 LENGTHS = [5, 40, 12, 33, 7, 21, 19, 2, 38, 11, 25, 30, 9, 16, 27, 3] * 4
 

@@ -17,6 +17,7 @@ from typing import Any
 from workbench.batching import left_pad, length_sorted_batches
 from workbench.config import GenerationConfig
 from workbench.errors import WorkbenchError
+from workbench.sampling.settings import backend_problems, hf_generation_config
 
 
 @dataclass(frozen=True)
@@ -61,45 +62,6 @@ def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def sampling_kwargs(cfg: GenerationConfig, num_samples: int) -> dict[str, Any]:
-    """The recipe's sampling settings, and explicitly neutral values for every other logits processor."""
-    sample = cfg.temperature > 0
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": cfg.max_new_tokens,
-        "min_new_tokens": 0,
-        "do_sample": sample,
-        "num_beams": 1,
-        "num_return_sequences": num_samples,
-        "use_cache": True,
-        "repetition_penalty": 1.0,
-        "no_repeat_ngram_size": 0,
-        "typical_p": 1.0,
-        "epsilon_cutoff": 0.0,
-        "eta_cutoff": 0.0,
-        "renormalize_logits": False,
-    }
-    if sample:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    else:
-        from workbench.method_checks import greedy_problems
-
-        for problem in greedy_problems(cfg, num_samples):
-            raise WorkbenchError(problem)
-    return kwargs
-
-
-def hf_generation_config(cfg: GenerationConfig, num_samples: int, pad_id: int, eos_ids: set[int]) -> Any:
-    """A complete transformers GenerationConfig built from the recipe alone.
-
-    `generate` fills every unset field from the checkpoint's generation_config.json (which may carry
-    repetition_penalty, typical_p, suppress_tokens, ...); `generate_batch` therefore installs this
-    config as the model's own for the call, so nothing the recipe did not ask for is applied.
-    """
-    from transformers import GenerationConfig as HFGenerationConfig
-
-    return HFGenerationConfig(pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling_kwargs(cfg, num_samples))
 
 
 def generate_batch(
@@ -180,7 +142,39 @@ def batches_of(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[i
 
 def require_vllm() -> None:
     """The vLLM backend is refused clearly: missing package, or (this version) not yet supported."""
-    from workbench.method_checks import backend_problems
-
     for problem in backend_problems(GenerationConfig(backend="vllm")):
         raise WorkbenchError(problem)
+
+
+@dataclass
+class Sampled:
+    """Completions in (prompt, sample) order with their decoded texts and, when scored, their rewards."""
+
+    completions: list[Completion]
+    texts: list[str]
+    scores: list[float]
+    seconds: dict[str, float]
+    tokens_per_second: float
+
+
+def sample_and_score(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    prompts: Sequence[Any],
+    cfg: GenerationConfig,
+    seed: int,
+    score: Callable[..., list[float]] | None = None,
+    num_samples: int | None = None,
+) -> Sampled:
+    """`num_samples` (default `cfg.num_samples`) completions per prompt, decoded, and scored by `score(prompts, texts)`
+    (one reward per completion) when a scorer is given: PPO's rollouts and the evaluation's samples alike."""
+    stats = GenerationStats()
+    t0 = time.perf_counter()
+    made = generate(model, tokenizer, prompt_ids, cfg, seed, num_samples=num_samples, stats=stats)
+    made.sort(key=lambda c: (c.prompt_index, c.sample))
+    t1 = time.perf_counter()
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in made]
+    scores = score([prompts[c.prompt_index] for c in made], texts) if score is not None else []
+    t2 = time.perf_counter()
+    return Sampled(made, texts, scores, {"generate": t1 - t0, "score": t2 - t1}, stats.tokens_per_second)
