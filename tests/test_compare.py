@@ -209,7 +209,7 @@ def test_comparison_recipe_problems_are_reported_before_anything_runs(tmp_path, 
 
 def test_results_aggregate_over_seeds(tmp_path):
     """Two seeds: each metric is the mean, `_std` the sample std (n - 1), per-seed values kept; a failed seed is reported."""
-    from workbench.compare import Comparison, Stage, StageRun
+    from workbench.comparison.types import Comparison, Stage, StageRun
     from workbench.config import EvalConfig
     from workbench.report import aggregate, best_rows
 
@@ -340,7 +340,7 @@ def test_a_forked_stage_stops_and_records_failed_when_compare_is_killed(tmp_path
 
 
 def test_error_line_of_a_stage_names_its_error_or_says_it_wrote_nothing(tmp_path):
-    from workbench.compare import error_line
+    from workbench.comparison.run import error_line
 
     log = tmp_path / "stage.log"
     log.write_text("loading\nerror: recipe.yaml: 1 problem\n  - unknown key\nbye\n")
@@ -355,7 +355,8 @@ def test_a_model_baseline_is_evaluated_as_its_own_row_and_named_in_the_report(tm
     report names it, and a second evaluation finds it cached."""
     from test_evaluate import VOWEL, hand_run
 
-    from workbench.compare import Comparison, Outcome, Stage, StageRun, evaluate_seed
+    from workbench.comparison.evaluation import evaluate_seed
+    from workbench.comparison.types import Comparison, Outcome, Stage, StageRun
     from workbench.config import EvalConfig, GenerationConfig, RewardModelConfig
     from workbench.report import aggregate, write_outputs
     from workbench.tiny import build_tiny_model
@@ -430,7 +431,8 @@ def test_fewer_held_out_prompts_than_asked_is_said_on_the_console(tmp_path, tiny
     `compare` and `workbench eval` say so, in the wording of the report's eval_shortfall flag."""
     from test_evaluate import hand_run
 
-    from workbench.compare import Comparison, Stage, StageRun, evaluate_seed
+    from workbench.comparison.evaluation import evaluate_seed
+    from workbench.comparison.types import Comparison, Stage, StageRun
     from workbench.config import EvalConfig, GenerationConfig
 
     cfg = EvalConfig(num_prompts=500, samples_per_prompt=1, num_pairs=5, generation=GenerationConfig(max_new_tokens=4))
@@ -451,7 +453,7 @@ def test_fewer_held_out_prompts_than_asked_is_said_on_the_console(tmp_path, tiny
 
 
 def test_a_baseline_named_twice_or_clashing_with_a_stage_is_a_recipe_error(tmp_path):
-    from workbench.compare import load_comparison
+    from workbench.comparison import load_comparison
     from workbench.errors import RecipeError
 
     path = tmp_path / "c.yaml"

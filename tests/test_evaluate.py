@@ -215,7 +215,7 @@ def test_quickstart_evaluates_64_distinct_held_out_prompts(tokenizer):
     """The README's comparison has enough evidence: 64 distinct prompts unseen in training, and over 64 held-out pairs."""
     import dataclasses
 
-    from workbench.compare import load_comparison, stage_recipe
+    from workbench.comparison.recipe import load_comparison, stage_recipe
     from workbench.config import SyntheticSpec, recipe_from_dict
     from workbench.data.synthetic import generate
     from workbench.evaluate import eval_inputs

@@ -185,7 +185,7 @@ def test_qlora_is_refused_clearly_without_cuda():
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid_and_documents_its_launch(recipe):
-    from workbench.compare import load_comparison
+    from workbench.comparison import load_comparison
     from workbench.config import load_recipe
 
     if "stages" in read_yaml(recipe):  # a comparison: every stage recipe is checked too

@@ -553,7 +553,7 @@ def test_launch_refuses_when_the_plan_exceeds_the_gpu(tmp_path, tiny_model, monk
         f"method: sft\nmodel: {{name_or_path: {tiny_model}}}\ndata: {{sources: [{{synthetic: {{task: vowels}}}}], max_length: 64}}\noutput_dir: {tmp_path / 'run'}\n"
     )
     monkeypatch.setattr(P, "detected_device_memory", lambda: 1.5 * 2**30)  # usable 0.5 GiB after the 1 GiB reserve
-    monkeypatch.setattr(P, "activation_bytes", lambda *a, **k: 2**30)  # a plan that exceeds it
+    monkeypatch.setattr(P.build, "activation_bytes", lambda *a, **k: 2**30)  # a plan that exceeds it
     import workbench.launch as launch_module
 
     launched = []

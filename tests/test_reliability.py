@@ -148,7 +148,7 @@ def test_marked_checkpoint_with_a_missing_file_is_not_resumed(tmp_path):
 
 def test_compare_resumes_only_a_stage_with_a_checkpoint(tmp_path, monkeypatch):
     """A comparison stage killed before its first checkpoint is started over, not `--resume`d (which would fail)."""
-    from workbench import compare
+    from workbench.comparison import run as compare
 
     commands = []
     monkeypatch.setenv("WORKBENCH_FRESH_STAGE_PROCESSES", "1")  # the command as a fresh process gets it (forked: the same argv)

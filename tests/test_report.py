@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from workbench import health as H
-from workbench.compare import Comparison, Outcome, Stage, StageRun
+from workbench.comparison.types import Comparison, Outcome, Stage, StageRun
 from workbench.config import EvalConfig, GenerationConfig
 from workbench.report import aggregate, fmt, report_markdown, write_outputs
 
@@ -328,7 +328,8 @@ def test_every_seed_is_evaluated_on_the_same_held_out_pairs(tmp_path, tokenizer)
     same, reward_eval.json records them by fingerprint, and the report counts them once."""
     import dataclasses
 
-    from workbench.compare import evaluate_reward_model, load_comparison, stage_recipe
+    from workbench.comparison.evaluation import evaluate_reward_model
+    from workbench.comparison.recipe import load_comparison, stage_recipe
     from workbench.config import RewardModelConfig, recipe_from_dict
     from workbench.evaluate import eval_inputs
     from workbench.report import reward_model_summary

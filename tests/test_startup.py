@@ -11,7 +11,7 @@ import sys
 from conftest import REPO, write_yaml
 
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "deepspeed", "wandb", "accelerate", "matplotlib")
-OTHER_CODE = ("workbench.compare", "workbench.report", "workbench.evaluate", "workbench.sampling.logprobs", "matplotlib")
+OTHER_CODE = ("workbench.comparison", "workbench.report", "workbench.evaluate", "workbench.sampling.logprobs", "matplotlib")
 
 
 def modules_after(code: str, *args: str, cwd=REPO) -> tuple[int, list[str], str]:

@@ -245,14 +245,6 @@ def test_eval_sampling_without_modelled_log_probs_is_refused(tmp_path, tiny_mode
     assert "1 problem:" in err and sentence in err
 
 
-def test_method_data_kinds_match_the_methods():
-    from workbench.config import METHOD_DATA_KINDS
-    from workbench.methods import METHOD_MODULES, get_method
-
-    for name in METHOD_MODULES:
-        assert METHOD_DATA_KINDS[name] == get_method(name).DATA_KIND, name
-
-
 def test_launch_runs_the_checks_before_spawning(tmp_path, tiny_model, capsys, monkeypatch):
     import workbench.launch
 

@@ -260,7 +260,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.compare import compare, load_comparison
+    from workbench.comparison import compare, load_comparison
 
     try:
         outcome = compare(load_comparison(args.recipe, args.overrides))

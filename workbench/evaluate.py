@@ -29,7 +29,7 @@ from typing import Any
 
 from workbench import metrics as M
 from workbench import stats as S
-from workbench.config import EvalConfig, Recipe, dump_yaml, recipe_from_dict
+from workbench.config import EvalConfig, Recipe, dump_yaml, methods_where, recipe_from_dict
 from workbench.data.pipeline import prepare, read_json, write_json, write_jsonl
 from workbench.data.schema import stable_hash
 from workbench.errors import DataError, WorkbenchError
@@ -53,7 +53,7 @@ QUALITY_METRICS = (
     "distinct_2",
 )
 COST_METRICS = ("wall_seconds", "train_tokens", "generated_tokens", "peak_memory_mb")
-POLICY_METHODS = ("sft", "dpo", "rejection_sampling", "ppo", "kto", "grpo", "rloo")
+POLICY_METHODS = methods_where(produces_policy=True)
 
 
 @dataclass

@@ -13,14 +13,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from workbench.config import GenerationConfig, ModelConfig, Recipe, plain_train_defaults
+from workbench.config import METHODS, GenerationConfig, ModelConfig, Recipe, plain_train_defaults
 from workbench.errors import RecipeError
 from workbench.online import online_problems
 from workbench.sampling.settings import PPO_SAMPLING, REJECTION_SAMPLING, sampling_problems
 from workbench.sampling.settings import eval_sampling_problems as eval_sampling_problems  # compare imports it from here
 
-TRAINER_METHODS = ("sft", "reward", "dpo", "kto", "rejection_sampling", "grpo", "rloo")  # a transformers Trainer trains them
-LM_HEAD_READ_DIRECTLY = ("dpo", "kto", "grpo", "rloo")  # TRL computes their log-probs from lm_head.weight itself
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}  # TRL's DPOTrainer
 
 
@@ -182,7 +180,7 @@ def trainer_problems(recipe: Recipe, train: dict[str, Any]) -> list[str]:
 def lm_head_problems(model: ModelConfig, method: str) -> list[str]:
     targets = (model.lora or {}).get("target_modules") or []
     named = [targets] if isinstance(targets, str) else list(targets)
-    if method in LM_HEAD_READ_DIRECTLY and "lm_head" in named:
+    if METHODS[method].reads_lm_head and "lm_head" in named:
         return [
             f"`model.lora.target_modules` includes lm_head, which {method}'s trainer reads directly (an adapter there "
             "would never train); remove it"
@@ -216,7 +214,7 @@ def method_problems(recipe: Recipe, processes: int = 1) -> list[str]:
     """Every problem of the method's settings a run would stop on before (or soon after) its first step."""
     train = effective_train(recipe)
     problems = quantization_problems(recipe.model) + lm_head_problems(recipe.model, recipe.method)
-    if recipe.method in TRAINER_METHODS:
+    if METHODS[recipe.method].hf_trainer:
         problems.extend(trainer_problems(recipe, train))
     if recipe.method == "ppo":
         problems.extend(ppo_problems(train, recipe.generation))
@@ -226,7 +224,7 @@ def method_problems(recipe: Recipe, processes: int = 1) -> list[str]:
         problems.extend(kto_problems(train))
     elif recipe.method == "dpo":
         problems.extend(dpo_problems(train))
-    elif recipe.method in ("grpo", "rloo"):
+    elif METHODS[recipe.method].sampling == "trl":
         problems.extend(online_problems(recipe, train, processes))
     return problems
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.config import methods_where
 from workbench.sampling.settings import GENERATION_TO_TRL, trl_generation_fields
 
-ONLINE_METHODS = ("grpo", "rloo")
+ONLINE_METHODS = methods_where(sampling="trl")  # TRL's online trainers: `generation:` maps onto their fields
 
 
 @dataclass

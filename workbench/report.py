@@ -13,20 +13,22 @@ deviation (n - 1) with the number of seeds.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import health as H
 from workbench import stats as S
-from workbench.compare import BASELINE_METHOD, BASELINE_ROW
+from workbench.comparison.types import BASELINE_METHOD, BASELINE_ROW
+from workbench.config.methods import methods_where
 from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 
 if TYPE_CHECKING:
-    from workbench.compare import Comparison, Outcome, StageRun
+    from workbench.comparison.types import Comparison, Outcome, StageRun
 
 # Which way is better, per metric (None: no "best", e.g. response length).
 HIGHER_IS_BETTER: dict[str, bool | None] = {
@@ -68,6 +70,7 @@ SHORT = {
     "finished_share": "finished",
 }
 WARN = "⚠"
+BEST_OF_N_METHODS = methods_where(sampling="best_of_n")  # their metrics.jsonl holds the best-of-n curve (rs/best_of_N)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -767,6 +770,28 @@ def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | No
 
 
 INTERVAL_LABEL = "95% interval, clustered by prompt"
+LEGEND_RIGHT = {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # outside: never over a bar
+
+
+@contextlib.contextmanager
+def figure(
+    path: Path, size: tuple[float, float], title: str, xlabel: str = "", ylabel: str = "", title_size: float | None = None
+) -> Iterator[Any]:
+    """Every report plot: the axes to draw on; then its labels and title, a tight layout, the PNG at 110 dpi, closed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        ax.set_title(title, **({"fontsize": title_size} if title_size else {}))
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def difference_interval_label(results: list[dict[str, Any]]) -> str:
@@ -786,10 +811,15 @@ def _half_width(r: dict[str, Any], key: str) -> float:
 
 def frontier_plot(results: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path) -> str:
     """Judge reward vs KL, both with 95% clustered intervals; names in the legend (labels on points overlap)."""
-    import matplotlib.pyplot as plt
-
     key = judge_metric(results)
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    title = f"{SHORT[key].capitalize()} vs KL (bars: {INTERVAL_LABEL})"
+    with figure(path, (7, 4.8), title, "KL(policy ‖ reference), nats per response", SHORT[key], title_size=10) as ax:
+        frontier_points(ax, results, baseline, key)
+    return path.name
+
+
+def frontier_points(ax: Any, results: list[dict[str, Any]], baseline: dict[str, Any] | None, key: str) -> None:
+    """Each policy's mean with its intervals (and one faint dot per seed), the baseline's level, the legend outside."""
     markers = "oDs^vP*Xhp"
     for i, r in enumerate(results):
         if r.get(key) is None or r.get("kl_to_reference") is None:
@@ -812,128 +842,93 @@ def frontier_plot(results: list[dict[str, Any]], baseline: dict[str, Any] | None
         )
     if baseline is not None and baseline.get(key) is not None:
         ax.axhline(baseline[key], color="grey", linestyle="--", linewidth=1, label=f"baseline {baseline['name']}")
-    ax.set_xlabel("KL(policy ‖ reference), nats per response")
-    ax.set_ylabel(SHORT[key])
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
-    ax.set_title(f"{SHORT[key].capitalize()} vs KL (bars: {INTERVAL_LABEL})", fontsize=10)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
 
 
 def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Path) -> str:
     """Horizontal bars: win rate vs the baseline with 95% clustered intervals; 0.5 = a tie."""
-    import matplotlib.pyplot as plt
-
     rows = [r for r in results if r.get("win_rate_vs_baseline") is not None and r["name"] != baseline]  # 0.5 by construction
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
-    ys = list(range(len(rows)))[::-1]
-    rates = [r["win_rate_vs_baseline"] for r in rows]
-    halves = [_half_width(r, "win_rate_vs_baseline") for r in rows]
-    errors = [
-        [min(h, x) for x, h in zip(rates, halves)],
-        [min(h, 1.0 - x) for x, h in zip(rates, halves)],
-    ]  # a rate stays in [0, 1]
-    ax.barh(ys, rates, height=0.5, xerr=errors, capsize=5, color="#4c72b0", label=f"win rate ({INTERVAL_LABEL})")
-    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label=f"tie with {baseline}")
-    ax.set_yticks(ys, [policy_label(r) for r in rows])
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"win rate vs {baseline} (ties half)")
-    ax.set_title("Win rate vs the baseline")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (9, 0.6 * len(rows) + 2.0), "Win rate vs the baseline", f"win rate vs {baseline} (ties half)") as ax:
+        ys = list(range(len(rows)))[::-1]
+        rates = [r["win_rate_vs_baseline"] for r in rows]
+        halves = [_half_width(r, "win_rate_vs_baseline") for r in rows]
+        errors = [
+            [min(h, x) for x, h in zip(rates, halves)],
+            [min(h, 1.0 - x) for x, h in zip(rates, halves)],
+        ]  # a rate stays in [0, 1]
+        ax.barh(ys, rates, height=0.5, xerr=errors, capsize=5, color="#4c72b0", label=f"win rate ({INTERVAL_LABEL})")
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label=f"tie with {baseline}")
+        ax.set_yticks(ys, [policy_label(r) for r in rows])
+        ax.set_xlim(0, 1)
+        ax.legend(**LEGEND_RIGHT)
     return path.name
 
 
 def difference_plot(results: list[dict[str, Any]], baseline: str | None, path: Path) -> str:
     """Paired difference of the judge metric from the baseline, with its 95% interval, and the zero line."""
-    import matplotlib.pyplot as plt
-
     key = judge_metric(results)
     rows = [r for r in results if (r.get("vs_baseline") or {}).get(key)]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0))
-    ys = list(range(len(rows)))[::-1]
-    for y, r in zip(ys, rows):
-        d = r["vs_baseline"][key]
-        color = "C2" if d["low"] > 0 else "C3" if d["high"] < 0 else "C7"
-        ax.errorbar(
-            [d["difference"]],
-            [y],
-            xerr=[[d["difference"] - d["low"]], [d["high"] - d["difference"]]],
-            fmt="o",
-            capsize=5,
-            color=color,
-        )
-    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1, label=f"no difference from {baseline}")
-    for color, text in (("C2", "better (interval above 0)"), ("C7", "within noise"), ("C3", "worse (interval below 0)")):
-        ax.errorbar([], [], xerr=[], fmt="o", color=color, label=text)
-    ax.set_yticks(ys, [policy_label(r) for r in rows])
-    ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel(f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({difference_interval_label(rows)})")
-    ax.set_title(f"{SHORT[key].capitalize()}: difference from the baseline")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"{SHORT[key].capitalize()}: difference from the baseline"
+    xlabel = f"Δ {SHORT[key]} vs {baseline}, paired by prompt and sample ({difference_interval_label(rows)})"
+    with figure(path, (9, 0.6 * len(rows) + 2.0), title, xlabel) as ax:
+        ys = list(range(len(rows)))[::-1]
+        for y, r in zip(ys, rows):
+            d = r["vs_baseline"][key]
+            color = "C2" if d["low"] > 0 else "C3" if d["high"] < 0 else "C7"
+            ax.errorbar(
+                [d["difference"]],
+                [y],
+                xerr=[[d["difference"] - d["low"]], [d["high"] - d["difference"]]],
+                fmt="o",
+                capsize=5,
+                color=color,
+            )
+        ax.axvline(0.0, color="grey", linestyle="--", linewidth=1, label=f"no difference from {baseline}")
+        for color, text in (("C2", "better (interval above 0)"), ("C7", "within noise"), ("C3", "worse (interval below 0)")):
+            ax.errorbar([], [], xerr=[], fmt="o", color=color, label=text)
+        ax.set_yticks(ys, [policy_label(r) for r in rows])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.legend(**LEGEND_RIGHT)
     return path.name
 
 
 def length_plot(comparison: Comparison, outcome: Outcome, path: Path) -> str:
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    data, labels = [], []
-    for r in outcome.results:
-        if r["status"] != "ok":
-            continue
-        data.append([row["num_tokens"] for row in samples_of(comparison, outcome.runs, r["name"])])
-        finished = r.get("finished_share")
-        labels.append(f"{policy_label(r)}\n{finished:.0%} finished" if finished is not None else r["name"])
-    ax.boxplot(
-        data, tick_labels=labels, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "C2", "markeredgecolor": "C2"}
-    )
-    cap = comparison.eval.generation.max_new_tokens
-    ax.axhline(cap, color="C3", linestyle=":", linewidth=1)
-    ax.set_ylim(0, cap * 1.1)
-    handles = [
-        Line2D([], [], color="C1", label="median"),
-        Line2D([], [], marker="^", color="C2", linestyle="", label="mean"),
-        Line2D([], [], color="black", label="box: 25-75%, whiskers: 1.5 IQR"),
-        Line2D([], [], color="C3", linestyle=":", label=f"cap ({cap} new tokens)"),
-    ]
-    ax.legend(handles=handles, fontsize=8, loc="lower left")
-    ax.set_ylabel("response length (tokens)")
-    ax.set_title("Response length distribution")
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (7, 4.2), "Response length distribution", ylabel="response length (tokens)") as ax:
+        data, labels = [], []
+        for r in outcome.results:
+            if r["status"] != "ok":
+                continue
+            data.append([row["num_tokens"] for row in samples_of(comparison, outcome.runs, r["name"])])
+            finished = r.get("finished_share")
+            labels.append(f"{policy_label(r)}\n{finished:.0%} finished" if finished is not None else r["name"])
+        ax.boxplot(
+            data, tick_labels=labels, showmeans=True, meanprops={"marker": "^", "markerfacecolor": "C2", "markeredgecolor": "C2"}
+        )
+        cap = comparison.eval.generation.max_new_tokens
+        ax.axhline(cap, color="C3", linestyle=":", linewidth=1)
+        ax.set_ylim(0, cap * 1.1)
+        handles = [
+            Line2D([], [], color="C1", label="median"),
+            Line2D([], [], marker="^", color="C2", linestyle="", label="mean"),
+            Line2D([], [], color="black", label="box: 25-75%, whiskers: 1.5 IQR"),
+            Line2D([], [], color="C3", linestyle=":", label=f"cap ({cap} new tokens)"),
+        ]
+        ax.legend(handles=handles, fontsize=8, loc="lower left")
+        ax.tick_params(axis="x", labelsize=8)
     return path.name
 
 
 def margins_plot(rm: dict[str, Any], path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    seeds = rm.get("num_seeds", 1)
-    label = f"{rm['num_pairs']} held-out pairs" + (f" × {seeds} seeds' models" if seeds > 1 else "")
-    ax.hist(rm["margins"], bins=30, color="#4c72b0", label=label)
-    ax.axvline(0.0, color="C3", linestyle="--", linewidth=1, label="0: left of it the pair is ranked wrong")
-    ax.set_xlabel("score(chosen) − score(rejected)")
-    ax.set_ylabel("pairs")
-    ax.set_title(
-        f"Reward model margins (accuracy {rm['accuracy']:.3f}, length-only rule {rm['length_baseline_accuracy']:.3f})",
-        fontsize=10,
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"Reward model margins (accuracy {rm['accuracy']:.3f}, length-only rule {rm['length_baseline_accuracy']:.3f})"
+    with figure(path, (7, 3.8), title, "score(chosen) − score(rejected)", "pairs", title_size=10) as ax:
+        seeds = rm.get("num_seeds", 1)
+        label = f"{rm['num_pairs']} held-out pairs" + (f" × {seeds} seeds' models" if seeds > 1 else "")
+        ax.hist(rm["margins"], bins=30, color="#4c72b0", label=label)
+        ax.axvline(0.0, color="C3", linestyle="--", linewidth=1, label="0: left of it the pair is ranked wrong")
+        ax.legend(fontsize=8)
     return path.name
 
 
@@ -943,7 +938,7 @@ def best_of_n_curves(comparison: Comparison, outcome: Outcome) -> dict[str, dict
     for name in comparison.stages:
         for seed in comparison.seeds:
             run = outcome.runs[seed].get(name)
-            if run is None or not run.ok or run.method != "rejection_sampling":
+            if run is None or not run.ok or run.method not in BEST_OF_N_METHODS:
                 continue
             curve: dict[int, float] = {}
             for line in read_jsonl(run.run_dir / "metrics.jsonl"):
@@ -957,23 +952,16 @@ def best_of_n_curves(comparison: Comparison, outcome: Outcome) -> dict[str, dict
 
 
 def best_of_n_plot(curves: dict[str, dict[int, float]], path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ns: set[int] = set()
-    for name, curve in curves.items():
-        ax.plot(list(curve), list(curve.values()), marker="o", label=name)
-        ns |= set(curve)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])  # integers, not 2^k
-    ax.minorticks_off()
-    ax.set_xlabel("n (samples per prompt)")
-    ax.set_ylabel("expected best-of-n reward")
-    ax.set_title("Best-of-n curve (rejection sampling's reward source)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "Best-of-n curve (rejection sampling's reward source)"
+    with figure(path, (6, 4), title, "n (samples per prompt)", "expected best-of-n reward") as ax:
+        ns: set[int] = set()
+        for name, curve in curves.items():
+            ax.plot(list(curve), list(curve.values()), marker="o", label=name)
+            ns |= set(curve)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])  # integers, not 2^k
+        ax.minorticks_off()
+        ax.legend()
     return path.name
 
 

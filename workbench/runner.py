@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.checkpoint import newest_complete, prune_after_export, remove_incomplete, step_of
-from workbench.config import Recipe, resolved_dict
-from workbench.data.pipeline import Prepared, prepare, save
+from workbench.config import METHODS, Recipe, resolved_dict
+from workbench.context import RunContext, RunResult
+from workbench.data.pipeline import prepare, save
 from workbench.errors import WorkbenchError
 from workbench.launch import init_distributed_state
 from workbench.methods import get_method
@@ -23,30 +23,6 @@ from workbench.rundir import RunLock, Start, decide_start
 from workbench.tracking import Tracker, redact
 
 log = logging.getLogger("workbench")
-
-
-@dataclass
-class RunContext:
-    """What a method receives: the recipe, its run directory, tracker, tokenizer and prepared data."""
-
-    recipe: Recipe
-    run_dir: Path
-    tracker: Tracker
-    tokenizer: Any
-    data: Prepared
-    is_main: bool
-    world_size: int
-    resume_checkpoint: Path | None = None
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    model_dir: Path | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    train_tokens: int | None = None  # tokens through forward + backward, all processes
-    generated_tokens: int | None = None  # tokens sampled during the run (rejection sampling, PPO)
-    already_finished: bool = False  # --resume of a completed run: nothing was done
 
 
 def train(
@@ -109,7 +85,7 @@ def run_locked(
         tracker.start(extra, resume_step=step_of(checkpoint) if checkpoint else None)
         state.wait_for_everyone()
         tokenizer = load_tokenizer(recipe.model)
-        prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=getattr(method, "DATA_KIND", "preference"))
+        prepared = prepare(recipe.data, recipe.data_seed, tokenizer, kind=METHODS[recipe.method].data_kind)
         if state.is_main_process:
             save(prepared, run_dir)
         tracker.update_manifest(data={"fingerprints": prepared.report["fingerprints"], "split": prepared.report["split"]})

@@ -30,9 +30,9 @@ def preload_modules(methods: Sequence[str]) -> list[str]:
     (which accelerate imports when training starts)."""
     import importlib.util
 
-    from workbench.methods import METHOD_MODULES
+    from workbench.config.methods import METHODS
 
-    modules = [*BASE_PRELOAD, *(METHOD_MODULES[m] for m in dict.fromkeys(methods) if m in METHOD_MODULES)]
+    modules = [*BASE_PRELOAD, *(METHODS[m].module for m in dict.fromkeys(methods) if m in METHODS)]
     return modules + (["deepspeed"] if importlib.util.find_spec("deepspeed") is not None else [])
 
 

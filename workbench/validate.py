@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.cache import memo_json, path_fingerprint
 from workbench.config import (
-    METHOD_DATA_KINDS,
+    METHODS,
     Recipe,
     RewardModelConfig,
     dump_yaml,
@@ -324,7 +324,8 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     sections: list[str] = []
     train = recipe.train
     processes = processes_of(recipe, accelerate_config)
-    if recipe.method in ("grpo", "rloo"):  # TRL's checks see the sampling settings mapped from `generation:`
+    spec = METHODS[recipe.method]
+    if spec.sampling == "trl":  # TRL's checks see the sampling settings mapped from `generation:`
         from workbench.online import TRL_GROUP_MESSAGES, trl_one_process_fields
         from workbench.sampling.settings import trl_generation_fields
 
@@ -342,7 +343,7 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
         problems.extend(accelerate_problems(recipe, accelerate_config))
     except WorkbenchError as exc:
         problems.append(str(exc))
-    if recipe.method in ("kto", "grpo", "rloo"):  # TRL's own checks, and GRPO / RLOO's completions per step
+    if spec.checks_declared_choices:  # TRL's own checks, and GRPO / RLOO's completions per step
         from workbench.online import validate_trl_method
 
         key = ["trl-method", resolved_dict(recipe), processes]
@@ -356,10 +357,10 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     problems.extend(reward_problems(recipe))
     problems.extend(eval_sampling_problems(recipe.eval.generation))  # the sentences PPO's checks use, for `eval.generation`
     if not any(p.startswith("`data.sources") for p in problems):
-        scan, data_problems = scan_data(recipe, METHOD_DATA_KINDS.get(recipe.method, "preference"))
+        scan, data_problems = scan_data(recipe, spec.data_kind)
         sections.append(scan.describe())
         problems.extend(data_problems)
-        if example and recipe.method != "kto" and not data_problems and not any(p.startswith("`model.") for p in problems):
+        if example and spec.data_kind != "unpaired" and not data_problems and not any(p.startswith("`model.") for p in problems):
             try:
                 sections.append(memoised_example_text(recipe, scan))
             except WorkbenchError as exc:
@@ -379,7 +380,7 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
-    from workbench.compare import load_comparison, stage_recipe
+    from workbench.comparison.recipe import load_comparison, stage_recipe
     from workbench.config import recipe_from_dict
 
     try:

@@ -1,7 +1,7 @@
 """Recipe YAML -> typed dataclasses, with overrides and validation that names every bad key.
 
-One job per module: `schema` (the sections and their defaults), `load` (YAML, `--set`
-overrides, the resolved view), `checks` (typed conversion, unknown keys with the closest
+One job per module: `methods` (the method registry), `schema` (the sections and their defaults),
+`load` (YAML, `--set` overrides, the resolved view), `checks` (typed conversion, unknown keys with the closest
 valid key, the `train:` section against the method's real config class, cross-field checks).
 Everything is re-exported here, so `from workbench.config import X` keeps working.
 """
@@ -33,9 +33,8 @@ from workbench.config.load import (
     recipe_from_dict,
     resolved_dict,
 )
+from workbench.config.methods import METHOD_NAMES, METHODS, MethodSpec, ReferenceChoice, methods_where, reference_rule
 from workbench.config.schema import (
-    METHOD_DATA_KINDS,
-    TRAIN_CONFIG_CLASSES,
     WORKBENCH_OWNED_TRAIN_KEYS,
     DataConfig,
     EvalConfig,
@@ -52,17 +51,19 @@ from workbench.config.schema import (
 )
 
 __all__ = [
-    "METHOD_DATA_KINDS",
     "ALIASES",
     "INVALID",
-    "TRAIN_CONFIG_CLASSES",
+    "METHODS",
+    "METHOD_NAMES",
     "WORKBENCH_OWNED_TRAIN_KEYS",
     "DataConfig",
     "EvalConfig",
     "GenerationConfig",
     "LabelSpec",
+    "MethodSpec",
     "ModelConfig",
     "Recipe",
+    "ReferenceChoice",
     "ReferenceConfig",
     "RewardModelConfig",
     "SourceConfig",
@@ -78,9 +79,11 @@ __all__ = [
     "dump_yaml",
     "effective_max_prompt_length",
     "load_recipe",
+    "methods_where",
     "parse_override",
     "read_yaml",
     "recipe_from_dict",
+    "reference_rule",
     "resolved_dict",
     "plain_train_defaults",
     "plain_value",

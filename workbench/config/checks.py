@@ -10,7 +10,8 @@ import types
 import typing
 from typing import Any, Literal
 
-from workbench.config.schema import TRAIN_CONFIG_CLASSES, WORKBENCH_OWNED_TRAIN_KEYS, Recipe
+from workbench.config.methods import METHODS
+from workbench.config.schema import WORKBENCH_OWNED_TRAIN_KEYS, Recipe
 
 # ----------------------------------------------------------------------------------------------
 # Generic typed conversion with problem collection
@@ -173,7 +174,7 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, problems: list[
 
 
 def train_config_class(method: str) -> type:
-    module, name = TRAIN_CONFIG_CLASSES[method]
+    module, name = METHODS[method].train_config
     return getattr(importlib.import_module(module), name)
 
 
@@ -271,11 +272,11 @@ def cross_checks(recipe: Recipe) -> list[str]:
         problems.append(f"`data.eval_split` must be in [0, 1), got {recipe.data.eval_split}")
     if recipe.data.max_prompt_length is not None and recipe.data.max_prompt_length >= recipe.data.max_length:
         problems.append("`data.max_prompt_length` must be smaller than `data.max_length` (responses need room)")
-    if recipe.method in ("rejection_sampling", "ppo", "grpo", "rloo"):
+    if METHODS[recipe.method].needs_reward:
         rm = recipe.reward_model
         if rm is None or (rm.name_or_path is None) == (rm.function is None):
             problems.append(f"`reward_model` needs exactly one of `name_or_path` or `function` for method {recipe.method}")
-    if recipe.model.lora is not None and recipe.method in TRAIN_CONFIG_CLASSES:
+    if recipe.model.lora is not None and recipe.method in METHODS:
         problems.extend(check_lora(recipe.model.lora))
     return problems
 

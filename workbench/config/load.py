@@ -16,7 +16,8 @@ from workbench.config.checks import (
     plain_train_defaults,
     plain_value,
 )
-from workbench.config.schema import TRAIN_CONFIG_CLASSES, WORKBENCH_OWNED_TRAIN_KEYS, Recipe
+from workbench.config.methods import METHODS
+from workbench.config.schema import WORKBENCH_OWNED_TRAIN_KEYS, Recipe
 from workbench.errors import RecipeError
 
 # ----------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     recipe = build_dataclass(Recipe, {k: v for k, v in data.items() if k != "train"}, "", problems)
     if not isinstance(train, dict):
         problems.append("`train` must be a mapping of training-argument fields")
-    elif recipe.method in TRAIN_CONFIG_CLASSES:
+    elif recipe.method in METHODS:
         recipe.train = check_train_section(recipe.method, train, problems)
     problems.extend(cross_checks(recipe))
     if problems:
@@ -132,7 +133,7 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe with every default filled in (train: the method class's defaults + overrides)."""
     out = dataclasses.asdict(recipe)
     train = {}
-    if recipe.method in TRAIN_CONFIG_CLASSES:
+    if recipe.method in METHODS:
         train = {k: v for k, v in plain_train_defaults(recipe.method).items() if k not in WORKBENCH_OWNED_TRAIN_KEYS}
     train.update(recipe.train)
     out["train"] = {k: plain_value(v) for k, v in sorted(train.items())}

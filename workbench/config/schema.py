@@ -8,30 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# Method -> (module, class) of its `train:` section. A declaration, not an import of methods/.
-TRAIN_CONFIG_CLASSES: dict[str, tuple[str, str]] = {
-    "sft": ("trl", "SFTConfig"),
-    "reward": ("workbench.train_configs", "RewardTrainConfig"),
-    "dpo": ("workbench.train_configs", "DPOTrainConfig"),
-    "rejection_sampling": ("workbench.train_configs", "RejectionSamplingConfig"),
-    "ppo": ("workbench.train_configs", "PPOConfig"),
-    "kto": ("trl", "KTOConfig"),
-    "grpo": ("trl", "GRPOConfig"),
-    "rloo": ("trl", "RLOOConfig"),
-}
-
-# Method -> the records its data must hold: pairs, (prompt, completion) examples, or prompts only.
-# A declaration (the method modules' DATA_KIND agree, tested) so validation imports no method.
-METHOD_DATA_KINDS: dict[str, str] = {
-    "sft": "sft",
-    "reward": "preference",
-    "dpo": "preference",
-    "kto": "unpaired",
-    "rejection_sampling": "prompt",
-    "ppo": "prompt",
-    "grpo": "prompt",
-    "rloo": "prompt",
-}
+from workbench.config.methods import METHOD_NAMES
 
 # `train:` keys the workbench owns, with where the user sets them instead.
 WORKBENCH_OWNED_TRAIN_KEYS = {
@@ -270,9 +247,7 @@ class TrackingConfig:
 class Recipe:
     """A whole recipe. `train` holds the method's training-argument fields, checked by name."""
 
-    method: Literal["sft", "reward", "dpo", "rejection_sampling", "ppo", "kto", "grpo", "rloo"] = _help(
-        "Alignment method.", default="dpo"
-    )
+    method: Literal[METHOD_NAMES] = _help("Alignment method.", default="dpo")  # choices: the registry (config/methods.py)
     model: ModelConfig = _help("Model to train.", default_factory=ModelConfig)
     reference: ReferenceConfig = _help("Reference model.", default_factory=ReferenceConfig)
     reward_model: RewardModelConfig | None = _help("Reward source.", default=None)

@@ -1,22 +1,15 @@
-"""One module per method, each exposing `run(ctx: RunContext) -> RunResult`."""
+"""One module per method, each exposing `run(ctx: RunContext) -> RunResult`; the registry
+(workbench/config/methods.py) names them, and they are imported only when their method runs."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
+from workbench.config.methods import METHODS
 from workbench.errors import WorkbenchError
 
-METHOD_MODULES = {
-    "dpo": "workbench.methods.dpo",
-    "reward": "workbench.methods.reward",
-    "sft": "workbench.methods.sft",
-    "rejection_sampling": "workbench.methods.rejection_sampling",
-    "ppo": "workbench.methods.ppo",
-    "kto": "workbench.methods.kto",
-    "grpo": "workbench.methods.grpo",
-    "rloo": "workbench.methods.rloo",
-}
+METHOD_MODULES = {name: spec.module for name, spec in METHODS.items()}
 
 
 def get_method(name: str) -> ModuleType:

@@ -11,17 +11,16 @@ from trl import DPOTrainer
 from workbench.batch_order import ResumableLengthGrouping
 from workbench.batching import length_sorted_batches
 from workbench.cache import persisted_dataset
-from workbench.config import ModelConfig
+from workbench.config import ModelConfig, reference_rule
 from workbench.data.schema import stable_hash
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 from workbench.packing import packed_calls
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "preference"
 
 
 class PretokenizedDPOTrainer(ResumableLengthGrouping, DPOTrainer):
@@ -101,22 +100,18 @@ def policy_and_reference(ctx: RunContext, args: Any) -> tuple[Any, Any]:
 
 
 def reference_model(ctx: RunContext, args: Any) -> tuple[Any, str]:
-    """The frozen reference and how it was chosen (recorded in the manifest)."""
-    ref = ctx.recipe.reference
-    if ref.name_or_path:
-        cfg = ModelConfig(
-            name_or_path=ref.name_or_path, dtype=ctx.recipe.model.dtype, trust_remote_code=ctx.recipe.model.trust_remote_code
-        )
-        return load_causal_lm(cfg, ctx.tokenizer), f"separate model {ref.name_or_path}"
-    if ctx.recipe.model.lora is not None:
-        return None, "policy base with adapters disabled"
-    if ref.precompute_log_probs:
-        return None, "precomputed log-probs of the initial policy"
-    return None, f"frozen copy of {ctx.recipe.model.name_or_path}"
+    """The frozen reference by the registry's rule, and how it was chosen (recorded in the manifest): a separate
+    model is loaded here; TRL makes the frozen copy, disables the adapters or precomputes the log-probs itself."""
+    choice = reference_rule(ctx.recipe, ctx.recipe.train)
+    if not choice.separate:
+        return None, choice.describe()
+    model = ctx.recipe.model
+    cfg = ModelConfig(name_or_path=choice.name_or_path or "", dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    return load_causal_lm(cfg, ctx.tokenizer), choice.describe()
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = hf.training_args(

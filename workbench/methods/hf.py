@@ -19,7 +19,7 @@ from workbench.models import load_reward_model, plain_loading
 from workbench.tracking import trainer_callback
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext
+    from workbench.context import RunContext
 
 log = logging.getLogger("workbench")
 

@@ -18,11 +18,10 @@ from workbench.methods import hf
 from workbench.methods.dpo import policy_and_reference
 
 if TYPE_CHECKING:
+    from workbench.context import RunContext, RunResult
     from workbench.data.formatting import TokenizedSFT
-    from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "unpaired"
 
 
 def class_weights(num_desirable: int, num_undesirable: int) -> dict[str, float]:
@@ -82,7 +81,7 @@ class PretokenizedKTOTrainer(KTOTrainer):
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     labels = [bool(r["label"]) for r in ctx.data.train]

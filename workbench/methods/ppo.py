@@ -30,10 +30,9 @@ from workbench.sampling.settings import hf_generation_config
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "prompt"
 
 
 def ppo_args(ctx: RunContext) -> SimpleNamespace:
@@ -228,7 +227,7 @@ HISTORY_KEYS = PPO_HISTORY_KEYS  # per update, kept for the end-of-run diagnosis
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     loop = PPOLoop(ctx)
     if ctx.resume_checkpoint:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from workbench import losses
-from workbench.config import ModelConfig
+from workbench.config import ModelConfig, reference_rule
 from workbench.errors import WorkbenchError
 from workbench.method_checks import ppo_batch_problems, ppo_kl_estimator, ppo_measured_kl
 from workbench.models import apply_lora, load_causal_lm, plain_loading
@@ -100,15 +100,13 @@ def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[Po
     from workbench.models import torch_dtype
 
     policy = load_causal_lm(recipe.model, tokenizer)
+    choice = reference_rule(recipe, vars(args))
     reference = None  # under LoRA: the policy with its adapters disabled, no second copy
     if recipe.model.lora is not None:
         policy = apply_lora(policy, recipe.model, task_type="CAUSAL_LM")
-    else:
+    if choice.kind == "model":
         with plain_loading():  # frozen: a whole copy per process, never partitioned
-            reference = load_causal_lm(
-                ModelConfig(name_or_path=recipe.reference.name_or_path or recipe.model.name_or_path, dtype=recipe.model.dtype),
-                tokenizer,
-            )
+            reference = load_causal_lm(ModelConfig(name_or_path=choice.name_or_path or "", dtype=recipe.model.dtype), tokenizer)
         reference.eval().requires_grad_(False)
         disable_dropout(reference)
     rm = recipe.reward_model
@@ -129,10 +127,7 @@ def build_models(recipe: Any, tokenizer: Any, args: SimpleNamespace) -> tuple[Po
             if part is not None:
                 part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 part.config.use_cache = False
-    ref_kind = (
-        f"frozen copy of {reference.config._name_or_path}" if reference is not None else "policy base with adapters disabled"
-    )
-    return model, reference, {"reference": ref_kind, "value_model": described}
+    return model, reference, {"reference": choice.describe(), "value_model": described}
 
 
 def frozen_engine(model: Any, accelerator: Any) -> Any:

@@ -28,10 +28,9 @@ from workbench.scoring import reward_source
 from workbench.selection import Candidate, Group
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "prompt"
 
 
 # ----------------------------------------------------------------------------------------------

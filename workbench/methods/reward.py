@@ -21,11 +21,10 @@ from workbench.packing import backbone, packed_calls
 from workbench.scoring import score_sequences
 
 if TYPE_CHECKING:
+    from workbench.context import RunContext, RunResult
     from workbench.data.formatting import TokenizedPair
-    from workbench.runner import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "preference"
 
 
 def full_sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:
@@ -89,7 +88,7 @@ def eval_metrics(chosen: list[float], rejected: list[float], pairs: list[Tokeniz
 
 
 def run(ctx: RunContext) -> RunResult:
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = hf.training_args(ctx, max_length=recipe.data.max_length)

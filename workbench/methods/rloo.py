@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workbench.methods.trl_online import DATA_KIND, run_online
+from workbench.methods.trl_online import run_online
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
-
-__all__ = ["DATA_KIND", "run"]
+    from workbench.context import RunContext, RunResult
 
 
 def run(ctx: RunContext) -> RunResult:

@@ -15,9 +15,7 @@ from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
-
-DATA_KIND = "sft"
+    from workbench.context import RunContext, RunResult
 
 
 def sft_dataset(examples: list[TokenizedSFT], completion_only: bool) -> Any:
@@ -30,7 +28,7 @@ def sft_dataset(examples: list[TokenizedSFT], completion_only: bool) -> Any:
 
 def train_on(ctx: RunContext, train: list[TokenizedSFT], evals: list[TokenizedSFT], **method_fields: Any) -> RunResult:
     """Fine-tune the recipe's model on tokenized (prompt, completion) examples and export it."""
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = hf.training_args(ctx, max_length=recipe.data.max_length, **method_fields)

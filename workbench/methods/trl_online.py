@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from workbench.config import reference_rule
 from workbench.data.schema import text_of
 from workbench.methods import hf
 from workbench.models import apply_lora, load_causal_lm
@@ -21,10 +22,9 @@ from workbench.sampling.settings import trl_generation_fields
 from workbench.scoring import reward_source
 
 if TYPE_CHECKING:
-    from workbench.runner import RunContext, RunResult
+    from workbench.context import RunContext, RunResult
 
 log = logging.getLogger("workbench")
-DATA_KIND = "prompt"
 
 
 class DataLayerPrompts:
@@ -80,7 +80,7 @@ def run_online(ctx: RunContext, trainer_class: type) -> RunResult:
     """Train with `trainer_class` (TRL's GRPOTrainer or RLOOTrainer) and export the policy."""
     import torch
 
-    from workbench.runner import RunResult
+    from workbench.context import RunResult
 
     recipe = ctx.recipe
     args = online_args(ctx)
@@ -102,10 +102,7 @@ def run_online(ctx: RunContext, trainer_class: type) -> RunResult:
         processing_class=ctx.tokenizer,
         callbacks=hf.callbacks(ctx),
     )
-    reference = (
-        "policy base with adapters disabled" if recipe.model.lora is not None else f"frozen copy of {recipe.model.name_or_path}"
-    )
-    ctx.tracker.update_manifest(reference=reference if args.beta else "none (beta 0: no KL term)")
+    ctx.tracker.update_manifest(reference=reference_rule(recipe, {"beta": args.beta}).describe())
     hf.train(trainer, ctx)
     model_dir = hf.export(trainer, ctx)
     generated = trainer.accelerator.reduce(torch.tensor(trainer.workbench_generated_tokens, device=args.device), "sum")

@@ -1,0 +1,156 @@
+"""Reading a comparison recipe: the typed schema (config/comparison.py), the stages it expands to, their run
+order, and each stage's composed run recipe, all checked before anything runs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from workbench.comparison.types import BASELINE_ROW, Comparison, Stage
+from workbench.config import METHODS, apply_override, build_dataclass, parse_override, read_yaml, recipe_from_dict
+from workbench.config.comparison import ComparisonRecipe, StageSteering, stage_sections
+from workbench.errors import RecipeError, WorkbenchError
+from workbench.method_checks import eval_sampling_problems
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def shape_problems(data: dict[str, Any]) -> list[str]:
+    """`seeds` and `stages` in the words that show what they hold; a value refused here is dropped, so the typed
+    check does not report it again. Top-level keys left empty in the YAML (`eval:`) take their defaults."""
+    problems = []
+    seeds = data.get("seeds", [42])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        problems.append(f"`seeds` must be a non-empty list of integers, got {seeds!r}")
+        data.pop("seeds", None)
+    stages = data.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        problems.append("`stages` must be a mapping of stage name -> stage (e.g. sft: {method: sft})")
+        data.pop("stages", None)
+    else:
+        for name in [n for n, raw in stages.items() if not isinstance(raw, dict)]:
+            problems.append(f"`stages.{name}` must be a mapping (method, recipe, model_from, train, ...)")
+            del stages[name]
+    for key in [k for k, v in data.items() if v is None]:
+        del data[key]
+    return problems
+
+
+def expand_stages(recipe: ComparisonRecipe) -> dict[str, Stage]:
+    """The stages a recipe's `stages:` stands for, in the order written: one each (the place a stage that
+    stands for several, such as a sweep, would expand)."""
+    steering = [f.name for f in dataclasses.fields(StageSteering)]
+    return {
+        str(name): Stage(str(name), stage_sections(cfg), **{k: getattr(cfg, k) for k in steering})
+        for name, cfg in recipe.stages.items()
+    }
+
+
+def order_problems(stages: dict[str, Stage]) -> list[str]:
+    """Every stage reads only stages written before it, so the written order runs each after what it reads."""
+    problems, seen = [], set()
+    for stage in stages.values():
+        problems.extend(
+            f"`stages.{stage.name}`: `{ref}` is not an earlier stage (stages run in the order written)"
+            for ref in stage.upstream
+            if ref not in seen
+        )
+        seen.add(stage.name)
+    return problems
+
+
+def run_order(comparison: Comparison) -> list[Stage]:
+    """The order the stages run in: as written, which `order_problems` checked puts each after the stages it reads."""
+    return list(comparison.stages.values())
+
+
+def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparison:
+    """Read and check a comparison recipe; every stage's recipe is composed and validated before anything runs."""
+    data = read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    source = str(path)
+    problems = shape_problems(data)
+    recipe: ComparisonRecipe = build_dataclass(ComparisonRecipe, data, "", problems)
+    stages = expand_stages(recipe)
+    problems.extend(order_problems(stages))
+    problems.extend(eval_sampling_problems(recipe.eval.generation))
+    for key in ("baseline_stage", "reward_stage"):
+        if getattr(recipe, key) is not None and getattr(recipe, key) not in stages:
+            problems.append(f"`{key}: {getattr(recipe, key)}` is not a stage; stages: {', '.join(stages)}")
+    if recipe.baseline_stage is not None and recipe.eval.baseline:
+        problems.append(
+            f"`baseline_stage: {recipe.baseline_stage}` and `eval.baseline: {recipe.eval.baseline}` both name the win-rate "
+            "baseline; keep one (a stage's policy, or a model directory / hub id)"
+        )
+    elif recipe.eval.baseline and BASELINE_ROW in stages:
+        problems.append(
+            f"a stage is named `{BASELINE_ROW}`, the report's row of `eval.baseline`; rename the stage, or make it the "
+            f"baseline with `baseline_stage: {BASELINE_ROW}` instead of `eval.baseline`"
+        )
+    if problems:
+        raise RecipeError(source, problems)
+    comparison = Comparison(
+        name=recipe.name or Path(path).stem,
+        output_dir=Path(recipe.output_dir or f"runs/{Path(path).stem}"),
+        seeds=recipe.seeds,
+        base=recipe.base,
+        stages=stages,
+        eval=recipe.eval,
+        baseline_stage=recipe.baseline_stage,
+        reward_stage=recipe.reward_stage,
+        source=source,
+    )
+    check_stage_recipes(comparison)
+    return comparison
+
+
+def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
+    """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
+    recipe = read_yaml(stage.recipe) if stage.recipe else {}
+    recipe = deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+    seed_dir = comparison.output_dir / f"seed-{seed}"
+    recipe["output_dir"] = str(seed_dir / stage.name)
+    recipe["seed"] = seed
+    tracking = recipe.setdefault("tracking", {}) or {}
+    tracking.update(group=comparison.name, job_type=recipe.get("method", "dpo"), name=f"{comparison.name}-{stage.name}-s{seed}")
+    recipe["tracking"] = tracking
+    if stage.model_from:
+        recipe.setdefault("model", {})["name_or_path"] = str(seed_dir / stage.model_from / "model")
+    reward_from = stage.reward_from
+    spec = METHODS.get(recipe.get("method"))
+    if reward_from is None and spec is not None and spec.needs_reward and not recipe.get("reward_model"):
+        reward_from = comparison.reward_stage
+    if reward_from:
+        rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
+        recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
+    return recipe
+
+
+def check_stage_recipes(comparison: Comparison) -> None:
+    """Every stage recipe of the first seed is validated; all problems are reported together."""
+    problems: list[str] = []
+    for stage in comparison.stages.values():
+        try:
+            recipe_from_dict(stage_recipe(comparison, stage, comparison.seeds[0]), source=f"stage {stage.name}")
+        except RecipeError as exc:
+            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+        except WorkbenchError as exc:
+            problems.append(f"stages.{stage.name}: {exc}")
+        if stage.accelerate_config and not Path(stage.accelerate_config).is_file():
+            problems.append(f"stages.{stage.name}.accelerate_config: {stage.accelerate_config} not found")
+    if problems:
+        raise RecipeError(comparison.source, problems)

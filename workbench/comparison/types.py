@@ -1,0 +1,94 @@
+"""The comparison's plain data: stages, the comparison, one stage's run for one seed, the outcome.
+
+Imported by the runner, the report and validate alike; nothing here runs, loads or imports a library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.config import EvalConfig
+
+# The report's row of a baseline given as a model (`eval.baseline`) rather than a stage, and its method column.
+BASELINE_ROW = "baseline"
+BASELINE_METHOD = "base model"
+
+
+@dataclass
+class Stage:
+    name: str
+    sections: dict[str, Any]  # recipe sections given inline (merged over the recipe file and `base`)
+    recipe: str | None = None
+    model_from: str | None = None
+    reward_from: str | None = None
+    accelerate_config: str | None = None
+    evaluate: bool = True
+
+    @property
+    def upstream(self) -> list[str]:
+        """The earlier stages this one reads: the one place a stage's dependencies are named."""
+        return [s for s in (self.model_from, self.reward_from) if s]
+
+
+@dataclass
+class Comparison:
+    name: str
+    output_dir: Path
+    seeds: list[int]
+    base: dict[str, Any]
+    stages: dict[str, Stage]
+    eval: EvalConfig
+    baseline_stage: str | None = None
+    reward_stage: str | None = None
+    source: str = "comparison"
+
+    @property
+    def external_baseline(self) -> bool:
+        """The win-rate baseline is a model given as `eval.baseline`, evaluated as its own report row."""
+        return not self.baseline_stage and bool(self.eval.baseline)
+
+    @property
+    def baseline_name(self) -> str | None:
+        """The report's baseline row: the baseline stage, or `baseline` for `eval.baseline`; None without one."""
+        return BASELINE_ROW if self.external_baseline else self.baseline_stage
+
+
+@dataclass
+class StageRun:
+    """One stage for one seed: its composed recipe and where it stands."""
+
+    stage: Stage
+    seed: int
+    recipe: dict[str, Any]
+    run_dir: Path
+    fingerprint: str = ""
+    status: str = "pending"  # pending | cached | completed | failed | skipped
+    error: str | None = None
+    seconds: float = 0.0
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        return self.recipe["method"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("cached", "completed")
+
+
+@dataclass
+class Outcome:
+    comparison: Comparison
+    runs: dict[int, dict[str, StageRun]] = field(default_factory=dict)  # seed -> stage -> run
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[StageRun]:
+        return [r for runs in self.runs.values() for r in runs.values() if r.status in ("failed", "skipped")]
