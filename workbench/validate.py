@@ -380,7 +380,7 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
-    from workbench.comparison.recipe import load_comparison, stage_recipe
+    from workbench.comparison.recipe import checkable_recipe, load_comparison, stage_lines
     from workbench.config import recipe_from_dict
 
     try:
@@ -390,16 +390,13 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     seed = comparison.seeds[0]
     seed_dir = comparison.output_dir / f"seed-{seed}"
     future = [str(seed_dir / name / "model") for name in comparison.stages]
-    sections = [f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}"]
+    sections = [
+        f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}",
+        *stage_lines(comparison),
+    ]
     problems: list[str] = []
     for stage in comparison.stages.values():
-        data = stage_recipe(comparison, stage, seed)
-        origin = stage
-        while origin.model_from:  # the model this stage's chain starts from
-            origin = comparison.stages[origin.model_from]
-        if origin is not stage:
-            start = (stage_recipe(comparison, origin, seed).get("model") or {}).get("name_or_path")
-            data.setdefault("model", {})["name_or_path"] = start
+        data = checkable_recipe(comparison, stage, seed)
         try:
             recipe = recipe_from_dict(data, source=f"stage {stage.name}")
         except RecipeError as exc:
@@ -416,6 +413,32 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     return "\n".join(sections), problems
 
 
+def is_comparison(path: str) -> bool:
+    """A comparison recipe (it has `stages:`), not a run recipe."""
+    from workbench.config import read_yaml
+
+    return "stages" in read_yaml(path)
+
+
+def stage_plans(path: str, overrides: Sequence[str], accelerate_config: str | None, device_memory: int | None) -> dict[str, Any]:
+    """`workbench plan` of a comparison: every stage's memory plan (sweep points and the control included), each on
+    the model its chain starts from, with its own accelerate config or the one given."""
+    from workbench.comparison.recipe import checkable_recipe, load_comparison
+    from workbench.config import recipe_from_dict
+    from workbench.plan import make_plan
+
+    comparison = load_comparison(path, overrides)
+    seed = comparison.seeds[0]
+    return {
+        stage.name: make_plan(
+            recipe_from_dict(checkable_recipe(comparison, stage, seed), source=f"stage {stage.name}"),
+            stage.accelerate_config or accelerate_config,
+            device_memory,
+        )
+        for stage in comparison.stages.values()
+    }
+
+
 def recipe_text(recipe: Recipe) -> str:
     """The resolved recipe (every default filled in), under its heading, for `validate --show-recipe`."""
     return "resolved recipe:\n" + dump_yaml(resolved_dict(recipe)).rstrip()
@@ -426,10 +449,8 @@ def validate(
 ) -> tuple[str, list[str]]:
     """(printable report, problems). Problems include everything found, not just the first; the report ends with
     the resolved recipe when `show_recipe`."""
-    from workbench.config import read_yaml
-
     try:
-        if "stages" in read_yaml(path):
+        if is_comparison(path):
             return validate_comparison(path, overrides, show_recipe)
     except RecipeError as exc:
         return "", exc.problems
