@@ -162,3 +162,19 @@ def test_naming_a_swept_stage_instead_of_one_of_its_points_is_refused(tmp_path):
     stages["dpo"]["model_from"] = "sft@learning_rate=0.1"
     c = comparison(tmp_path, {"base": BASE, "baseline_stage": "sft@learning_rate=0.1", "stages": stages})
     assert c.stages["ppo@beta=0.2"].upstream == ["sft@learning_rate=0.2"]
+
+
+def test_plan_of_a_comparison_has_every_point_on_models_on_disk(tmp_path, tiny_model):
+    from workbench.validate import stage_plans
+
+    base = {**BASE, "model": {"name_or_path": str(tiny_model)}}
+    stages = {
+        "sft": {"method": "sft"},
+        "rm": {"method": "reward"},
+        "ppo": {"method": "ppo", "model_from": "sft", "sweep": {"train.kl_coef": [0.01, 0.1]}},
+    }
+    path = write_yaml(tmp_path / "c.yaml", {"base": base, "reward_stage": "rm", "stages": stages}, sort_keys=False)
+    plans = stage_plans(str(path), [], None, None)  # the reward model rm will train is planned on rm's starting model
+    assert list(plans) == ["sft", "rm", "ppo@kl_coef=0.01", "ppo@kl_coef=0.1"]
+    reward = next(m for m in plans["ppo@kl_coef=0.1"].models if m.role == "reward")
+    assert reward.name_or_path == str(tiny_model) and plans["ppo@kl_coef=0.1"].method == "ppo"

@@ -765,7 +765,7 @@ def budget_lines(comparison: Comparison, ok: list[dict[str, Any]]) -> list[str]:
         "is trained by its own stage with its method's own settings (`stages.NAME.train`: learning rate, steps and batch "
         "differ per method)."
     )
-    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD]
+    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD and not r.get("control")]
     if not policies:
         return [text, ""]
     text += (

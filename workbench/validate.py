@@ -431,7 +431,7 @@ def stage_plans(path: str, overrides: Sequence[str], accelerate_config: str | No
     seed = comparison.seeds[0]
     return {
         stage.name: make_plan(
-            recipe_from_dict(checkable_recipe(comparison, stage, seed), source=f"stage {stage.name}"),
+            recipe_from_dict(checkable_recipe(comparison, stage, seed, reward_too=True), source=f"stage {stage.name}"),
             stage.accelerate_config or accelerate_config,
             device_memory,
         )

@@ -282,17 +282,25 @@ def share_reference_log_probs(recipe: dict[str, Any], stage: Stage) -> None:
     recipe["reference"] = {**reference, "precompute_log_probs": True}
 
 
-def checkable_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
+def checkable_recipe(comparison: Comparison, stage: Stage, seed: int, reward_too: bool = False) -> dict[str, Any]:
     """The stage's recipe as `validate` and `plan` check it before anything ran: a stage that starts from an earlier
-    stage's model is checked on the model its chain starts from (the same architecture, already on disk)."""
+    stage's model is checked on the model its chain starts from (the same architecture, already on disk); with
+    `reward_too` (the memory plan, which reads its config) so is a reward model an earlier stage will train."""
     data = stage_recipe(comparison, stage, seed)
-    origin = stage
-    while origin.model_from:  # the model this stage's chain starts from
-        origin = comparison.stages[origin.model_from]
-    if origin is not stage:
-        start = (stage_recipe(comparison, origin, seed).get("model") or {}).get("name_or_path")
-        data.setdefault("model", {})["name_or_path"] = start
+    if stage.model_from:
+        data.setdefault("model", {})["name_or_path"] = origin_model(comparison, stage, seed)
+    reward = (data.get("reward_model") or {}).get("name_or_path")
+    upstream = {str(comparison.output_dir / f"seed-{seed}" / name / "model"): s for name, s in comparison.stages.items()}
+    if reward_too and reward in upstream:
+        data["reward_model"]["name_or_path"] = origin_model(comparison, upstream[reward], seed)
     return data
+
+
+def origin_model(comparison: Comparison, stage: Stage, seed: int) -> str | None:
+    """The model a stage's chain of `model_from` starts from (on disk before anything runs)."""
+    while stage.model_from:
+        stage = comparison.stages[stage.model_from]
+    return (stage_recipe(comparison, stage, seed).get("model") or {}).get("name_or_path")
 
 
 def stage_lines(comparison: Comparison) -> list[str]:
