@@ -88,3 +88,50 @@ def test_a_swept_comparison_resumes_after_kill_and_reports_its_frontier(tmp_path
     report = (out / "report.md").read_text()
     assert "Control `sft@control` (`sft` trained again with the comparison's seed + 1000)" in report
     assert "Holm-corrected across 3 policies at 5%" in report  # the control is no claim against the baseline
+
+
+def test_control_of_a_model_baseline_samples_it_again_with_another_seed(tmp_path, tiny_model):
+    """`control: true` with `eval.baseline` (a model, not a stage): the model is sampled again with eval.seed + 1000
+    into seed-N/baseline@control/, judged against the baseline's own samples, and reported as a policy row."""
+    import shutil
+
+    from test_evaluate import VOWEL, hand_run
+
+    from workbench.comparison.evaluation import evaluate_seed
+    from workbench.comparison.types import Comparison, Outcome, Stage, StageRun
+    from workbench.config import EvalConfig, GenerationConfig, RewardModelConfig
+    from workbench.report import aggregate, write_outputs
+
+    instruct = tmp_path / "instruct"
+    shutil.copytree(tiny_model, instruct)
+    gen = GenerationConfig(max_new_tokens=6)
+    cfg = EvalConfig(baseline=str(instruct), num_prompts=6, samples_per_prompt=2, num_pairs=10, generation=gen,
+                     gold_reward=RewardModelConfig(function=VOWEL), bootstrap_samples=40)  # fmt: skip
+    stages = {"p1": Stage("p1", {})}
+    base = {"model": {"name_or_path": str(instruct)}, "tracking": {"mode": "disabled"}}
+    comparison = Comparison("m", tmp_path / "cmp", [0], base, stages, cfg, control=True)
+    hand_run(tmp_path / "p1", tiny_model)
+    runs = {
+        "p1": StageRun(
+            stages["p1"], 0, read_yaml(tmp_path / "p1" / "run" / "recipe.yaml"), tmp_path / "p1" / "run", status="completed"
+        )
+    }
+    evaluate_seed(comparison, 0, runs)
+    seed_dir = tmp_path / "cmp" / "seed-0"
+    base_rows = [json.loads(line) for line in (seed_dir / "baseline" / "eval_samples.jsonl").read_text().splitlines()]
+    control_rows = [json.loads(line) for line in (seed_dir / "baseline@control" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(control_rows) == len(base_rows) == 12
+    assert [r["response"] for r in control_rows] != [r["response"] for r in base_rows]  # another sampling seed
+    outcome = Outcome(comparison, {0: runs})
+    outcome.results = aggregate(comparison, outcome.runs)
+    write_outputs(comparison, outcome)
+    res = {r["name"]: r for r in outcome.results}
+    assert list(res) == ["p1", "baseline", "baseline@control"]
+    assert res["baseline@control"]["control"] == {
+        "of": "baseline",
+        "seed_offset": 1000,
+        "how": f"sampled again with evaluation seed {cfg.seed} + 1000",
+    }
+    assert res["baseline@control"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-4)  # the same model as its reference
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert f"Control `baseline@control` (`baseline` sampled again with evaluation seed {cfg.seed} + 1000)" in report
