@@ -504,11 +504,16 @@ def write_outputs(comparison: Comparison, outcome: Outcome) -> None:
     log_wandb(comparison, outcome, plots)
 
 
+LC = "lc_win_rate_vs_baseline"
+
+
 def csv_columns(results: list[dict[str, Any]]) -> list[str]:
-    keys = ["name", "method", "status", *SIZE_KEYS]
+    keys = ["name", "method", "family", "status", *SIZE_KEYS]
     for key in (*QUALITY_METRICS, *EXTRA_METRICS, *COST_METRICS):
         keys.append(key)
         keys += [f"{key}_{x}" for x in ("stderr", "std") if any(f"{key}_{x}" in r for r in results)]
+        if key == "win_rate_vs_baseline" and any(LC in r for r in results):  # the length-controlled one beside it
+            keys += [LC, f"{LC}_low", f"{LC}_high"]
     return [*keys, "health"]
 
 
