@@ -178,3 +178,15 @@ def test_plan_of_a_comparison_has_every_point_on_models_on_disk(tmp_path, tiny_m
     assert list(plans) == ["sft", "rm", "ppo@kl_coef=0.01", "ppo@kl_coef=0.1"]
     reward = next(m for m in plans["ppo@kl_coef=0.1"].models if m.role == "reward")
     assert reward.name_or_path == str(tiny_model) and plans["ppo@kl_coef=0.1"].method == "ppo"
+
+
+def test_validate_says_a_problem_every_point_shares_once_at_the_swept_stage(tmp_path):
+    from workbench.validate import validate
+
+    base = {**BASE, "model": {"name_or_path": str(tmp_path / "missing")}}
+    stages = {"dpo": {"method": "dpo", "sweep": {"train.beta": [0.1, 0.2, 0.4]}}}
+    text, problems = validate(str(write_yaml(tmp_path / "c.yaml", {"base": base, "stages": stages})), [], None)
+    assert len(problems) == 1 and problems[0].startswith(
+        f"stages.dpo: `model.name_or_path`: model '{tmp_path / 'missing'}' not found"
+    )
+    assert "  dpo: sweep of train.beta, 3 stages: dpo@beta=0.1, dpo@beta=0.2, dpo@beta=0.4" in text

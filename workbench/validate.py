@@ -381,6 +381,7 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
     from workbench.comparison.recipe import checkable_recipe, load_comparison, stage_lines
+    from workbench.comparison.recipe import stage_problems as sweep_aware_problems
     from workbench.config import recipe_from_dict
 
     try:
@@ -394,13 +395,13 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
         f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}",
         *stage_lines(comparison),
     ]
-    problems: list[str] = []
+    by_stage: dict[str, list[str]] = {}
     for stage in comparison.stages.values():
         data = checkable_recipe(comparison, stage, seed)
         try:
             recipe = recipe_from_dict(data, source=f"stage {stage.name}")
         except RecipeError as exc:
-            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+            by_stage[stage.name] = exc.problems
             continue
         found, stage_problems = check_recipe(recipe, stage.accelerate_config)
         stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
@@ -409,8 +410,8 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
         sections.extend(f"  {line}" for text in useful for line in text.splitlines())
         if show_recipe:
             sections.extend(f"  {line}" for line in recipe_text(recipe).splitlines())
-        problems.extend(f"stages.{stage.name}: {p}" for p in stage_problems)
-    return "\n".join(sections), problems
+        by_stage[stage.name] = stage_problems
+    return "\n".join(sections), sweep_aware_problems(comparison, by_stage)
 
 
 def is_comparison(path: str) -> bool:

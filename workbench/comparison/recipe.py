@@ -333,13 +333,20 @@ def check_stage_recipes(comparison: Comparison) -> None:
             mine.append(str(exc))
         if stage.accelerate_config and not Path(stage.accelerate_config).is_file():
             mine.append(f"accelerate_config: {stage.accelerate_config} not found")
+    problems = stage_problems(comparison, found)
+    if problems:
+        raise RecipeError(comparison.source, problems)
+
+
+def stage_problems(comparison: Comparison, found: dict[str, list[str]]) -> list[str]:
+    """Each stage's problems as `stages.NAME: problem`; one every point of a sweep has is said once, at the stage
+    written (`stages.dpo: ...`), not once per point."""
     problems: list[str] = []
     for stage in comparison.stages.values():
         points = [s.name for s in comparison.stages.values() if s.sweep and s.family == stage.family]
-        for p in found[stage.name]:
-            shared = len(points) > 1 and all(p in found[n] for n in points)
+        for p in found.get(stage.name, []):
+            shared = len(points) > 1 and all(p in found.get(n, []) for n in points)
             line = f"stages.{stage.family if shared else stage.name}: {p}"
             if line not in problems:
                 problems.append(line)
-    if problems:
-        raise RecipeError(comparison.source, problems)
+    return problems
