@@ -74,6 +74,7 @@ def test_pairs_are_best_vs_worst_finished_with_a_margin_and_counted():
         "rejected": "c11",
         "chosen_score": 0.8,
         "rejected_score": 0.2,
+        "score_margin": pytest.approx(0.6),
     }
     assert pick_pair([Candidate("a", 1.0, False), Candidate("b", 0.0, True)]) is None
     assert pick(groups[2].candidates, "best") == [] and pick(groups[0].candidates, "top_k", top_k=5) == [2, 0]
