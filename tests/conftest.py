@@ -48,6 +48,24 @@ def tokenizer(tiny_model: Path):
     return load_tokenizer(ModelConfig(name_or_path=str(tiny_model)))
 
 
+@pytest.fixture(scope="session")
+def rs_model(tmp_path_factory, tiny_model):
+    """The tiny model with its EOS row of the LM head scaled up, so that, within 12 new tokens, some prompts get
+    several finished completions, some one and some none (the untrained model almost never ends): rejection
+    sampling's and the pairs step's tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("rs-model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] *= 30.0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Recipe files: every test writes and edits its recipes (and other YAML configs) through these
 

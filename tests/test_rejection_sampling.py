@@ -167,23 +167,6 @@ def rs_recipe(tmp_path, model, name, **extra):
 
 
 @pytest.fixture(scope="module")
-def rs_model(tmp_path_factory, tiny_model):
-    """The tiny model with its EOS row of the LM head scaled up, so that, within 12 new tokens, some prompts get
-    several finished completions, some one and some none (the untrained model almost never ends)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("rs-model")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    with torch.no_grad():
-        model.lm_head.weight[tok.eos_token_id] *= 30.0
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def rs_run(tmp_path_factory, rs_model):
     tmp = tmp_path_factory.mktemp("rs")
     run_ok(["train", str(rs_recipe(tmp, rs_model, "one"))])

@@ -338,8 +338,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     try:
         gb = global_batch(recipe.train, plain_train_defaults(recipe.method), accelerate_config)
         source = f" (from {accelerate_config})" if accelerate_config else ""
-        sections.append(f"global batch{source}: {gb.describe()}")
-        problems.extend(gb.warnings)
+        if spec.produces_model:  # a method that trains nothing has no batch to speak of
+            sections.append(f"global batch{source}: {gb.describe()}")
+            problems.extend(gb.warnings)
         problems.extend(accelerate_problems(recipe, accelerate_config))
     except WorkbenchError as exc:
         problems.append(str(exc))

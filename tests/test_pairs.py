@@ -1,0 +1,158 @@
+"""On-policy preference pairs (method `pairs`, `workbench data pairs`) and `prompt_turns`, on CPU with the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import HH_TEST, kill_when, need_shared, run_ok, run_workbench, shipped_recipe, write_yaml
+from test_train import read_metrics
+
+from workbench.config import SourceConfig
+from workbench.data.pipeline import read_jsonl
+from workbench.data.sources import Loaded, first_user_turn, load_source
+from workbench.errors import DataError
+
+
+def test_prompt_turns_first_keeps_the_system_message_and_the_first_user_turn_of_hh_dialogues():
+    need_shared()
+
+    def prompts(src):
+        return [item.row["prompt"] for item in load_source(src, 0, "prompt") if isinstance(item, Loaded)]
+
+    whole = prompts(SourceConfig(path=str(HH_TEST), format="hh-rlhf"))
+    first = prompts(SourceConfig(path=str(HH_TEST), format="hh-rlhf", prompt_turns="first", system_prompt="Be brief."))
+    assert len(first) == len(whole) == 2352  # lines 722 and 2169 are rejected either way (chosen == rejected)
+    system = {"role": "system", "content": "Be brief."}
+    assert first == [[system, next(m for m in w if m["role"] == "user")] for w in whole]
+    multi = [i for i, w in enumerate(whole) if len(w) > 1]
+    assert len(multi) == 2352 - 700  # 700 single-turn rows (shared/data/README.md): their prompt is unchanged
+    assert first[0][1]["content"] == "Do you know why turkeys became the official food of thanksgiving?"
+    # a dialogue's own system message stays, its later turns go
+    row = [{"role": "system", "content": "S"}, {"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}]
+    assert first_user_turn([*row, {"role": "user", "content": "C"}]) == row[:2]
+    assert first_user_turn("plain text") == "plain text"
+
+
+def test_prompt_turns_first_is_refused_for_records_whose_responses_answer_the_last_turn():
+    need_shared()
+    src = SourceConfig(path=str(HH_TEST), format="hh-rlhf", prompt_turns="first")
+    with pytest.raises(DataError, match=r"`data.sources.0.prompt_turns: first` keeps a dialogue's first user turn only"):
+        next(load_source(src, 0, "preference"))
+
+
+def pairs_recipe(tmp_path, model, name, **extra):
+    recipe = shipped_recipe("pairs")
+    recipe["model"]["name_or_path"] = str(model)
+    recipe["data"]["sources"] = [{"synthetic": {"num_pairs": 48, "seed": 2}}]
+    recipe["generation"] = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
+    recipe["train"] = {"min_margin": 0.05}
+    recipe["tracking"] = {"mode": "disabled"}
+    recipe["output_dir"] = str(tmp_path / name)
+    for key, value in extra.items():
+        recipe[key] = value
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
+
+
+@pytest.fixture(scope="module")
+def pairs_run(tmp_path_factory, rs_model):
+    tmp = tmp_path_factory.mktemp("pairs")
+    res = run_ok(["data", "pairs", str(pairs_recipe(tmp, rs_model, "one"))])
+    return tmp, tmp / "one", res.stdout
+
+
+def expected_pairs(rows, min_margin):
+    """Best and worst finished response of each prompt by hand, and the skipped prompts by reason."""
+    by_prompt: dict[int, list] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_index"], []).append(r)
+    pairs, skipped = [], {"no": 0, "one": 0, "margin": 0}
+    for index in sorted(by_prompt):
+        done = sorted((r for r in by_prompt[index] if r["finished"]), key=lambda r: r["sample"])
+        if len(done) < 2:
+            skipped["no" if not done else "one"] += 1
+            continue
+        best = max(done, key=lambda r: r["score"])  # first of equals, as max() keeps
+        worst = min(done, key=lambda r: r["score"])
+        if best["score"] - worst["score"] > min_margin:
+            pairs.append(
+                (best["prompt_id"], best["prompt"], best["completion"], worst["completion"], best["score"] - worst["score"])
+            )
+        else:
+            skipped["margin"] += 1
+    return pairs, skipped
+
+
+@pytest.mark.slow
+def test_pairs_are_each_prompts_best_and_worst_finished_response_with_skips_counted(pairs_run):
+    _, run, stdout = pairs_run
+    rows = read_jsonl(run / "samples" / "generations.jsonl")
+    assert len(rows) == 4 * len({r["prompt_index"] for r in rows})
+    expected, skipped = expected_pairs(rows, 0.05)
+    pairs = read_jsonl(run / "pairs.jsonl")
+    assert [(p["prompt_id"], p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [e[:4] for e in expected]
+    assert [p["score_margin"] for p in pairs] == pytest.approx([e[4] for e in expected])
+    assert [p["score_margin"] for p in pairs] == pytest.approx([p["chosen_score"] - p["rejected_score"] for p in pairs])
+    assert min(p["score_margin"] for p in pairs) > 0.05
+    assert all(skipped.values()), skipped  # the settings make every kind of skipped prompt
+    report = json.loads((run / "data_report.json").read_text())["pairs"]
+    assert (report["prompts"], report["pairs"]) == (len({r["prompt_index"] for r in rows}), len(pairs))
+    assert (report["skipped_no_finished"], report["skipped_one_finished"], report["skipped_small_margin"]) == (
+        skipped["no"],
+        skipped["one"],
+        skipped["margin"],
+    )
+    assert report["unfinished"] == sum(not r["finished"] for r in rows) and report["min_margin"] == 0.05
+    assert json.loads((run / "manifest.json").read_text())["pairs"] == report
+    metrics = read_metrics(run)[0]
+    assert metrics["pairs/pairs"] == len(pairs) and metrics["pairs/skipped_one_finished"] == skipped["one"]
+    assert f"pairs: {len(pairs)} of {report['prompts']} prompts" in stdout
+    assert not (run / "model").exists()
+
+
+@pytest.mark.slow
+def test_the_pairs_file_is_a_dpo_recipes_data_unchanged(pairs_run):
+    from workbench.config import load_recipe
+    from workbench.data.pipeline import prepare
+
+    tmp, run, _ = pairs_run
+    recipe = shipped_recipe("quickstart_dpo")
+    recipe["data"]["sources"] = [{"path": str(run / "pairs.jsonl")}]
+    write_yaml(tmp / "dpo.yaml", recipe)
+    prepared = prepare(load_recipe(tmp / "dpo.yaml").data, seed=0)
+    assert prepared.report["rows_read"] == len(read_jsonl(run / "pairs.jsonl")) and prepared.report["dropped"]["total"] == 0
+
+
+@pytest.mark.slow
+def test_killed_mid_generation_a_rerun_writes_the_same_pairs(pairs_run, rs_model):
+    tmp, single, _ = pairs_run
+    path = pairs_recipe(tmp, rs_model, "killed")
+    run = tmp / "killed"
+    part = run / "samples" / "generations.part0-of1.jsonl"
+    kill_when(["data", "pairs", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)
+    assert not (run / "samples" / "generations.done").exists() and not (run / "pairs.jsonl").exists()
+    run_ok(["data", "pairs", str(path)])
+    assert (run / "pairs.jsonl").read_text() == (single / "pairs.jsonl").read_text()
+
+
+def test_validate_reports_what_the_pairs_step_refuses(tmp_path, tiny_model):
+    path = pairs_recipe(tmp_path, tiny_model, "bad", train={"min_margin": -0.1})
+    with open(path) as fh:
+        text = fh.read()
+    path.write_text(text.replace("num_samples: 4", "num_samples: 1"))
+    sentences = [
+        "`generation.num_samples: 1`: a pair compares two responses of one prompt; set it to 2 or more",
+        "`train.min_margin: -0.1` must not be negative",
+    ]
+    for args in (["validate", str(path)], ["data", "pairs", str(path)], ["train", str(path)]):
+        res = run_workbench(args)
+        assert res.returncode == 2 and all(s in res.stderr for s in sentences), res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_data_pairs_refuses_another_method(tmp_path):
+    recipe = shipped_recipe("quickstart_dpo")
+    write_yaml(tmp_path / "dpo.yaml", recipe)
+    res = run_workbench(["data", "pairs", str(tmp_path / "dpo.yaml")])
+    assert res.returncode == 2 and "`workbench data pairs` runs `method: pairs` recipes" in res.stderr, res.stderr[-2000:]
