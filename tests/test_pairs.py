@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import HH_TEST, kill_when, need_shared, run_ok, run_workbench, shipped_recipe, write_yaml
+from conftest import HH_TEST, kill_when, need_shared, read_yaml, run_ok, run_workbench, shipped_recipe, write_yaml
 from test_train import read_metrics
 
 from workbench.config import SourceConfig
@@ -156,3 +156,92 @@ def test_data_pairs_refuses_another_method(tmp_path):
     write_yaml(tmp_path / "dpo.yaml", recipe)
     res = run_workbench(["data", "pairs", str(tmp_path / "dpo.yaml")])
     assert res.returncode == 2 and "`workbench data pairs` runs `method: pairs` recipes" in res.stderr, res.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# In a comparison: `data_from`
+
+
+def iterative_comparison(tmp_path, model):
+    """An iterative DPO round: pairs from the model -> DPO on them -> pairs from that DPO policy -> DPO again."""
+    pairs = {
+        "method": "pairs",
+        "reward_model": {"function": "workbench.data.synthetic:vowel_reward"},
+        "generation": {"num_samples": 4, "max_new_tokens": 12, "batch_size": 8},
+        "train": {"min_margin": 0.0},
+    }
+    dpo = {"method": "dpo", "train": {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_steps": 2, "save_steps": 100}}
+    comparison = {
+        "name": "iterative",
+        "output_dir": str(tmp_path / "out"),
+        "base": {
+            "model": {"name_or_path": str(model), "dtype": "float32"},
+            "data": {
+                "sources": [{"synthetic": {"num_pairs": 64, "seed": 3}}],
+                "eval_split": 0.25,
+                "split_by": "prompt",
+                "max_length": 48,
+            },
+            "tracking": {"mode": "disabled"},
+        },
+        "eval": {
+            "num_prompts": 8,
+            "num_pairs": 8,
+            "samples_per_prompt": 1,
+            "generation": {"max_new_tokens": 8},
+            "gold_reward": {"function": "workbench.data.synthetic:vowel_reward"},
+        },
+        "stages": {
+            "pairs": pairs,
+            "dpo": {**dpo, "data_from": "pairs"},
+            "pairs2": {**pairs, "model_from": "dpo"},
+            "dpo2": {**dpo, "model_from": "dpo", "data_from": "pairs2"},
+        },
+    }
+    return write_yaml(tmp_path / "iterative.yaml", comparison, sort_keys=False)
+
+
+@pytest.mark.slow
+def test_an_iterative_dpo_round_trains_on_the_pairs_stages_and_is_evaluated_on_the_base_data(tmp_path, rs_model):
+    from workbench.config import load_recipe
+    from workbench.data.pipeline import prepare
+
+    path = iterative_comparison(tmp_path, rs_model)
+    first = run_ok(["compare", str(path)], timeout=900)
+    seed = tmp_path / "out" / "seed-42"
+    for stage, source, model in (("dpo", "pairs", rs_model), ("dpo2", "pairs2", seed / "dpo" / "model")):
+        recipe = read_yaml(seed / stage / "stage_recipe.yaml")
+        assert recipe["data"]["sources"] == [{"path": str(seed / source / "pairs.jsonl")}]
+        assert recipe["data"]["eval_split"] == 0.25 and recipe["data"]["max_length"] == 48  # the base's settings
+        assert read_yaml(seed / source / "stage_recipe.yaml")["model"]["name_or_path"] == str(model)
+        made = read_jsonl(seed / source / "pairs.jsonl")
+        report = json.loads((seed / stage / "data_report.json").read_text())
+        assert made and report["rows_read"] == len(made) and report["dropped"]["total"] == 0
+        assert not (seed / source / "model").exists()
+    assert read_jsonl(seed / "pairs2" / "pairs.jsonl") != read_jsonl(seed / "pairs" / "pairs.jsonl")  # the DPO policy's own
+    # the evaluation holds out the base data's prompts (never sampled for pairs), not an eval split of the pairs
+    sampled = load_recipe(seed / "pairs" / "stage_recipe.yaml")  # the base data, as the first pairs stage read it
+    base = prepare(sampled.data, sampled.data_seed)
+    assert {json.dumps(r["prompt"]) for r in base.eval}.isdisjoint({json.dumps(r["prompt"]) for r in base.train})
+    held_out = [r["prompt"] for r in base.eval]
+    for stage in ("dpo", "dpo2"):
+        evaluated = {json.dumps(r["prompt"]) for r in read_jsonl(seed / stage / "eval_samples.jsonl")}
+        assert len(evaluated) == 8 and evaluated <= {json.dumps(p) for p in held_out}
+        assert json.loads((seed / stage / "eval.json").read_text())["metrics"]["num_pairs"] == 8 <= len(base.eval)
+    assert "evaluating 2 policies on 8 held-out prompts x 1 samples and 8 held-out pairs" in first.stdout
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| pairs | pairs | completed |" in report and "| pairs2 | pairs | completed |" in report  # the stage costs
+    again = run_ok(["compare", str(path)], timeout=900)
+    for stage, method in (("pairs", "pairs"), ("dpo", "dpo"), ("pairs2", "pairs"), ("dpo2", "dpo")):
+        assert f"{stage} ({method}): cached" in again.stdout, again.stdout
+
+
+def test_data_from_a_stage_that_writes_no_data_is_a_recipe_error(tmp_path, tiny_model):
+    path = iterative_comparison(tmp_path, tiny_model)
+    res = run_workbench(["compare", str(path), "--set", "stages.dpo2.data_from=dpo"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (
+        "`stages.dpo2.data_from: dpo`: stage `dpo` is a `method: dpo` stage, which writes no data; name a stage whose "
+        "method writes data (pairs)" in res.stderr
+    ), res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -118,10 +118,37 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
     return comparison
 
 
+def composed_sections(comparison: Comparison, stage: Stage) -> dict[str, Any]:
+    """The stage's recipe file, then `base`, then its own sections, before the comparison sets its links."""
+    recipe = read_yaml(stage.recipe) if stage.recipe else {}
+    return deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+
+
+def stage_method(comparison: Comparison, stage: Stage) -> str:
+    return composed_sections(comparison, stage).get("method", "dpo")
+
+
+def data_from_problems(comparison: Comparison) -> list[str]:
+    """`data_from` names a stage whose method writes data (the registry's `writes_data`), not one that trains a model."""
+    writers = [name for name, spec in METHODS.items() if spec.writes_data]
+    problems = []
+    for stage in comparison.stages.values():
+        source = comparison.stages.get(stage.data_from or "")
+        if source is None:  # unset, or not an earlier stage (order_problems said so)
+            continue
+        method = stage_method(comparison, source)
+        spec = METHODS.get(method)
+        if spec is None or spec.writes_data is None:
+            problems.append(
+                f"`stages.{stage.name}.data_from: {source.name}`: stage `{source.name}` is a `method: {method}` stage, which "
+                f"writes no data; name a stage whose method writes data ({', '.join(writers)})"
+            )
+    return problems
+
+
 def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
     """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
-    recipe = read_yaml(stage.recipe) if stage.recipe else {}
-    recipe = deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+    recipe = composed_sections(comparison, stage)
     seed_dir = comparison.output_dir / f"seed-{seed}"
     recipe["output_dir"] = str(seed_dir / stage.name)
     recipe["seed"] = seed
@@ -137,12 +164,17 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
         recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
+    if stage.data_from:  # the data-writing stage's file, read with the base's data settings
+        written = METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
+        recipe.setdefault("data", {})["sources"] = [{"path": str(seed_dir / stage.data_from / str(written))}]
     return recipe
 
 
 def check_stage_recipes(comparison: Comparison) -> None:
     """Every stage recipe of the first seed is validated; all problems are reported together."""
-    problems: list[str] = []
+    problems = data_from_problems(comparison)
+    if problems:  # a stage reading data from one that writes none has no data to compose
+        raise RecipeError(comparison.source, problems)
     for stage in comparison.stages.values():
         try:
             recipe_from_dict(stage_recipe(comparison, stage, comparison.seeds[0]), source=f"stage {stage.name}")

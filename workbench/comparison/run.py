@@ -28,7 +28,7 @@ def stage_fingerprint(run: StageRun, upstream: dict[str, str]) -> str:
     recipe = run.recipe
     inputs = {}
     for src in (recipe.get("data") or {}).get("sources") or []:
-        if isinstance(src, dict) and src.get("path"):
+        if isinstance(src, dict) and src.get("path") and not run.stage.data_from:
             inputs[src["path"]] = path_fingerprint(src["path"])
     model = (recipe.get("model") or {}).get("name_or_path")
     if model and not run.stage.model_from:
@@ -53,7 +53,7 @@ def is_cached(run: StageRun) -> bool:
         state.get("fingerprint") == run.fingerprint
         and state.get("status") == "completed"
         and manifest.get("status") == "completed"
-        and run.model_dir.is_dir()
+        and run.output.exists()
     )
 
 
