@@ -86,6 +86,16 @@ def shipped_recipe(name: str) -> dict[str, Any]:
     return read_yaml(REPO / "recipes" / f"{name}.yaml")
 
 
+def adapted_recipe(tmp_path: Path, shipped: str, model: Path, name: str, **sections: Any) -> Path:
+    """recipes/SHIPPED.yaml on `model`, tracking off, its output in tmp_path/NAME, `sections` replacing whole sections."""
+    recipe = shipped_recipe(shipped)
+    recipe["model"]["name_or_path"] = str(model)
+    recipe["tracking"] = {"mode": "disabled"}
+    recipe["output_dir"] = str(tmp_path / name)
+    recipe.update(sections)
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
+
+
 @contextmanager
 def edit_yaml(path: Path) -> Iterator[dict[str, Any]]:
     """The YAML file at `path` as a dict to change inside the block; written back when the block ends."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import HH_TEST, kill_when, need_shared, read_yaml, run_ok, run_workbench, shipped_recipe, write_yaml
+from conftest import HH_TEST, adapted_recipe, kill_when, need_shared, read_yaml, run_ok, run_workbench, shipped_recipe, write_yaml
 from test_train import read_metrics
 
 from workbench.config import SourceConfig
@@ -42,16 +42,10 @@ def test_prompt_turns_first_is_refused_for_records_whose_responses_answer_the_la
 
 
 def pairs_recipe(tmp_path, model, name, **extra):
-    recipe = shipped_recipe("pairs")
-    recipe["model"]["name_or_path"] = str(model)
-    recipe["data"]["sources"] = [{"synthetic": {"num_pairs": 48, "seed": 2}}]
-    recipe["generation"] = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
-    recipe["train"] = {"min_margin": 0.05}
-    recipe["tracking"] = {"mode": "disabled"}
-    recipe["output_dir"] = str(tmp_path / name)
-    for key, value in extra.items():
-        recipe[key] = value
-    return write_yaml(tmp_path / f"{name}.yaml", recipe)
+    data = {**shipped_recipe("pairs")["data"], "sources": [{"synthetic": {"num_pairs": 48, "seed": 2}}]}
+    generation = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
+    sections = {"data": data, "generation": generation, "train": {"min_margin": 0.05}, **extra}
+    return adapted_recipe(tmp_path, "pairs", model, name, **sections)
 
 
 @pytest.fixture(scope="module")

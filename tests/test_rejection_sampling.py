@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, kill_when, run_ok, shipped_recipe, write_yaml
+from conftest import REPO, adapted_recipe, kill_when, run_ok, shipped_recipe, write_yaml
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
@@ -154,16 +154,14 @@ def test_reward_model_source_scores_with_its_own_formatting_and_normalizes(tmp_p
 
 
 def rs_recipe(tmp_path, model, name, **extra):
-    recipe = shipped_recipe("rejection_sampling")
-    recipe["model"]["name_or_path"] = str(model)
-    recipe["data"]["sources"] = [{"synthetic": {"num_pairs": 160, "seed": 2}}]
-    recipe["generation"] = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
-    recipe["train"].update({"num_train_epochs": 1, "logging_steps": 1})
-    recipe["tracking"] = {"mode": "disabled"}
-    recipe["output_dir"] = str(tmp_path / name)
-    for key, value in extra.items():
-        recipe[key] = value
-    return write_yaml(tmp_path / f"{name}.yaml", recipe)
+    shipped = shipped_recipe("rejection_sampling")
+    sections = {
+        "data": {**shipped["data"], "sources": [{"synthetic": {"num_pairs": 160, "seed": 2}}]},
+        "generation": {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4},
+        "train": {**shipped["train"], "num_train_epochs": 1, "logging_steps": 1},
+        **extra,
+    }
+    return adapted_recipe(tmp_path, "rejection_sampling", model, name, **sections)
 
 
 @pytest.fixture(scope="module")
