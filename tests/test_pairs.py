@@ -127,6 +127,8 @@ def test_killed_mid_generation_a_rerun_writes_the_same_pairs(pairs_run, rs_model
     assert not (run / "samples" / "generations.done").exists() and not (run / "pairs.jsonl").exists()
     run_ok(["data", "pairs", str(path)])
     assert (run / "pairs.jsonl").read_text() == (single / "pairs.jsonl").read_text()
+    # the rerun generated only the batches the killed run had not finished
+    assert 0 < read_metrics(run)[-1]["pairs/generated_tokens"] < read_metrics(single)[0]["pairs/generated_tokens"]
 
 
 def test_validate_reports_what_the_pairs_step_refuses(tmp_path, tiny_model):
@@ -156,7 +158,7 @@ def test_data_pairs_refuses_another_method(tmp_path):
 # In a comparison: `data_from`
 
 
-def iterative_comparison(tmp_path, model):
+def iterative_comparison(tmp_path, model, stages=("pairs", "dpo", "pairs2", "dpo2")):
     """An iterative DPO round: pairs from the model -> DPO on them -> pairs from that DPO policy -> DPO again."""
     pairs = {
         "method": "pairs",
@@ -192,6 +194,7 @@ def iterative_comparison(tmp_path, model):
             "dpo2": {**dpo, "model_from": "dpo", "data_from": "pairs2"},
         },
     }
+    comparison["stages"] = {k: v for k, v in comparison["stages"].items() if k in stages}
     return write_yaml(tmp_path / "iterative.yaml", comparison, sort_keys=False)
 
 
@@ -239,3 +242,33 @@ def test_data_from_a_stage_that_writes_no_data_is_a_recipe_error(tmp_path, tiny_
         "method writes data (pairs)" in res.stderr
     ), res.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_pairs_stage_killed_in_a_comparison_continues_its_samples(tmp_path, rs_model):
+    """`compare` cleared a stage killed before its first checkpoint, so a pairs stage (which never has one) started
+    its generation over; now the same stage keeps samples/ and generates only what was missing."""
+    import os
+    import time
+
+    path = iterative_comparison(tmp_path, rs_model, stages=("pairs", "dpo"))
+    stage = tmp_path / "out" / "seed-42" / "pairs"
+    part = stage / "samples" / "generations.part0-of1.jsonl"
+    kill_when(["compare", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)
+    lock = stage / ".lock"
+    pid = json.loads(lock.read_text())["pid"] if lock.is_file() else None
+    deadline = time.time() + 120
+    while pid and time.time() < deadline:  # the stage stops once its owner is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    kept = len(read_jsonl(part))
+    assert kept >= 32 and not (stage / "samples" / "generations.done").exists()
+    res = run_ok(["compare", str(path)], timeout=900)
+    assert "pairs (pairs): training" in res.stdout
+    rows = read_jsonl(stage / "samples" / "generations.jsonl")
+    sampled = read_metrics(stage)[0]["pairs/generated_tokens"]
+    assert 0 < sampled < sum(r["num_tokens"] + r["finished"] for r in rows)  # only the missing batches were generated again
+    assert len(rows) == 4 * len({r["prompt_index"] for r in rows}) and (stage / "pairs.jsonl").is_file()

@@ -76,6 +76,18 @@ def error_line(log_path: Path) -> str:
     return (lines[-1] if lines else "no output").strip()[:500]
 
 
+def clear_stage_dir(run: StageRun, same: bool) -> None:
+    """A changed stage starts clean (no stale eval.json, samples or checkpoints); the same stage killed before any
+    checkpoint keeps its samples/, where its method continues generating (they carry their own fingerprint)."""
+    for path in run.run_dir.iterdir():
+        if same and path.name == "samples":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_stage(run: StageRun) -> None:
     """Train one stage in its own process (or processes); a run of the same fingerprint killed midway resumes."""
     state_path = run.run_dir / "stage.json"
@@ -87,7 +99,7 @@ def run_stage(run: StageRun) -> None:
         or read_json(run.run_dir / "manifest.json").get("status") == "completed"
     )
     if not resume and run.run_dir.exists():
-        shutil.rmtree(run.run_dir)  # a changed stage starts clean: no stale eval.json, samples or checkpoints
+        clear_stage_dir(run, same=previous.get("fingerprint") == run.fingerprint)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run.run_dir / "stage_recipe.yaml"
     recipe_path.write_text(dump_yaml(run.recipe), encoding="utf-8")
