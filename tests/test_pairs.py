@@ -125,7 +125,7 @@ def test_killed_mid_generation_a_rerun_writes_the_same_pairs(pairs_run, rs_model
     part = run / "samples" / "generations.part0-of1.jsonl"
     kill_when(["data", "pairs", str(path)], lambda: part.is_file() and len(part.read_text().splitlines()) >= 40)
     assert not (run / "samples" / "generations.done").exists() and not (run / "pairs.jsonl").exists()
-    run_ok(["data", "pairs", str(path)])
+    run_ok(["data", "pairs", str(path), "--resume"])  # resumes its samples: there is never a checkpoint
     assert (run / "pairs.jsonl").read_text() == (single / "pairs.jsonl").read_text()
     # the rerun generated only the batches the killed run had not finished
     assert 0 < read_metrics(run)[-1]["pairs/generated_tokens"] < read_metrics(single)[0]["pairs/generated_tokens"]

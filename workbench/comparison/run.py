@@ -93,7 +93,7 @@ def run_stage(run: StageRun) -> None:
     state_path = run.run_dir / "stage.json"
     previous = read_json(state_path)
     resume = previous.get("fingerprint") == run.fingerprint and previous.get("status") == "running"
-    # a stage killed before its first checkpoint starts over (--resume would fail: nothing to resume)
+    # a stage killed before its first checkpoint starts again, keeping only its samples/ (clear_stage_dir)
     resume = resume and (
         newest_complete(run.run_dir / "checkpoints") is not None
         or read_json(run.run_dir / "manifest.json").get("status") == "completed"
