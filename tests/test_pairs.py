@@ -272,3 +272,10 @@ def test_a_pairs_stage_killed_in_a_comparison_continues_its_samples(tmp_path, rs
     sampled = read_metrics(stage)[0]["pairs/generated_tokens"]
     assert 0 < sampled < sum(r["num_tokens"] + r["finished"] for r in rows)  # only the missing batches were generated again
     assert len(rows) == 4 * len({r["prompt_index"] for r in rows}) and (stage / "pairs.jsonl").is_file()
+
+
+def test_validate_takes_the_file_a_data_from_stage_will_write(tmp_path, tiny_model):
+    """The pairs file does not exist before its stage runs: validate said `not found` for every stage reading it."""
+    res = run_workbench(["validate", str(iterative_comparison(tmp_path, tiny_model))])
+    assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
+    assert "stage dpo (dpo): OK" in res.stdout and "stage dpo2 (dpo): OK" in res.stdout

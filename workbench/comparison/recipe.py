@@ -128,6 +128,13 @@ def stage_method(comparison: Comparison, stage: Stage) -> str:
     return composed_sections(comparison, stage).get("method", "dpo")
 
 
+def data_from_file(comparison: Comparison, stage: Stage) -> str | None:
+    """The file name in its `data_from` stage's directory that `stage` trains on (None without data_from)."""
+    if not stage.data_from:
+        return None
+    return METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
+
+
 def data_from_problems(comparison: Comparison) -> list[str]:
     """`data_from` names a stage whose method writes data (the registry's `writes_data`), not one that trains a model."""
     writers = [name for name, spec in METHODS.items() if spec.writes_data]
@@ -164,9 +171,9 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
         recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
-    if stage.data_from:  # the data-writing stage's file, read with the base's data settings
-        written = METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
-        recipe.setdefault("data", {})["sources"] = [{"path": str(seed_dir / stage.data_from / str(written))}]
+    written = data_from_file(comparison, stage)
+    if written:  # the data-writing stage's file, read with the base's data settings
+        recipe.setdefault("data", {})["sources"] = [{"path": str(seed_dir / str(stage.data_from) / written)}]
     return recipe
 
 
