@@ -235,11 +235,15 @@ def test_an_iterative_dpo_round_trains_on_the_pairs_stages_and_is_evaluated_on_t
 
 def test_data_from_a_stage_that_writes_no_data_is_a_recipe_error(tmp_path, tiny_model):
     path = iterative_comparison(tmp_path, tiny_model)
-    res = run_workbench(["compare", str(path), "--set", "stages.dpo2.data_from=dpo"])
+    res = run_workbench(["compare", str(path), "--set", "stages.dpo2.data_from=dpo", "--set", "stages.dpo2.model_from=pairs2"])
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert (
         "`stages.dpo2.data_from: dpo`: stage `dpo` is a `method: dpo` stage, which writes no data; name a stage whose "
         "method writes data (pairs)" in res.stderr
+    ), res.stderr[-2000:]
+    assert (
+        "`stages.dpo2.model_from: pairs2`: stage `pairs2` (`method: pairs`) writes pairs.jsonl, not a model; read it with "
+        "`data_from: pairs2`, or name a stage that trains one" in res.stderr
     ), res.stderr[-2000:]
     assert not (tmp_path / "out").exists()
 

@@ -135,21 +135,30 @@ def data_from_file(comparison: Comparison, stage: Stage) -> str | None:
     return METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
 
 
-def data_from_problems(comparison: Comparison) -> list[str]:
-    """`data_from` names a stage whose method writes data (the registry's `writes_data`), not one that trains a model."""
+def link_problems(comparison: Comparison) -> list[str]:
+    """`data_from` names a stage whose method writes data (the registry's `writes_data`); `model_from` and
+    `reward_from` name one that exports a model."""
     writers = [name for name, spec in METHODS.items() if spec.writes_data]
     problems = []
     for stage in comparison.stages.values():
-        source = comparison.stages.get(stage.data_from or "")
-        if source is None:  # unset, or not an earlier stage (order_problems said so)
-            continue
-        method = stage_method(comparison, source)
-        spec = METHODS.get(method)
-        if spec is None or spec.writes_data is None:
-            problems.append(
-                f"`stages.{stage.name}.data_from: {source.name}`: stage `{source.name}` is a `method: {method}` stage, which "
-                f"writes no data; name a stage whose method writes data ({', '.join(writers)})"
-            )
+        for key in ("model_from", "reward_from", "data_from"):
+            source = comparison.stages.get(getattr(stage, key) or "")
+            if source is None:  # unset, or not an earlier stage (order_problems said so)
+                continue
+            method = stage_method(comparison, source)
+            spec = METHODS.get(method)
+            if spec is None:  # an unknown method: the stage's own recipe check names it
+                continue
+            if key == "data_from" and spec.writes_data is None:
+                problems.append(
+                    f"`stages.{stage.name}.data_from: {source.name}`: stage `{source.name}` is a `method: {method}` stage, "
+                    f"which writes no data; name a stage whose method writes data ({', '.join(writers)})"
+                )
+            elif key != "data_from" and not spec.produces_model:
+                problems.append(
+                    f"`stages.{stage.name}.{key}: {source.name}`: stage `{source.name}` (`method: {method}`) writes "
+                    f"{spec.writes_data}, not a model; read it with `data_from: {source.name}`, or name a stage that trains one"
+                )
     return problems
 
 
@@ -179,8 +188,8 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
 
 def check_stage_recipes(comparison: Comparison) -> None:
     """Every stage recipe of the first seed is validated; all problems are reported together."""
-    problems = data_from_problems(comparison)
-    if problems:  # a stage reading data from one that writes none has no data to compose
+    problems = link_problems(comparison)
+    if problems:  # a stage reading what an earlier stage does not make cannot be composed
         raise RecipeError(comparison.source, problems)
     for stage in comparison.stages.values():
         try:
