@@ -244,10 +244,53 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
     return comparison
 
 
+def composed_sections(comparison: Comparison, stage: Stage) -> dict[str, Any]:
+    """The stage's recipe file, then `base`, then its own sections, before the comparison sets its links."""
+    recipe = read_yaml(stage.recipe) if stage.recipe else {}
+    return deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+
+
+def stage_method(comparison: Comparison, stage: Stage) -> str:
+    return composed_sections(comparison, stage).get("method", "dpo")
+
+
+def data_from_file(comparison: Comparison, stage: Stage) -> str | None:
+    """The file name in its `data_from` stage's directory that `stage` trains on (None without data_from)."""
+    if not stage.data_from:
+        return None
+    return METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
+
+
+def link_problems(comparison: Comparison) -> list[str]:
+    """`data_from` names a stage whose method writes data (the registry's `writes_data`); `model_from` and
+    `reward_from` name one that exports a model."""
+    writers = [name for name, spec in METHODS.items() if spec.writes_data]
+    problems = []
+    for stage in comparison.stages.values():
+        for key in ("model_from", "reward_from", "data_from"):
+            source = comparison.stages.get(getattr(stage, key) or "")
+            if source is None:  # unset, or not an earlier stage (order_problems said so)
+                continue
+            method = stage_method(comparison, source)
+            spec = METHODS.get(method)
+            if spec is None:  # an unknown method: the stage's own recipe check names it
+                continue
+            if key == "data_from" and spec.writes_data is None:
+                problems.append(
+                    f"`stages.{stage.name}.data_from: {source.name}`: stage `{source.name}` is a `method: {method}` stage, "
+                    f"which writes no data; name a stage whose method writes data ({', '.join(writers)})"
+                )
+            elif key != "data_from" and not spec.produces_model:
+                problems.append(
+                    f"`stages.{stage.name}.{key}: {source.name}`: stage `{source.name}` (`method: {method}`) writes "
+                    f"{spec.writes_data}, not a model; read it with `data_from: {source.name}`, or name a stage that trains one"
+                )
+    return problems
+
+
 def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
     """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
-    recipe = read_yaml(stage.recipe) if stage.recipe else {}
-    recipe = deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+    recipe = composed_sections(comparison, stage)
     for key, value in stage.sweep.items():  # a sweep point's values, set as `--set` would set them
         apply_override(recipe, key.split("."), copy.deepcopy(value))
     share_reference_log_probs(recipe, stage)
@@ -266,6 +309,9 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
         recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
+    written = data_from_file(comparison, stage)
+    if written:  # the data-writing stage's file, read with the base's data settings
+        recipe.setdefault("data", {})["sources"] = [{"path": str(seed_dir / str(stage.data_from) / written)}]
     return recipe
 
 
@@ -322,6 +368,9 @@ def stage_lines(comparison: Comparison) -> list[str]:
 def check_stage_recipes(comparison: Comparison) -> None:
     """Every stage recipe of the first seed is validated; all problems are reported together (a problem every point
     of a sweep shares once, at the stage written)."""
+    links = link_problems(comparison)
+    if links:  # a stage reading what an earlier stage does not make cannot be composed
+        raise RecipeError(comparison.source, links)
     found: dict[str, list[str]] = {}
     for stage in comparison.stages.values():
         mine = found.setdefault(stage.name, [])
