@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import read_yaml, run_ok, run_workbench, write_yaml
 
-POLICIES = ["sft", "dpo", "dpo_rpo", "rejection_sampling", "ppo", "grpo", "kto"]
+DPO_SWEEP = ["dpo@beta=0.5", "dpo@beta=2.0", "dpo@beta=8.0"]
+PPO_SWEEP = ["ppo@kl_coef=0.01", "ppo@kl_coef=0.05", "ppo@kl_coef=0.2"]
+POLICIES = ["sft", *DPO_SWEEP, "dpo_rpo", "rejection_sampling", *PPO_SWEEP, "grpo", "kto"]
+DPO = "dpo@beta=2.0"  # the quickstart's DPO setting before the sweep
 
 
 def results(out: Path) -> dict[str, dict]:
@@ -30,8 +33,9 @@ def wandb_run_record(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
-    """The README's main job: every aligned policy beats SFT on the gold rule; report, plots, CSV and W&B are written;
-    a rerun skips every stage; changing DPO reruns DPO alone."""
+    """The README's main job: every aligned policy beats SFT on the gold rule (a DPO sweep's weakest regularisation
+    aside), the sweeps trace frontiers (KL falls as beta / kl_coef grow); report, plots, CSV and W&B are written; a
+    rerun skips every stage; changing KTO reruns KTO alone."""
     out = tmp_path / "quickstart"
     args = ["compare", "recipes/quickstart.yaml", "--set", f"base.model.name_or_path={tiny_model}", "--set", f"output_dir={out}"]
     first = run_ok(args, timeout=1200)
@@ -41,31 +45,44 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     # the baseline against itself: identical samples and log-probs
     assert sft["win_rate_vs_baseline"] == 0.5 and sft["kl_to_reference"] == 0.0 and sft["preference_accuracy"] == 0.5
     for name in POLICIES[1:]:
+        assert res[name]["kl_to_reference"] > 0 and res[name]["train_tokens"] > 0 and res[name]["peak_memory_mb"] > 0
+    for sweep in (DPO_SWEEP, PPO_SWEEP):  # stronger regularisation, closer to the reference
+        kls = [res[n]["kl_to_reference"] for n in sweep]
+        assert kls == sorted(kls, reverse=True), kls
+    for name in [n for n in POLICIES[1:] if n != DPO_SWEEP[0]]:  # beta 0.5 drifts far (KL ~12) and loses gold reward
         assert res[name]["gold_reward_mean"] > sft["gold_reward_mean"], (
             name,
             res[name]["gold_reward_mean"],
             sft["gold_reward_mean"],
         )
-        assert res[name]["kl_to_reference"] > 0 and res[name]["train_tokens"] > 0 and res[name]["peak_memory_mb"] > 0
-    assert res["ppo"]["generated_tokens"] > 0 and res["rejection_sampling"]["generated_tokens"] > 0
+    assert all(res[n]["generated_tokens"] > 0 for n in PPO_SWEEP)
+    assert all(json.loads((out / "seed-42" / n / "manifest.json").read_text())["reference_forward_batches_before_training"] == 0
+               for n in DPO_SWEEP[1:])  # fmt: skip  # the sweep's reference log-probs: computed once, then cached
+    frontier = json.loads((out / "frontier.json").read_text())
+    families = {f["family"]: [p["name"] for p in f["points"]] for f in frontier["families"]}
+    assert sorted(families["dpo"]) == sorted(DPO_SWEEP) and sorted(families["ppo"]) == sorted(PPO_SWEEP)
+    assert any({m["a"], m["b"]} == {"ppo", "grpo"} for m in frontier["matched_kl"])
+    assert res["grpo"]["lc_win_rate_vs_baseline"] is not None
+    assert res["rejection_sampling"]["generated_tokens"] > 0
 
     # enough evidence, stated: 64 distinct held-out prompts x 4 samples for every policy
     for r in res.values():
         assert (r["num_prompts"], r["samples_per_prompt"]) == (64, 4) and r["num_pairs"] > 64
         # a length-capped policy is flagged, and only then
         assert ("length_cap" in [f["code"] for f in r["health"]]) == (r["finished_share"] < 0.5), r["name"]
-    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "seed-42" / DPO / "eval_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 256 and len({r["prompt_index"] for r in rows}) == 64
     means = [sum(r["gold"] for r in rows if r["prompt_index"] == p) / 4 for p in range(64)]
     m = sum(means) / 64
-    assert res["dpo"]["gold_reward_mean_stderr"] == pytest.approx((sum((x - m) ** 2 for x in means) / 63) ** 0.5 / 8)
-    d = res["dpo"]["vs_baseline"]["gold_reward_mean"]
+    assert res[DPO]["gold_reward_mean_stderr"] == pytest.approx((sum((x - m) ** 2 for x in means) / 63) ** 0.5 / 8)
+    d = res[DPO]["vs_baseline"]["gold_reward_mean"]
     assert d["low"] < d["difference"] < d["high"] and d["difference"] == pytest.approx(
-        res["dpo"]["gold_reward_mean"] - sft["gold_reward_mean"]
+        res[DPO]["gold_reward_mean"] - sft["gold_reward_mean"]
     )
     report = (out / "report.md").read_text()
     assert report.split("\n")[2] == "## Findings" and "64 held-out prompts × 4 samples" in report
     assert "## Reward model (`reward`)" in report and "length-only rule" in report
+    assert "### At matched KL" in report and "Holm-corrected across 10 policies at 5%" in report
     pngs = ["reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "best_of_n.png"]
     pngs.append("reward_margins.png")
     for png in pngs:
@@ -79,7 +96,7 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     assert len(rows) == 1 + len(POLICIES) and "win_rate_vs_baseline" in rows[0]
 
     # W&B: one run per stage, grouped by the comparison, job type = method; a summary run with the table
-    record = wandb_run_record(out / "seed-42" / "dpo")
+    record = wandb_run_record(out / "seed-42" / DPO)
     assert record["run_group"] == "quickstart" and record["job_type"] == "dpo"
     assert wandb_run_record(out / "seed-42" / "reward")["job_type"] == "reward"
     assert list(out.glob("wandb/offline-run-*/files/media/table/results_*.table.json"))
@@ -91,10 +108,10 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     assert same == {n: {k: v for k, v in r.items() if k != "per_seed"} for n, r in res.items()}
     assert all(s["status"] == "cached" for r in results(out).values() for s in r["per_seed"])
 
-    changed = run_ok([*args, "--set", "stages.dpo.train.beta=1.0"], timeout=600)
-    assert "dpo (dpo): training" in changed.stdout and changed.stdout.count(": cached, fingerprint") == stages - 1
+    changed = run_ok([*args, "--set", "stages.kto.train.beta=1.0"], timeout=600)
+    assert "kto (kto): training" in changed.stdout and changed.stdout.count(": cached, fingerprint") == stages - 1
     assert changed.stdout.count("evaluation cached") == len(POLICIES) - 1
-    assert results(out)["dpo"]["gold_reward_mean"] != res["dpo"]["gold_reward_mean"]
+    assert results(out)["kto"]["gold_reward_mean"] != res["kto"]["gold_reward_mean"]
     assert first.stdout.count("training in") == stages
 
 
@@ -160,7 +177,7 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     # sample sizes, and the clustered stderr recomputed from the samples (one sample per prompt: the plain sd / sqrt(n))
     assert (res["dpo"]["num_prompts"], res["dpo"]["samples_per_prompt"]) == (8, 1) and res["dpo"]["num_pairs"] > 0
     assert f"evaluating 2 policies on 8 held-out prompts x 1 samples and {res['dpo']['num_pairs']} held-out pairs" in first.stdout
-    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "seed-42" / DPO / "eval_samples.jsonl").read_text().splitlines()]
     gold = [r["gold"] for r in rows]
     assert len(gold) == 8 and len({r["prompt_index"] for r in rows}) == 8
     mean = sum(gold) / 8

@@ -230,8 +230,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from workbench.config import load_recipe
     from workbench.plan import format_plan, make_plan, parse_bytes
+    from workbench.validate import is_comparison, stage_plans
 
     device = parse_bytes(args.device_memory) if args.device_memory else None
+    if is_comparison(args.recipe):  # every stage, sweep points and control included, as `compare` would run them
+        plans = stage_plans(args.recipe, args.overrides, args.accelerate_config, device)
+        if args.json:
+            print(json.dumps({name: plan.to_json() for name, plan in plans.items()}, indent=2))
+        else:
+            print("\n\n".join(f"stage {name}: {format_plan(plan)}" for name, plan in plans.items()))
+        return 0
     plan = make_plan(load_recipe(args.recipe, args.overrides), args.accelerate_config, device)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
     return 0

@@ -462,9 +462,11 @@ def evaluate_model(
     shared: Shared | None = None,
     baseline: Samples | None = None,
     fingerprint: str | None = None,
+    own_samples: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one model (a run's policy, or a comparison's `eval.baseline` itself); write `out_dir`/eval.json and
-    eval_samples.jsonl. Costs come from `out_dir`/manifest.json when it is a run directory."""
+    eval_samples.jsonl. Costs come from `out_dir`/manifest.json when it is a run directory. `own_samples`: sample
+    even when the model is the baseline (a control, sampled with another seed)."""
     refuse_sampling(cfg.generation, EVAL_SAMPLING, str(out_dir))
     judge = judge_of(cfg, scorers)
     shared = shared if shared is not None else Shared()
@@ -474,7 +476,7 @@ def evaluate_model(
         baseline = baseline_samples(baseline_path, tokenizer, inputs, cfg, scorers)
     if baseline is not None:
         shared.baselines.setdefault((baseline_path, id(scorers)), baseline)
-    if baseline is not None and same_model(model_dir, baseline_path):
+    if baseline is not None and same_model(model_dir, baseline_path) and not own_samples:
         # the baseline policy itself: its samples (same prompts, sampling and seed) and scores are the baseline's
         samples = dataclasses.replace(baseline, scores=dict(baseline.scores), per_sample={})
         model = load_policy(str(model_dir), tokenizer).to(device())

@@ -34,6 +34,11 @@ FLAGS: dict[str, str] = {
     "(±{half:.3f}): rewards from it are close to random",
     "reward_model_length_only": "reward model held-out accuracy {accuracy:.3f} is no better than the length-only rule's "
     "{length_baseline:.3f} on the same pairs: it may only reward length",
+    "length_bias": "win rate {raw:.2f} but {lc:.2f} with length controlled (raw − LC {gap:+.2f} [{low:+.2f}, {high:+.2f}], "
+    "95% prompt bootstrap): the judge's verdicts move with response length, so part of this win rate is length, not content",
+    "control_differs": "the control (`{baseline}` {how}) differs from `{baseline}` by {d[difference]:+.3f} "
+    "[{d[low]:+.3f}, {d[high]:+.3f}] in {metric}, beyond its interval: the intervals understate the noise (they hold the "
+    "training run fixed); compare with several `seeds` before trusting a verdict",
     # about the comparison as a whole
     "budget_mismatch": "training budgets differ by more than {factor:g}×: {what} from {low:,.0f} (`{low_name}`) to "
     "{high:,.0f} (`{high_name}`), {ratio:.1f}×; a lead may come from the budget rather than the method",
@@ -114,6 +119,22 @@ def weak_reward_model(accuracy: float | None, num_pairs: int, length_baseline: f
     if length_baseline is not None and accuracy <= length_baseline:
         return flag("reward_model_length_only", accuracy=accuracy, length_baseline=length_baseline)
     return None
+
+
+def length_bias(raw: float, lc: float, gap_low: float, gap_high: float, min_gap: float = 0.02) -> Flag | None:
+    """The raw and the length-controlled win rate disagree beyond noise: the bootstrap interval of raw - LC excludes 0,
+    and by at least `min_gap` (a fit's rounding on near-identical resamples is no disagreement)."""
+    if math.isnan(gap_low) or math.isnan(gap_high) or gap_low <= 0 <= gap_high or abs(raw - lc) < min_gap:
+        return None
+    return flag("length_bias", raw=raw, lc=lc, gap=raw - lc, low=gap_low, high=gap_high)
+
+
+def control_differs(difference: Mapping[str, float] | None, baseline: str, how: str, metric: str) -> Flag | None:
+    """The control (the baseline again with another seed) is no baseline by its interval: the noise is larger than the
+    intervals say. `difference`: its paired difference from the baseline (difference, low, high)."""
+    if not difference or difference["low"] <= 0 <= difference["high"]:
+        return None
+    return flag("control_differs", baseline=baseline, how=how, d=difference, metric=metric)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from workbench.data.pipeline import read_json, read_jsonl, write_json
 from workbench.evaluate import COST_METRICS, POLICY_METHODS, QUALITY_METRICS
 
 if TYPE_CHECKING:
-    from workbench.comparison.types import Comparison, Outcome, StageRun
+    from workbench.comparison.types import Comparison, Outcome, Stage, StageRun
 
 # Which way is better, per metric (None: no "best", e.g. response length).
 HIGHER_IS_BETTER: dict[str, bool | None] = {
@@ -90,7 +90,12 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
         if method != BASELINE_METHOD and (method not in POLICY_METHODS or not per_seed_runs[0].stage.evaluate):
             continue
         per_seed = [{"seed": r.seed, "status": r.status, "error": r.error, **(r.evaluation or {})} for r in per_seed_runs]
-        entry: dict[str, Any] = {"name": name, "method": method, "status": overall_status(per_seed_runs)}
+        stage = per_seed_runs[0].stage
+        entry: dict[str, Any] = {"name": name, "method": method, "status": overall_status(per_seed_runs), "family": stage.family}
+        if stage.sweep:
+            entry["sweep"] = stage.sweep
+        if stage.control_of:
+            entry["control"] = {"of": stage.control_of, "seed_offset": stage.seed_offset, "how": control_how(comparison, stage)}
         for key in (*QUALITY_METRICS, *COST_METRICS, *EXTRA_METRICS):
             values = [s[key] for s in per_seed if isinstance(s.get(key), (int, float)) and not _nan(s[key])]
             mean, std, n = S.seed_spread(values) if values else (None, None, 0)
@@ -113,8 +118,17 @@ def aggregate(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> l
 
 
 def row_names(comparison: Comparison) -> list[str]:
-    """The stages in the order written, then the row of a baseline given as `eval.baseline` (a model, not a stage)."""
-    return [*comparison.stages, *([BASELINE_ROW] if comparison.external_baseline else [])]
+    """The stages in the order written (sweep points and a control included), then the row of a baseline given as
+    `eval.baseline` (a model, not a stage) and its control."""
+    external = [BASELINE_ROW, *([comparison.control_name] if comparison.control_name else [])]
+    return [*comparison.stages, *(external if comparison.external_baseline else [])]
+
+
+def control_how(comparison: Comparison, stage: Stage) -> str:
+    """What the control repeats: the baseline stage's training with another seed, or `eval.baseline`'s sampling."""
+    if comparison.external_baseline:
+        return f"sampled again with evaluation seed {comparison.eval.seed} + {stage.seed_offset}"
+    return f"trained again with the comparison's seed + {stage.seed_offset}"
 
 
 def overall_status(runs: list[StageRun]) -> str:
@@ -189,6 +203,7 @@ def _interval(est: S.Estimate, offset: float = 0.0) -> dict[str, Any]:
         "low": est.low - offset,
         "high": est.high - offset,
         "interval": est.interval,
+        "df": est.df,
     }
     if est.per_seed:
         d["per_seed"] = [v - offset for v in est.per_seed]
@@ -199,6 +214,8 @@ def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]]
     """`<metric>_stderr` from the samples, and `vs_baseline`: paired differences with 95% t intervals."""
     baseline = comparison.baseline_name
     base_rows = samples_of(comparison, runs, baseline) if baseline else []
+    prompts = list(dict.fromkeys(row["prompt_index"] for row in base_rows))
+    draws = S.bootstrap_draws(len(prompts), comparison.eval.bootstrap_samples, comparison.eval.seed) if prompts else []
     for r in results:
         if r["status"] != "ok":
             continue
@@ -215,7 +232,42 @@ def add_uncertainty(comparison: Comparison, runs: dict[int, dict[str, StageRun]]
             win = seeded(rows, "win")
             if win is not None:  # the win rate already pairs each response with the baseline's: its distance from 0.5
                 vs["win_rate_vs_baseline"] = _interval(win, 0.5)
+            add_length_control(r, rows, base_rows, prompts, draws)
         r["vs_baseline"] = vs
+
+
+def add_length_control(
+    r: dict[str, Any], rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], prompts: list[Any], draws: list[list[int]]
+) -> None:
+    """`lc_win_rate_vs_baseline` with its 95% prompt-bootstrap interval (`_low`, `_high`), and the interval of the raw
+    win rate less it (`length_control`), from each response's win and its length less the baseline's response's."""
+    base = {_key(b): b.get("num_tokens") for b in base_rows}
+    paired_rows = [
+        (w, row["num_tokens"] - base[k], row["prompt_index"])
+        for row in rows
+        if (w := _value(row, "win")) is not None
+        and isinstance(base.get(k := _key(row)), int)
+        and isinstance(row.get("num_tokens"), int)
+    ]
+    if len(paired_rows) < len(rows) or len(paired_rows) < 2 or {p for _, _, p in paired_rows} != set(prompts):
+        return
+    order = {p: i for i, p in enumerate(prompts)}  # the draws index prompts in the baseline's order
+    wins, lengths, where = zip(*[(w, d, order[p]) for w, d, p in paired_rows])
+    lc = S.length_controlled(wins, lengths, where, draws)
+    r["lc_win_rate_vs_baseline"], r["lc_win_rate_vs_baseline_low"], r["lc_win_rate_vs_baseline_high"] = (
+        lc.lc,
+        lc.lc_low,
+        lc.lc_high,
+    )
+    r["length_control"] = {
+        "raw": lc.raw,
+        "raw_low": lc.raw_low,
+        "raw_high": lc.raw_high,
+        "raw_minus_lc": lc.gap,
+        "raw_minus_lc_low": lc.gap_low,
+        "raw_minus_lc_high": lc.gap_high,
+        "interval": "prompt bootstrap",
+    }
 
 
 def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
@@ -275,6 +327,8 @@ def add_health(comparison: Comparison, runs: dict[int, dict[str, StageRun]], res
                 None if r is base or base is None else H.diversity_collapse(r.get("distinct_2"), base.get("distinct_2")),
                 H.reward_hacking(_estimate(vs.get("reward_mean")), _estimate(vs.get("gold_reward_mean"))),
                 None if r is base or base is None else no_change(vs, base["name"]),
+                length_bias(r),
+                control_differs(comparison, r, vs),
             ]
             flags += [f for f in found if f is not None]
         for seed in comparison.seeds:
@@ -297,8 +351,138 @@ def no_change(vs: dict[str, Any], baseline: str) -> H.Flag | None:
     return H.no_change({SHORT[k]: _estimate(vs.get(k)) for k in PAIRED_METRICS}, baseline)
 
 
-def _estimate(d: dict[str, float] | None) -> S.Estimate | None:
-    return None if d is None else S.Estimate(d["difference"], d["stderr"], d["low"], d["high"], 0, 0)
+def length_bias(r: dict[str, Any]) -> H.Flag | None:
+    """Raw and length-controlled win rates apart beyond their bootstrap interval (add_length_control)."""
+    lc = r.get("length_control")
+    if not lc:
+        return None
+    return H.length_bias(lc["raw"], r["lc_win_rate_vs_baseline"], lc["raw_minus_lc_low"], lc["raw_minus_lc_high"])
+
+
+def control_differs(comparison: Comparison, r: dict[str, Any], vs: dict[str, Any]) -> H.Flag | None:
+    """The control row differs from the baseline on the judge metric beyond its interval."""
+    control = r.get("control")
+    if not control:
+        return None
+    judge = "gold_reward_mean" if vs.get("gold_reward_mean") else "reward_mean"
+    return H.control_differs(vs.get(judge), control["of"], control["how"], SHORT[judge])
+
+
+def _estimate(d: dict[str, Any] | None) -> S.Estimate | None:
+    return None if d is None else S.Estimate(d["difference"], d["stderr"], d["low"], d["high"], 0, 0, df=d.get("df"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward-KL frontier and comparisons at matched KL
+
+
+def per_prompt(rows: list[dict[str, Any]], field: str) -> dict[Any, float]:
+    """Each prompt's mean of a per-response field over its samples (and seeds)."""
+    sums: dict[Any, list[float]] = {}
+    for row in rows:
+        acc = sums.setdefault(row["prompt_index"], [0.0, 0.0])
+        acc[0] += float(row[field])
+        acc[1] += 1.0
+    return {p: total / n for p, (total, n) in sums.items()}
+
+
+def anchored(comparison: Comparison, runs: dict[int, dict[str, StageRun]], names: list[str]) -> bool:
+    """Whether the baseline is a point of these policies' frontier: every one of them started from the baseline,
+    which was also its KL reference (infinite regularisation gives back the starting model: KL 0, the baseline's
+    reward). Read from what each evaluation recorded (eval.json `details`)."""
+    from workbench.evaluate import same_model
+
+    for seed in comparison.seeds:
+        for name in names:
+            run = runs[seed].get(name)
+            if run is None:
+                return False
+            details = read_json(run.run_dir / "eval.json").get("details") or {}
+            start, baseline = (run.recipe.get("model") or {}).get("name_or_path"), details.get("baseline")
+            if not (baseline and same_model(details.get("reference"), baseline) and same_model(start, baseline)):
+                return False
+    return True
+
+
+def frontier_summary(comparison: Comparison, outcome: Outcome) -> dict[str, Any] | None:
+    """Judge reward against KL per family of policies (a sweep's points, or a stage alone), with 95% intervals on both
+    axes, and every pair of families compared at matched KL (stats.matched_kl, prompt bootstrap); None without a policy."""
+    results, runs, baseline = outcome.results, outcome.runs, comparison.baseline_name
+    judge = judge_metric(results)
+    field = SAMPLE_FIELDS[judge]
+    policies = [
+        r
+        for r in results
+        if r["status"] == "ok" and r["name"] != baseline and r.get(judge) is not None and r.get("kl_to_reference") is not None
+    ]
+    rows = {r["name"]: samples_of(comparison, runs, r["name"]) for r in policies}
+    base = next((r for r in results if r["name"] == baseline and r["status"] == "ok"), None)
+    base_rows = samples_of(comparison, runs, baseline) if base else []
+    prompts = list(dict.fromkeys(row["prompt_index"] for row in base_rows)) or sorted(
+        {row["prompt_index"] for v in rows.values() for row in v}
+    )
+    policies = [r for r in policies if set(per_prompt(rows[r["name"]], field)) == set(prompts)]
+    if not policies:
+        return None
+
+    def column(rows_of: list[dict[str, Any]], f: str) -> list[float]:
+        means = per_prompt(rows_of, f)
+        return [means[p] for p in prompts]
+
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in policies:
+        if not r.get("control"):
+            families.setdefault(r["family"], []).append(r)
+    anchor = None
+    if base is not None and base.get(judge) is not None:
+        est = seeded(base_rows, field)
+        anchor = {"name": baseline, "kl": 0.0, "reward": base[judge]} | (
+            {"reward_low": est.low, "reward_high": est.high} if est is not None else {}
+        )
+    out: dict[str, Any] = {"judge": judge, "anchor": anchor, "families": [], "matched_kl": [], "not_comparable": []}
+    curves: dict[str, S.Frontier] = {}
+    for family, members in families.items():
+        points = []
+        for r in members:
+            kl, reward = seeded(rows[r["name"]], "kl_to_reference"), seeded(rows[r["name"]], field)
+            points.append(
+                {"name": r["name"], "sweep": r.get("sweep") or {}, "kl": r["kl_to_reference"], "reward": r[judge]}
+                | ({"kl_low": kl.low, "kl_high": kl.high} if kl is not None else {})
+                | ({"reward_low": reward.low, "reward_high": reward.high} if reward is not None else {})
+            )
+        points.sort(key=lambda p: p["kl"])
+        is_anchored = anchor is not None and anchored(comparison, runs, [r["name"] for r in members])
+        out["families"].append({"family": family, "method": members[0]["method"], "anchored": is_anchored, "points": points})
+        order = [next(r for r in members if r["name"] == p["name"]) for p in points]
+        curves[family] = S.Frontier(
+            [column(rows[r["name"]], "kl_to_reference") for r in order],
+            [column(rows[r["name"]], field) for r in order],
+            column(base_rows, field) if is_anchored else None,
+        )
+    draws = S.bootstrap_draws(len(prompts), comparison.eval.bootstrap_samples, comparison.eval.seed)
+    names = list(curves)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            m = S.matched_kl(curves[a], curves[b], draws)
+            if m is None:
+                out["not_comparable"].append([a, b])
+                continue
+            out["matched_kl"].append(
+                {
+                    "a": a,
+                    "b": b,
+                    "verdict": m.verdict,
+                    "at_point": m.at_point,
+                    "kl_low": m.kl_range[0],
+                    "kl_high": m.kl_range[1],
+                    "grid": [
+                        {"kl": x, "difference": d, "low": lo, "high": hi}
+                        for x, d, lo, hi in zip(m.grid, m.difference, m.low, m.high)
+                    ],
+                }
+            )
+    out["bootstrap_samples"], out["num_prompts"] = len(draws), len(prompts)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,16 +496,24 @@ def write_outputs(comparison: Comparison, outcome: Outcome) -> None:
     rm = reward_model_summary(comparison, outcome.runs)
     if rm is not None:
         write_json(out / "reward_model.json", rm)
-    plots = make_plots(comparison, outcome, rm)
-    (out / "report.md").write_text(report_markdown(comparison, outcome, plots, rm), encoding="utf-8")
+    frontier = frontier_summary(comparison, outcome)
+    if frontier is not None:
+        write_json(out / "frontier.json", frontier)
+    plots = make_plots(comparison, outcome, rm, frontier)
+    (out / "report.md").write_text(report_markdown(comparison, outcome, plots, rm, frontier), encoding="utf-8")
     log_wandb(comparison, outcome, plots)
 
 
+LC = "lc_win_rate_vs_baseline"
+
+
 def csv_columns(results: list[dict[str, Any]]) -> list[str]:
-    keys = ["name", "method", "status", *SIZE_KEYS]
+    keys = ["name", "method", "family", "status", *SIZE_KEYS]
     for key in (*QUALITY_METRICS, *EXTRA_METRICS, *COST_METRICS):
         keys.append(key)
         keys += [f"{key}_{x}" for x in ("stderr", "std") if any(f"{key}_{x}" in r for r in results)]
+        if key == "win_rate_vs_baseline" and any(LC in r for r in results):  # the length-controlled one beside it
+            keys += [LC, f"{LC}_low", f"{LC}_high"]
     return [*keys, "health"]
 
 
@@ -515,24 +707,39 @@ def verdict_text(r: dict[str, Any], d: dict[str, Any]) -> str:
     return text
 
 
+def holm_held(rows: list[dict[str, Any]], judge: str) -> set[str]:
+    """The policies whose difference from the baseline is above zero with Holm's step-down correction across all of
+    them at 5%; p-values from the same t intervals the report shows (the seed-level ones with several seeds)."""
+    ds = [r["vs_baseline"][judge] for r in rows]
+    pvalues = [S.t_pvalue(d["difference"], d.get("stderr"), d.get("df")) if d["difference"] > 0 else 1.0 for d in ds]
+    rejected, _ = S.holm(pvalues)
+    return {r["name"] for r, keep in zip(rows, rejected) if keep}
+
+
 def verdict_lines(comparison: Comparison, ok: list[dict[str, Any]], judge: str) -> tuple[list[str], dict[str, list[str]]]:
     """The verdict bullets on the judge metric, and the policy names under each verdict."""
     baseline = comparison.baseline_name
     texts: dict[str, list[str]] = {v: [] for v in VERDICTS}
     names: dict[str, list[str]] = {v: [] for v in VERDICTS}
-    for r in ok:
-        d = (r.get("vs_baseline") or {}).get(judge)
-        if r["name"] == baseline or not d:
-            continue
+    judged = [r for r in ok if r["name"] != baseline and not r.get("control") and (r.get("vs_baseline") or {}).get(judge)]
+    held = holm_held(judged, judge)
+    for r in judged:
+        d = r["vs_baseline"][judge]
         v = verdict(r, d)
-        texts[v].append(f"`{r['name']}`" if v == "unchanged" else verdict_text(r, d))
+        text = f"`{r['name']}`" if v == "unchanged" else verdict_text(r, d)
+        if v == "better" and r["name"] not in held:  # its own interval is above zero, but not once k claims are made
+            v, text = "noise", text + " (above zero alone, not after Holm's correction)"
+        texts[v].append(text)
         names[v].append(r["name"])
     if not baseline:
         return [], names
     judge_name = "gold reward (the independent scorer)" if judge == "gold_reward_mean" else "the pipeline's reward"
     every_seed = " and every seed's difference above zero" if len(comparison.seeds) > 1 else ""
     lines = [f"Judged by {judge_name}, difference from `{baseline}`:", ""]
-    lines.append(f"- **Beat `{baseline}`** (interval above zero{every_seed}): " + ("; ".join(texts["better"]) or "none"))
+    holm_note = f", Holm-corrected across {len(judged)} policies at 5%" if len(judged) > 1 else ""
+    lines.append(
+        f"- **Beat `{baseline}`** (interval above zero{every_seed}{holm_note}): " + ("; ".join(texts["better"]) or "none")
+    )
     lines.append("- **Within noise** (interval includes zero): " + ("; ".join(texts["noise"]) or "none"))
     if texts["unchanged"]:
         lines.append("- **Unchanged** (did it train?): " + ", ".join(texts["unchanged"]))
@@ -563,7 +770,7 @@ def budget_lines(comparison: Comparison, ok: list[dict[str, Any]]) -> list[str]:
         "is trained by its own stage with its method's own settings (`stages.NAME.train`: learning rate, steps and batch "
         "differ per method)."
     )
-    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD]
+    policies = [r for r in ok if r["name"] != baseline and r["method"] != BASELINE_METHOD and not r.get("control")]
     if not policies:
         return [text, ""]
     text += (
@@ -685,12 +892,19 @@ def baseline_note(comparison: Comparison, baseline: str) -> str:
     return text + f" `finished`: share of responses that end before the {cfg.generation.max_new_tokens}-token cap."
 
 
-def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, str], rm: dict[str, Any] | None = None) -> str:
+def report_markdown(
+    comparison: Comparison,
+    outcome: Outcome,
+    plots: dict[str, str],
+    rm: dict[str, Any] | None = None,
+    frontier: dict[str, Any] | None = None,
+) -> str:
     results = outcome.results
     seeds = ", ".join(str(s) for s in comparison.seeds)
     base_model = (comparison.base.get("model") or {}).get("name_or_path", "?")
     baseline = comparison.baseline_name
     lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm)]
+    lines += [*control_lines(results, baseline), *matched_kl_lines(frontier)]
     lines += [
         "## Quality",
         "",
@@ -716,6 +930,7 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
             f"| {policy_label(r)} | " + " | ".join(fmt_interval(r["vs_baseline"].get(k)) for k in keys) + " |" for r in vs_rows
         ]
         lines.append("")
+    lines += length_control_lines(results, baseline)
     if rm is not None:
         lines += reward_model_section(rm, plots)
     lines += ["## Cost of training", "", *cost_table([r for r in results if r["method"] != BASELINE_METHOD]), ""]
@@ -739,11 +954,86 @@ def report_markdown(comparison: Comparison, outcome: Outcome, plots: dict[str, s
     return "\n".join(lines)
 
 
+def control_lines(results: list[dict[str, Any]], baseline: str | None) -> list[str]:
+    """What the control says about the noise: its difference from the baseline within its interval, or a warning."""
+    control = next((r for r in results if r.get("control") and r["status"] == "ok"), None)
+    if control is None or not baseline:
+        return []
+    judge = judge_metric(results)
+    d = (control.get("vs_baseline") or {}).get(judge)
+    if not d:
+        return []
+    text = f"Control `{control['name']}` (`{baseline}` {control['control']['how']}): {SHORT[judge]} {fmt_interval(d)} from `{baseline}`"
+    if d["low"] <= 0 <= d["high"]:
+        return [f"{text}, within noise: the intervals hold up against a rerun of the baseline.", ""]
+    return [f"{WARN} {text}, beyond its interval: the intervals understate the noise (see its health warning).", ""]
+
+
+def matched_kl_lines(frontier: dict[str, Any] | None) -> list[str]:
+    """The Findings on the reward-KL frontier: each pair of families compared at matched KL, or why none could be."""
+    if not frontier or len(frontier["families"]) < 2:
+        return []
+    judge = SHORT[frontier["judge"]]
+    lines = ["### At matched KL", ""]
+    lines.append(
+        f"Each family's {judge} against KL to the reference, piecewise-linear between its points; differences at the same "
+        f"KL with 95% paired prompt-bootstrap intervals ({frontier['bootstrap_samples']} resamples of "
+        f"{frontier['num_prompts']} prompts)."
+    )
+    anchored = [f["family"] for f in frontier["families"] if f["anchored"]]
+    if anchored and frontier.get("anchor"):
+        lines[-1] += (
+            f" Frontiers of {', '.join(f'`{a}`' for a in anchored)} start at `{frontier['anchor']['name']}` (KL 0): it is "
+            "their starting model and KL reference, what infinite regularisation returns."
+        )
+    lines.append("")
+    for m in frontier["matched_kl"]:
+        worst = min(m["grid"], key=lambda g: abs(g["difference"]))
+        where = f"at KL {m['kl_low']:.3g}" if m["at_point"] else f"over KL {m['kl_low']:.3g}–{m['kl_high']:.3g}"
+        diffs = ", ".join(f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] at {g['kl']:.3g}" for g in m["grid"])
+        verdict = {
+            "above": f"`{m['a']}` lies above `{m['b']}`",
+            "below": f"`{m['a']}` lies below `{m['b']}`",
+            "neither": f"neither `{m['a']}` nor `{m['b']}` lies above the other beyond noise",
+        }[m["verdict"]]
+        lines.append(f"- {verdict} {where} ({judge} difference {diffs}; smallest {worst['difference']:+.3f}).")
+    if frontier["not_comparable"]:
+        pairs = "; ".join(f"`{a}` and `{b}`" for a, b in frontier["not_comparable"])
+        lines.append(f"- No common KL range (no comparison at matched KL is possible): {pairs}.")
+    return [*lines, ""]
+
+
+def length_control_lines(results: list[dict[str, Any]], baseline: str | None) -> list[str]:
+    """Raw against length-controlled win rates (AlpacaEval 2 style), each with its prompt-bootstrap interval."""
+    rows = [r for r in results if r.get("lc_win_rate_vs_baseline") is not None and r["name"] != baseline]
+    if not rows:
+        return []
+    lines = [
+        "Length-controlled win rates:",
+        "",
+        f"Against `{baseline}`: the win rate a policy would have at the baseline's response length (a logistic fit of each "
+        f"win on tanh(Δlength / sd) plus a per-prompt term, at Δlength = 0, C = {S.LC_C:g}); 95% prompt-bootstrap intervals.",
+        "",
+        "| policy | win rate | LC win rate | raw − LC |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lc = r["length_control"]
+        lines.append(
+            f"| {policy_label(r)} | {lc['raw']:.3f} [{lc['raw_low']:.3f}, {lc['raw_high']:.3f}] | "
+            f"{r['lc_win_rate_vs_baseline']:.3f} [{r['lc_win_rate_vs_baseline_low']:.3f}, {r['lc_win_rate_vs_baseline_high']:.3f}] | "
+            f"{lc['raw_minus_lc']:+.3f} [{lc['raw_minus_lc_low']:+.3f}, {lc['raw_minus_lc_high']:+.3f}] |"
+        )
+    return [*lines, ""]
+
+
 # ----------------------------------------------------------------------------------------------
 # Plots
 
 
-def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | None = None) -> dict[str, str]:
+def make_plots(
+    comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | None = None, frontier: dict[str, Any] | None = None
+) -> dict[str, str]:
     """Title -> PNG file name in the output directory, for the plots the data supports."""
     import matplotlib
 
@@ -753,7 +1043,7 @@ def make_plots(comparison: Comparison, outcome: Outcome, rm: dict[str, Any] | No
     evaluated = [r for r in outcome.results if r["status"] == "ok"]
     baseline = next((r for r in evaluated if r["name"] == comparison.baseline_name), None)
     if evaluated:
-        plots["Reward vs KL to the reference"] = frontier_plot(evaluated, baseline, out / "reward_vs_kl.png")
+        plots["Reward vs KL to the reference"] = frontier_plot(evaluated, baseline, out / "reward_vs_kl.png", frontier)
         if any(r.get("win_rate_vs_baseline") is not None for r in evaluated):
             plots["Win rate vs the baseline"] = win_rate_plot(evaluated, comparison.baseline_name, out / "win_rate.png")
         if any(r.get("vs_baseline") for r in evaluated):
@@ -809,22 +1099,33 @@ def _half_width(r: dict[str, Any], key: str) -> float:
     return S.t_quantile(int(k) - 1) * se
 
 
-def frontier_plot(results: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path) -> str:
-    """Judge reward vs KL, both with 95% clustered intervals; names in the legend (labels on points overlap)."""
+def frontier_plot(
+    results: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path, frontier: dict[str, Any] | None = None
+) -> str:
+    """Judge reward vs KL, both with 95% clustered intervals, each sweep's points joined in order of KL (from the
+    baseline at KL 0 when it is the policies' reference); names in the legend (labels on points overlap)."""
     key = judge_metric(results)
     title = f"{SHORT[key].capitalize()} vs KL (bars: {INTERVAL_LABEL})"
-    with figure(path, (7, 4.8), title, "KL(policy ‖ reference), nats per response", SHORT[key], title_size=10) as ax:
-        frontier_points(ax, results, baseline, key)
+    with figure(path, (8, 5.2), title, "KL(policy ‖ reference), nats per response", SHORT[key], title_size=10) as ax:
+        frontier_points(ax, results, baseline, key, frontier)
     return path.name
 
 
-def frontier_points(ax: Any, results: list[dict[str, Any]], baseline: dict[str, Any] | None, key: str) -> None:
-    """Each policy's mean with its intervals (and one faint dot per seed), the baseline's level, the legend outside."""
+def frontier_points(
+    ax: Any, results: list[dict[str, Any]], baseline: dict[str, Any] | None, key: str, frontier: dict[str, Any] | None = None
+) -> None:
+    """Each policy's mean with its intervals (and one faint dot per seed), one colour per family (a sweep's points
+    share it, joined by a line), the baseline's level, the legend outside."""
     markers = "oDs^vP*Xhp"
-    for i, r in enumerate(results):
+    families = list(dict.fromkeys(r.get("family") or r["name"] for r in results))
+    members: dict[str, int] = {}
+    for r in results:
         if r.get(key) is None or r.get("kl_to_reference") is None:
             continue
-        color = f"C{i % 10}"
+        family = r.get("family") or r["name"]
+        color = f"C{families.index(family) % 10}"
+        marker = markers[members.setdefault(family, 0) % len(markers)]
+        members[family] += 1
         points = [(s.get("kl_to_reference"), s.get(key)) for s in r["per_seed"] if s.get(key) is not None]
         if len(points) > 1:  # one faint dot per seed around the mean
             xs, ys = zip(*points)
@@ -834,16 +1135,23 @@ def frontier_points(ax: Any, results: list[dict[str, Any]], baseline: dict[str, 
             [r[key]],
             xerr=[_half_width(r, "kl_to_reference")],
             yerr=[_half_width(r, key)],
-            fmt=markers[i % len(markers)],
-            markersize=8,
-            capsize=4,
+            fmt=marker,
+            markersize=7,
+            capsize=3,
             color=color,
             label=f"{policy_label(r)} ({r['method']})",
         )
+    anchor = (frontier or {}).get("anchor")
+    for fam in (frontier or {}).get("families", []):
+        if len(fam["points"]) < 2 or fam["family"] not in families:
+            continue
+        start = [anchor] if fam["anchored"] and anchor else []
+        xs, ys = zip(*[(p["kl"], p["reward"]) for p in [*start, *fam["points"]]])
+        ax.plot(xs, ys, color=f"C{families.index(fam['family']) % 10}", linewidth=1.2, alpha=0.8, linestyle="-")
     if baseline is not None and baseline.get(key) is not None:
         ax.axhline(baseline[key], color="grey", linestyle="--", linewidth=1, label=f"baseline {baseline['name']}")
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 def win_rate_plot(results: list[dict[str, Any]], baseline: str | None, path: Path) -> str:

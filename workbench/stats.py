@@ -242,3 +242,281 @@ def replicate_means(replicates: Sequence[Sequence[float]]) -> list[float]:
     if any(len(r) != n for r in replicates):
         raise ValueError(f"replicate_means: replicates of {sorted({len(r) for r in replicates})} units")
     return [sum(r[i] for r in replicates) / len(replicates) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Multiple comparisons
+
+
+def t_pvalue(mean: float, stderr: float | None, df: float | None) -> float:
+    """Two-sided p-value of "the mean is 0" from a t statistic on `df` degrees of freedom: below 0.05 exactly when
+    the 95% t interval excludes zero. A zero standard error gives 0 (a nonzero mean) or 1 (a zero mean)."""
+    from scipy.stats import t
+
+    if stderr is None or math.isnan(stderr) or stderr == 0 or df is None or df < 1:
+        return 0.0 if stderr == 0 and mean != 0 else 1.0
+    return float(2 * t.sf(abs(mean) / stderr, df))
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm's step-down correction of k p-values: (rejected at family-wise level `alpha`, adjusted p-values), in the
+    order given. Sorted ascending, the i-th smallest (i from 0) is tested at alpha / (k - i) until the first that
+    fails; the adjusted p-value is the running maximum of (k - i) p_(i), capped at 1."""
+    k = len(pvalues)
+    order = sorted(range(k), key=lambda i: pvalues[i])
+    rejected, adjusted = [False] * k, [1.0] * k
+    running, stopped = 0.0, False
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (k - rank) * pvalues[i]))
+        adjusted[i] = running
+        stopped = stopped or pvalues[i] > alpha / (k - rank)
+        rejected[i] = not stopped
+    return rejected, adjusted
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt bootstrap: every policy is evaluated on the same prompts, so one draw of prompt indices serves all (paired)
+
+
+def bootstrap_draws(num_prompts: int, reps: int, seed: int) -> list[list[int]]:
+    """`reps` resamples of prompt indices 0..num_prompts-1 with replacement, the same for every policy."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, num_prompts, size=(reps, num_prompts)).tolist()
+
+
+def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap replicates (linear interpolation between order statistics)."""
+    import numpy as np
+
+    if not len(values):
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(np.asarray(values, dtype=float), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reward-KL frontier and comparisons at matched KL
+
+
+def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear curve through the points (xs, ys), taken in order of x, at `x`; beyond either end the end
+    segment is extended (a bootstrap resample may move an end point past a matched KL). Points at the same x are
+    merged into their mean y; a single point is a constant."""
+    merged: dict[float, list[float]] = {}
+    for a, b in sorted(zip(xs, ys)):
+        merged.setdefault(float(a), []).append(float(b))
+    px = list(merged)
+    py = [sum(v) / len(v) for v in merged.values()]
+    if not px:
+        raise ValueError("interpolate: no points")
+    if len(px) == 1:
+        return py[0]
+    i = 1
+    while i < len(px) - 1 and x > px[i]:
+        i += 1
+    x0, x1, y0, y1 = px[i - 1], px[i], py[i - 1], py[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float] | None:
+    """The common part of two closed ranges (low, high), or None."""
+    low, high = max(a[0], b[0]), min(a[1], b[1])
+    return (low, high) if low <= high else None
+
+
+def matched_grid(low: float, high: float, points: int = 5, skip_low: bool = False) -> list[float]:
+    """`points` evenly spaced KLs from `low` to `high`, both ends included (`skip_low`: without `low`, where two
+    frontiers anchored at the same point agree by construction)."""
+    if high <= low:
+        return [] if skip_low else [low]
+    n = points + 1 if skip_low else points
+    grid = [low + (high - low) * i / (n - 1) for i in range(n)]
+    return grid[1:] if skip_low else grid
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """One family's points as per-prompt means ([point][prompt], every point on the same prompts), and the anchor
+    every frontier shares when the baseline is the KL reference: the baseline's per-prompt reward at KL 0."""
+
+    kl: Sequence[Sequence[float]]
+    reward: Sequence[Sequence[float]]
+    anchor: Sequence[float] | None = None
+
+    def curve(self, draw: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
+        """(KLs, rewards) of its points (the anchor first, at KL 0): means over all prompts or over a resample."""
+
+        def mean(row: Sequence[float]) -> float:
+            picked = row if draw is None else [row[i] for i in draw]
+            return sum(picked) / len(picked)
+
+        xs, ys = [mean(k) for k in self.kl], [mean(r) for r in self.reward]
+        if self.anchor is not None:
+            xs, ys = [0.0, *xs], [mean(self.anchor), *ys]
+        return xs, ys
+
+    @property
+    def measured(self) -> int:
+        return len(self.kl)
+
+    def kl_range(self) -> tuple[float, float]:
+        xs, _ = self.curve()
+        return min(xs), max(xs)
+
+
+@dataclass(frozen=True)
+class MatchedKL:
+    """Frontier A minus frontier B in reward at the same KL, at each grid KL, with prompt-bootstrap intervals;
+    `verdict`: `above` (every interval above 0), `below` (every one below 0) or `neither`."""
+
+    grid: tuple[float, ...]
+    difference: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    verdict: str
+    at_point: bool  # A (or B) is a single point: compared at its KL only
+
+    @property
+    def kl_range(self) -> tuple[float, float]:
+        return min(self.grid), max(self.grid)
+
+
+def matched_kl(a: Frontier, b: Frontier, draws: Sequence[Sequence[int]], points: int = 5) -> MatchedKL | None:
+    """A's reward minus B's at the same KL where both are defined, each frontier piecewise-linear through its points.
+
+    Two frontiers (2+ measured points each): over the overlap of their KL ranges (`points` KLs, the ends included;
+    KL 0 left out when both share the anchor, where they agree by construction). A single point against a frontier:
+    at the point's KL, when the frontier's range holds it. None when there is no overlap (two single points never
+    overlap). Each bootstrap draw recomputes every point's mean KL and reward from the resampled prompts and
+    interpolates again at the same grid KLs; the interval is the 95% percentile interval of those differences."""
+    if a.measured < 2 and b.measured < 2:
+        return None
+    if a.measured < 2 or b.measured < 2:
+        single, other = (a, b) if a.measured < 2 else (b, a)
+        x = single.curve()[0][-1]
+        low, high = other.kl_range()
+        if not low <= x <= high:
+            return None
+        grid = [x]
+    else:
+        both = overlap(a.kl_range(), b.kl_range())
+        if both is None:
+            return None
+        grid = matched_grid(*both, points=points, skip_low=a.anchor is not None and b.anchor is not None and both[0] == 0.0)
+        if not grid:
+            return None
+
+    def differences(draw: Sequence[int] | None) -> list[float]:
+        (ax, ay), (bx, by) = a.curve(draw), b.curve(draw)
+        if a.measured < 2:  # a single point moves with the resample: compare at its own KL
+            return [ay[-1] - interpolate(bx, by, ax[-1])]
+        if b.measured < 2:
+            return [interpolate(ax, ay, bx[-1]) - by[-1]]
+        return [interpolate(ax, ay, x) - interpolate(bx, by, x) for x in grid]
+
+    point = differences(None)
+    replicates = [differences(d) for d in draws]
+    bounds = [percentile_interval([r[j] for r in replicates]) for j in range(len(grid))] if replicates else []
+    lows = tuple(lo for lo, _ in bounds) or tuple(float("nan") for _ in grid)
+    highs = tuple(hi for _, hi in bounds) or tuple(float("nan") for _ in grid)
+    verdict = "above" if all(lo > 0 for lo in lows) else "below" if all(hi < 0 for hi in highs) else "neither"
+    return MatchedKL(tuple(grid), tuple(point), lows, highs, verdict, a.measured < 2 or b.measured < 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Length-controlled win rate (AlpacaEval 2 style)
+
+LC_C = 1.0  # inverse L2 strength of the logistic fit (scikit-learn's C); the intercept is not penalised
+
+
+def lc_win_rate(
+    wins: Sequence[float], length_differences: Sequence[float], prompts: Sequence[Hashable], c: float = LC_C
+) -> float:
+    """The win rate the policy would have if its responses were as long as the baseline's.
+
+    A logistic model of the win (1, 0; a tie is two rows of weight 1/2, one each way) on tanh(Δlen / sd(Δlen)) plus one
+    term per prompt, fitted by scikit-learn (lbfgs, L2 with C = `c`), predicted at Δlen = 0 for every prompt and
+    averaged over prompts. A policy that wins only by being longer gets about 0.5; one whose wins do not depend on
+    length keeps its win rate."""
+    from threadpoolctl import threadpool_limits
+
+    if not (len(wins) == len(length_differences) == len(prompts)):
+        raise ValueError(f"lc_win_rate: {len(wins)} wins, {len(length_differences)} length differences, {len(prompts)} prompts")
+    with threadpool_limits(1):  # a small fit: threads only contend (the machine's cores are the trainers')
+        return _lc_fit(wins, length_differences, prompts, c)
+
+
+def _lc_fit(wins: Sequence[float], length_differences: Sequence[float], prompts: Sequence[Hashable], c: float) -> float:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    w = np.asarray(wins, dtype=float)
+    if np.all(w == w[0]):
+        return float(w[0])  # one outcome throughout: nothing for length to explain
+    d = np.asarray(length_differences, dtype=float)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
+    labels = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    onehot = np.zeros((len(w), len(labels)))
+    onehot[np.arange(len(w)), [labels[p] for p in prompts]] = 1.0
+    design = np.column_stack([x, onehot])
+    ties = (w > 0) & (w < 1)
+    rows = np.concatenate([design, design[ties]])
+    y = np.concatenate([(w >= 0.5).astype(float), np.zeros(int(ties.sum()))])  # a tie: once won, once lost
+    weight = np.concatenate([np.where(ties, 0.5, 1.0), np.full(int(ties.sum()), 0.5)])
+    model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000).fit(rows, y, sample_weight=weight)
+    at_zero = np.column_stack([np.zeros(len(labels)), np.eye(len(labels))])
+    return float(model.predict_proba(at_zero)[:, 1].mean())
+
+
+@dataclass(frozen=True)
+class LengthControlled:
+    """The LC win rate and the raw one with 95% prompt-bootstrap intervals, and the interval of raw - LC."""
+
+    lc: float
+    lc_low: float
+    lc_high: float
+    raw: float
+    raw_low: float
+    raw_high: float
+    gap_low: float  # raw - LC
+    gap_high: float
+
+    @property
+    def gap(self) -> float:
+        return self.raw - self.lc
+
+
+def length_controlled(
+    wins: Sequence[float],
+    length_differences: Sequence[float],
+    prompts: Sequence[int],
+    draws: Sequence[Sequence[int]],
+    c: float = LC_C,
+) -> LengthControlled:
+    """lc_win_rate and the raw win rate (mean of the per-prompt means) on every prompt, then on each bootstrap draw.
+    `prompts`: each row's prompt as a position 0..P-1, the positions the draws hold (a prompt drawn twice enters as
+    two prompts)."""
+    groups: list[list[int]] = [[] for _ in range(max(prompts) + 1)]
+    for i, p in enumerate(prompts):
+        groups[p].append(i)
+
+    from threadpoolctl import threadpool_limits
+
+    def estimate(draw: Sequence[int]) -> tuple[float, float]:
+        rows = [(i, copy) for copy, g in enumerate(draw) for i in groups[g]]
+        w = [wins[i] for i, _ in rows]
+        lc = _lc_fit(w, [length_differences[i] for i, _ in rows], [copy for _, copy in rows], c)
+        raw = sum(cluster_means(w, [copy for _, copy in rows])) / len(draw)
+        return lc, raw
+
+    with threadpool_limits(1):  # small fits: threads only contend
+        lc, raw = estimate(range(len(groups)))
+        pairs = [estimate(d) for d in draws]
+    lc_low, lc_high = percentile_interval([p[0] for p in pairs])
+    raw_low, raw_high = percentile_interval([p[1] for p in pairs])
+    gap_low, gap_high = percentile_interval([p[1] - p[0] for p in pairs])
+    return LengthControlled(lc, lc_low, lc_high, raw, raw_low, raw_high, gap_low, gap_high)

@@ -381,7 +381,8 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
-    from workbench.comparison.recipe import data_from_file, load_comparison, stage_recipe
+    from workbench.comparison.recipe import checkable_recipe, data_from_file, load_comparison, stage_lines
+    from workbench.comparison.recipe import stage_problems as sweep_aware_problems
     from workbench.config import recipe_from_dict
 
     try:
@@ -394,20 +395,17 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     future += [
         str(seed_dir / s.data_from / written) for s in comparison.stages.values() if (written := data_from_file(comparison, s))
     ]
-    sections = [f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}"]
-    problems: list[str] = []
+    sections = [
+        f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}",
+        *stage_lines(comparison),
+    ]
+    by_stage: dict[str, list[str]] = {}
     for stage in comparison.stages.values():
-        data = stage_recipe(comparison, stage, seed)
-        origin = stage
-        while origin.model_from:  # the model this stage's chain starts from
-            origin = comparison.stages[origin.model_from]
-        if origin is not stage:
-            start = (stage_recipe(comparison, origin, seed).get("model") or {}).get("name_or_path")
-            data.setdefault("model", {})["name_or_path"] = start
+        data = checkable_recipe(comparison, stage, seed)
         try:
             recipe = recipe_from_dict(data, source=f"stage {stage.name}")
         except RecipeError as exc:
-            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+            by_stage[stage.name] = exc.problems
             continue
         found, stage_problems = check_recipe(recipe, stage.accelerate_config)
         stage_problems = [p for p in stage_problems if not any(f in p for f in future)]
@@ -416,8 +414,34 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
         sections.extend(f"  {line}" for text in useful for line in text.splitlines())
         if show_recipe:
             sections.extend(f"  {line}" for line in recipe_text(recipe).splitlines())
-        problems.extend(f"stages.{stage.name}: {p}" for p in stage_problems)
-    return "\n".join(sections), problems
+        by_stage[stage.name] = stage_problems
+    return "\n".join(sections), sweep_aware_problems(comparison, by_stage)
+
+
+def is_comparison(path: str) -> bool:
+    """A comparison recipe (it has `stages:`), not a run recipe."""
+    from workbench.config import read_yaml
+
+    return "stages" in read_yaml(path)
+
+
+def stage_plans(path: str, overrides: Sequence[str], accelerate_config: str | None, device_memory: int | None) -> dict[str, Any]:
+    """`workbench plan` of a comparison: every stage's memory plan (sweep points and the control included), each on
+    the model its chain starts from, with its own accelerate config or the one given."""
+    from workbench.comparison.recipe import checkable_recipe, load_comparison
+    from workbench.config import recipe_from_dict
+    from workbench.plan import make_plan
+
+    comparison = load_comparison(path, overrides)
+    seed = comparison.seeds[0]
+    return {
+        stage.name: make_plan(
+            recipe_from_dict(checkable_recipe(comparison, stage, seed, reward_too=True), source=f"stage {stage.name}"),
+            stage.accelerate_config or accelerate_config,
+            device_memory,
+        )
+        for stage in comparison.stages.values()
+    }
 
 
 def recipe_text(recipe: Recipe) -> str:
@@ -430,10 +454,8 @@ def validate(
 ) -> tuple[str, list[str]]:
     """(printable report, problems). Problems include everything found, not just the first; the report ends with
     the resolved recipe when `show_recipe`."""
-    from workbench.config import read_yaml
-
     try:
-        if "stages" in read_yaml(path):
+        if is_comparison(path):
             return validate_comparison(path, overrides, show_recipe)
     except RecipeError as exc:
         return "", exc.problems

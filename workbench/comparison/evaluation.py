@@ -47,7 +47,12 @@ def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inp
     for key in ("baseline", "reference"):
         if getattr(cfg, key):
             related[f"eval.{key}"] = path_fingerprint(getattr(cfg, key))
-    return stable_hash([run.fingerprint, dataclasses.asdict(cfg), inputs_fp, related])[:16]
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in REPORT_ONLY}
+    return stable_hash([run.fingerprint, settings, inputs_fp, related])[:16]
+
+
+# Evaluation settings that only the report reads: changing them rewrites the report, not the evaluations.
+REPORT_ONLY = ("bootstrap_samples",)
 
 
 def shared_scorers(cache: dict[str, dict[str, Any]], cfg: EvalConfig, reward_model: Any, max_length: int) -> dict[str, Any]:
@@ -140,6 +145,10 @@ def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) 
         print(f"[seed {seed}] eval {i}/{len(policies)} {run.stage.name}: evaluated in {duration(time.time() - t0)}", flush=True)
     if comparison.external_baseline:
         runs[BASELINE_ROW] = evaluate_baseline_model(comparison, seed, runs, cfg, inputs, tokenizer, first, scorer_sets, shared)
+        if comparison.control_name:  # the baseline model sampled again with another seed, judged against its first samples
+            runs[comparison.control_name] = evaluate_baseline_model(
+                comparison, seed, runs, cfg, inputs, tokenizer, first, scorer_sets, shared, control=True
+            )
 
 
 def evaluate_baseline_model(
@@ -152,40 +161,52 @@ def evaluate_baseline_model(
     recipe: Any,
     scorer_sets: dict[str, dict[str, Any]],
     shared: Any,
+    control: bool = False,
 ) -> StageRun:
     """`eval.baseline`, a model rather than a stage, evaluated like a policy (its reward, KL, length, ...) into
-    seed-N/baseline/, so the report has its row and pairs every policy's responses with its own."""
+    seed-N/baseline/, so the report has its row and pairs every policy's responses with its own. `control`: the same
+    model sampled with `eval.seed` + CONTROL_SEED_OFFSET into seed-N/baseline@control/, its win rate against the
+    baseline's own samples."""
     from workbench import evaluate as ev
 
     model = str(cfg.baseline)
-    out = comparison.output_dir / f"seed-{seed}" / BASELINE_ROW
+    name = comparison.control_name if control else BASELINE_ROW
+    out = comparison.output_dir / f"seed-{seed}" / name
     recipe_dict = {"method": BASELINE_METHOD, "model": {"name_or_path": model}}
-    run = StageRun(Stage(BASELINE_ROW, {}), seed, recipe_dict, out, status="completed")
+    stage = Stage(name, {}, control_of=BASELINE_ROW if control else None)
+    run = StageRun(stage, seed, recipe_dict, out, status="completed")
     run.fingerprint = stable_hash([model, path_fingerprint(model)])[:16]
+    scorers = shared_scorers(scorer_sets, cfg, cfg.reward_model or recipe.reward_model, inputs.max_length)
+    baseline = None
+    if control:  # the baseline's samples at the evaluation's own seed, then this row's with another
+        baseline = shared.baselines.get((model, id(scorers))) or ev.baseline_samples(model, tokenizer, inputs, cfg, scorers)
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + stage.seed_offset)
     fp = eval_fingerprint(comparison, run, cfg, inputs.fingerprint, runs)
     saved = read_json(out / "eval.json")
     if saved.get("details", {}).get("eval_fingerprint") == fp:
         run.evaluation = saved["metrics"]
-        print(f"[seed {seed}] {BASELINE_ROW} ({model}): evaluation cached", flush=True)
+        print(f"[seed {seed}] {name} ({model}): evaluation cached", flush=True)
         return run
     t0 = time.time()
     try:
         run.evaluation = ev.evaluate_model(
             model,
             out,
-            name=BASELINE_ROW,
+            name=name,
             method=BASELINE_METHOD,
             reference=cfg.reference or ev.policy_reference(recipe, cfg),
             tokenizer=tokenizer,
             inputs=inputs,
             cfg=cfg,
-            scorers=shared_scorers(scorer_sets, cfg, cfg.reward_model or recipe.reward_model, inputs.max_length),
+            scorers=scorers,
             shared=shared,
+            baseline=baseline,
             fingerprint=fp,
+            own_samples=control,
         )
     except WorkbenchError as exc:
         run.status, run.error = "failed", f"evaluation: {exc}"
-        print(f"[seed {seed}] {BASELINE_ROW}: evaluation failed - {exc}", flush=True)
+        print(f"[seed {seed}] {name}: evaluation failed - {exc}", flush=True)
         return run
-    print(f"[seed {seed}] {BASELINE_ROW} ({model}): evaluated in {duration(time.time() - t0)}", flush=True)
+    print(f"[seed {seed}] {name} ({model}): evaluated in {duration(time.time() - t0)}", flush=True)
     return run

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.comparison.types import BASELINE_ROW, Comparison, Stage
-from workbench.config import METHODS, apply_override, build_dataclass, parse_override, read_yaml, recipe_from_dict
-from workbench.config.comparison import ComparisonRecipe, StageSteering, stage_sections
+from workbench.comparison.types import BASELINE_ROW, CONTROL_SUFFIX, Comparison, Stage
+from workbench.config import (
+    METHODS,
+    apply_override,
+    build_dataclass,
+    parse_override,
+    read_yaml,
+    recipe_from_dict,
+    unknown_key_message,
+)
+from workbench.config.comparison import RECIPE_SECTIONS, ComparisonRecipe, StageSteering, stage_sections
 from workbench.errors import RecipeError, WorkbenchError
 from workbench.method_checks import eval_sampling_problems
 
@@ -48,14 +58,121 @@ def shape_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def expand_stages(recipe: ComparisonRecipe) -> dict[str, Stage]:
-    """The stages a recipe's `stages:` stands for, in the order written: one each (the place a stage that
-    stands for several, such as a sweep, would expand)."""
-    steering = [f.name for f in dataclasses.fields(StageSteering)]
-    return {
-        str(name): Stage(str(name), stage_sections(cfg), **{k: getattr(cfg, k) for k in steering})
-        for name, cfg in recipe.stages.items()
-    }
+def expand_stages(recipe: ComparisonRecipe, problems: list[str] | None = None) -> dict[str, Stage]:
+    """The stages a recipe's `stages:` stands for, in the order written: one each, or one per point of its `sweep`
+    (named `NAME@key=value`, family NAME); refused sweeps are added to `problems` and expand to nothing."""
+    problems = [] if problems is None else problems
+    steering = [f.name for f in dataclasses.fields(StageSteering) if f.name != "sweep"]
+    stages: dict[str, Stage] = {}
+    for name, cfg in recipe.stages.items():
+        name = str(name)
+        kwargs = {k: getattr(cfg, k) for k in steering}
+        points = sweep_points(name, cfg.sweep, problems) if cfg.sweep is not None else [{}]
+        for values in points:
+            point = point_name(name, values) if values else name
+            if point in stages:
+                problems.append(f"`stages.{name}.sweep`: its point `{point}` clashes with another stage of that name")
+                continue
+            stages[point] = Stage(point, stage_sections(cfg), family=name, sweep=values, **kwargs)
+    return stages
+
+
+# Recipe keys a sweep may not vary, and why
+NOT_SWEPT = {
+    "method": "one stage is one method; write a stage per method",
+    "seed": "the comparison sets it from `seeds:`",
+    "output_dir": "the comparison sets it (OUTPUT_DIR/seed-S/STAGE)",
+}
+
+
+def flat_keys(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: `{train: {beta: [..]}}` (how `--set stages.X.sweep.train.beta=[..]` writes
+    it) and `{train.beta: [..]}` are the same sweep."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def sweep_points(name: str, sweep: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """Every combination of a stage's swept values (itertools.product, keys and values in the order written), each
+    point as {recipe key: value}; the keys are checked here by their section, the values when each point's recipe
+    is composed and checked like any stage's."""
+    where = f"stages.{name}.sweep"
+    if not isinstance(sweep, dict) or not sweep:
+        problems.append(f"`{where}` must map recipe keys to lists of values, e.g. {{train.beta: [0.03, 0.1, 0.3]}}")
+        return []
+    grid = flat_keys(sweep)
+    found = []
+    for key, values in grid.items():
+        head = key.split(".")[0]
+        if head not in RECIPE_SECTIONS:
+            found.append(unknown_key_message(f"{where}.", head, RECIPE_SECTIONS) + " (a sweep key starts with a recipe section)")
+        elif head in NOT_SWEPT:
+            found.append(f"`{where}.{key}` cannot be swept: {NOT_SWEPT[head]}")
+        elif not isinstance(values, list) or not values:
+            found.append(f"`{where}.{key}` must be a non-empty list of values, got {values!r}")
+    problems.extend(found)
+    if found:
+        return []
+    return [dict(zip(grid, combination)) for combination in itertools.product(*grid.values())]
+
+
+def value_label(value: Any) -> str:
+    """A swept value as it appears in a stage name (and so a directory name): YAML's spelling, `/` and spaces as `_`."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (list, tuple)):
+        return "+".join(value_label(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", repr(value) if isinstance(value, float) else str(value))
+
+
+def point_name(family: str, values: dict[str, Any]) -> str:
+    """`dpo@beta=0.1`: each swept key by its last component (the full dotted key when two share it), joined by commas."""
+    last = [k.rsplit(".", 1)[-1] for k in values]
+    parts = [f"{k if last.count(k.rsplit('.', 1)[-1]) > 1 else k.rsplit('.', 1)[-1]}={value_label(v)}" for k, v in values.items()]
+    return f"{family}@{','.join(parts)}"
+
+
+def family_problems(recipe: ComparisonRecipe, stages: dict[str, Stage]) -> list[str]:
+    """A reference to a swept stage must name one of its points; naming the family is ambiguous."""
+    families: dict[str, list[str]] = {}
+    for stage in stages.values():
+        if stage.sweep:
+            families.setdefault(stage.family, []).append(stage.name)
+    # a whole sweep shares its references: each is reported once, at the stage written
+    refs = [(f"stages.{s.family}.{k}", getattr(s, k)) for s in stages.values() for k in upstream_keys()]
+    refs += [(key, getattr(recipe, key)) for key in ("baseline_stage", "reward_stage")]
+    problems: list[str] = []
+    for where, ref in dict.fromkeys(refs):
+        if ref in families:
+            problems.append(f"`{where}: {ref}` names a swept stage; name one of its points: {', '.join(families[ref])}")
+    return problems
+
+
+def upstream_keys() -> list[str]:
+    """The stage keys that name another stage (`model_from`, `reward_from`, ...): the fields ending in `_from`."""
+    return [f.name for f in dataclasses.fields(StageSteering) if f.name.endswith("_from")]
+
+
+def with_control(comparison: Comparison) -> None:
+    """`control: true` with a baseline stage: that stage again with another seed, right after it (BASELINE@control).
+    A baseline given as `eval.baseline` is sampled again in the evaluation instead (comparison/evaluation.py)."""
+    base = comparison.baseline_stage
+    if not comparison.control or not base:
+        return
+    stages: dict[str, Stage] = {}
+    for name, stage in comparison.stages.items():
+        stages[name] = stage
+        if name == base:
+            control = dataclasses.replace(
+                stage, name=f"{base}{CONTROL_SUFFIX}", family=f"{base}{CONTROL_SUFFIX}", control_of=base
+            )
+            stages[control.name] = control
+    comparison.stages = stages
 
 
 def order_problems(stages: dict[str, Stage]) -> list[str]:
@@ -85,11 +202,12 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
     source = str(path)
     problems = shape_problems(data)
     recipe: ComparisonRecipe = build_dataclass(ComparisonRecipe, data, "", problems)
-    stages = expand_stages(recipe)
-    problems.extend(order_problems(stages))
+    stages = expand_stages(recipe, problems)
+    family = family_problems(recipe, stages)
+    problems.extend(family or order_problems(stages))
     problems.extend(eval_sampling_problems(recipe.eval.generation))
     for key in ("baseline_stage", "reward_stage"):
-        if getattr(recipe, key) is not None and getattr(recipe, key) not in stages:
+        if getattr(recipe, key) is not None and getattr(recipe, key) not in stages and not family:
             problems.append(f"`{key}: {getattr(recipe, key)}` is not a stage; stages: {', '.join(stages)}")
     if recipe.baseline_stage is not None and recipe.eval.baseline:
         problems.append(
@@ -100,6 +218,12 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
         problems.append(
             f"a stage is named `{BASELINE_ROW}`, the report's row of `eval.baseline`; rename the stage, or make it the "
             f"baseline with `baseline_stage: {BASELINE_ROW}` instead of `eval.baseline`"
+        )
+    if recipe.control and recipe.baseline_stage is None and not recipe.eval.baseline:
+        problems.append("`control: true` repeats the baseline, but there is none: set `baseline_stage` (or `eval.baseline`)")
+    if recipe.eval.bootstrap_samples < 40:
+        problems.append(
+            f"`eval.bootstrap_samples: {recipe.eval.bootstrap_samples}` is too few for a 95% interval; use at least 40 (default 200)"
         )
     if problems:
         raise RecipeError(source, problems)
@@ -113,7 +237,9 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
         baseline_stage=recipe.baseline_stage,
         reward_stage=recipe.reward_stage,
         source=source,
+        control=recipe.control,
     )
+    with_control(comparison)
     check_stage_recipes(comparison)
     return comparison
 
@@ -165,9 +291,12 @@ def link_problems(comparison: Comparison) -> list[str]:
 def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
     """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
     recipe = composed_sections(comparison, stage)
+    for key, value in stage.sweep.items():  # a sweep point's values, set as `--set` would set them
+        apply_override(recipe, key.split("."), copy.deepcopy(value))
+    share_reference_log_probs(recipe, stage)
     seed_dir = comparison.output_dir / f"seed-{seed}"
     recipe["output_dir"] = str(seed_dir / stage.name)
-    recipe["seed"] = seed
+    recipe["seed"] = seed + stage.seed_offset
     tracking = recipe.setdefault("tracking", {}) or {}
     tracking.update(group=comparison.name, job_type=recipe.get("method", "dpo"), name=f"{comparison.name}-{stage.name}-s{seed}")
     recipe["tracking"] = tracking
@@ -186,19 +315,87 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     return recipe
 
 
-def check_stage_recipes(comparison: Comparison) -> None:
-    """Every stage recipe of the first seed is validated; all problems are reported together."""
-    problems = link_problems(comparison)
-    if problems:  # a stage reading what an earlier stage does not make cannot be composed
-        raise RecipeError(comparison.source, problems)
+def share_reference_log_probs(recipe: dict[str, Any], stage: Stage) -> None:
+    """A sweep point of a method whose precomputed reference log-probs are cached by content (DPO) precomputes them
+    unless its recipe says otherwise, so the points of a sweep compute them once. Not with LoRA or a separate
+    reference model: the reference is then no copy of the starting policy."""
+    spec = METHODS.get(recipe.get("method"))
+    reference = recipe.get("reference") or {}
+    if not stage.sweep or spec is None or not spec.shares_reference_cache or "precompute_log_probs" in reference:
+        return
+    if reference.get("name_or_path") or (recipe.get("model") or {}).get("lora"):
+        return
+    recipe["reference"] = {**reference, "precompute_log_probs": True}
+
+
+def checkable_recipe(comparison: Comparison, stage: Stage, seed: int, reward_too: bool = False) -> dict[str, Any]:
+    """The stage's recipe as `validate` and `plan` check it before anything ran: a stage that starts from an earlier
+    stage's model is checked on the model its chain starts from (the same architecture, already on disk); with
+    `reward_too` (the memory plan, which reads its config) so is a reward model an earlier stage will train."""
+    data = stage_recipe(comparison, stage, seed)
+    if stage.model_from:
+        data.setdefault("model", {})["name_or_path"] = origin_model(comparison, stage, seed)
+    reward = (data.get("reward_model") or {}).get("name_or_path")
+    upstream = {str(comparison.output_dir / f"seed-{seed}" / name / "model"): s for name, s in comparison.stages.items()}
+    if reward_too and reward in upstream:
+        data["reward_model"]["name_or_path"] = origin_model(comparison, upstream[reward], seed)
+    return data
+
+
+def origin_model(comparison: Comparison, stage: Stage, seed: int) -> str | None:
+    """The model a stage's chain of `model_from` starts from (on disk before anything runs)."""
+    while stage.model_from:
+        stage = comparison.stages[stage.model_from]
+    return (stage_recipe(comparison, stage, seed).get("model") or {}).get("name_or_path")
+
+
+def stage_lines(comparison: Comparison) -> list[str]:
+    """The expanded stages in run order, each sweep's points under its family and the control named (validate, plan)."""
+    lines, done = [], set()
     for stage in comparison.stages.values():
+        if stage.sweep and stage.family not in done:
+            done.add(stage.family)
+            points = [s for s in comparison.stages.values() if s.family == stage.family]
+            keys = ", ".join(stage.sweep)
+            lines.append(f"  {stage.family}: sweep of {keys}, {len(points)} stages: {', '.join(s.name for s in points)}")
+        elif stage.control_of:
+            lines.append(f"  {stage.name}: the control, `{stage.control_of}` trained again with seed + {stage.seed_offset}")
+        elif not stage.sweep:
+            lines.append(f"  {stage.name}")
+    return lines
+
+
+def check_stage_recipes(comparison: Comparison) -> None:
+    """Every stage recipe of the first seed is validated; all problems are reported together (a problem every point
+    of a sweep shares once, at the stage written)."""
+    links = link_problems(comparison)
+    if links:  # a stage reading what an earlier stage does not make cannot be composed
+        raise RecipeError(comparison.source, links)
+    found: dict[str, list[str]] = {}
+    for stage in comparison.stages.values():
+        mine = found.setdefault(stage.name, [])
         try:
             recipe_from_dict(stage_recipe(comparison, stage, comparison.seeds[0]), source=f"stage {stage.name}")
         except RecipeError as exc:
-            problems.extend(f"stages.{stage.name}: {p}" for p in exc.problems)
+            mine.extend(exc.problems)
         except WorkbenchError as exc:
-            problems.append(f"stages.{stage.name}: {exc}")
+            mine.append(str(exc))
         if stage.accelerate_config and not Path(stage.accelerate_config).is_file():
-            problems.append(f"stages.{stage.name}.accelerate_config: {stage.accelerate_config} not found")
+            mine.append(f"accelerate_config: {stage.accelerate_config} not found")
+    problems = stage_problems(comparison, found)
     if problems:
         raise RecipeError(comparison.source, problems)
+
+
+def stage_problems(comparison: Comparison, found: dict[str, list[str]]) -> list[str]:
+    """Each stage's problems as `stages.NAME: problem`; one every point of a sweep has is said once, at the stage
+    written (`stages.dpo: ...`), not once per point."""
+    problems: list[str] = []
+    for stage in comparison.stages.values():
+        points = [s.name for s in comparison.stages.values() if s.sweep and s.family == stage.family]
+        for p in found.get(stage.name, []):
+            shared = len(points) > 1 and all(p in found.get(n, []) for n in points)
+            line = f"stages.{stage.family if shared else stage.name}: {p}"
+            if line not in problems:
+                problems.append(line)
+    return problems

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 # The report's row of a baseline given as a model (`eval.baseline`) rather than a stage, and its method column.
 BASELINE_ROW = "baseline"
 BASELINE_METHOD = "base model"
+# `control: true`: the baseline again as the row BASELINE@control, trained (a stage) or sampled (`eval.baseline`)
+# with the comparison's seed (or `eval.seed`) plus this offset.
+CONTROL_SUFFIX = "@control"
+CONTROL_SEED_OFFSET = 1000
 
 
 @dataclass
@@ -27,6 +31,17 @@ class Stage:
     data_from: str | None = None
     accelerate_config: str | None = None
     evaluate: bool = True
+    family: str = ""  # the written stage a sweep point (or a control) comes from; its own name otherwise
+    sweep: dict[str, Any] = field(default_factory=dict)  # a sweep point's values: recipe key -> value
+    control_of: str | None = None  # a control: the baseline it repeats with another seed
+
+    def __post_init__(self) -> None:
+        self.family = self.family or self.name
+
+    @property
+    def seed_offset(self) -> int:
+        """Added to the comparison's seed when the stage trains (a control's other seed)."""
+        return CONTROL_SEED_OFFSET if self.control_of else 0
 
     @property
     def upstream(self) -> list[str]:
@@ -45,6 +60,7 @@ class Comparison:
     baseline_stage: str | None = None
     reward_stage: str | None = None
     source: str = "comparison"
+    control: bool = False
 
     @property
     def external_baseline(self) -> bool:
@@ -55,6 +71,11 @@ class Comparison:
     def baseline_name(self) -> str | None:
         """The report's baseline row: the baseline stage, or `baseline` for `eval.baseline`; None without one."""
         return BASELINE_ROW if self.external_baseline else self.baseline_stage
+
+    @property
+    def control_name(self) -> str | None:
+        """The report's row of the control (`control: true`): the baseline's name + @control."""
+        return f"{self.baseline_name}{CONTROL_SUFFIX}" if self.control and self.baseline_name else None
 
 
 @dataclass

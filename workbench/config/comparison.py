@@ -49,6 +49,11 @@ class StageSteering:
         default=None,
     )
     evaluate: bool = _help("Evaluate the stage's policy in the shared evaluation (policies only).", default=True)
+    sweep: dict[str, Any] | None = _help(
+        "Recipe keys to sweep, each with its list of values (`{train.beta: [0.03, 0.1, 0.3]}`; several keys: their grid): "
+        "the stage becomes one stage per point, named `NAME@beta=0.1`.",
+        default=None,
+    )
 
 
 # A stage: the steering keys, then every run-recipe section (free mappings here, checked as a recipe once composed).
@@ -91,6 +96,11 @@ class ComparisonRecipe:
         default=None,
     )
     eval: EvalConfig = _help("The shared evaluation of every policy.", default_factory=EvalConfig)
+    control: bool = _help(
+        "Also train the baseline stage again with another seed (or, for `eval.baseline`, sample it again with another "
+        "seed), reported as the policy `BASELINE@control`: its difference from the baseline shows the noise.",
+        default=False,
+    )
     stages: dict[str, StageConfig] = _help(  # type: ignore[valid-type]
         "Stage name -> stage, run in the order written (a stage reads only earlier stages).", default_factory=dict
     )

@@ -36,6 +36,7 @@ class MethodSpec:
     hf_trainer: bool = True  # a transformers Trainer trains it (its precision defaults, eval-set checks)
     reads_lm_head: bool = False  # TRL computes its log-probs from lm_head.weight itself (LoRA there never trains)
     checks_declared_choices: bool = False  # validate checks `train:` strings against the choices TRL's class declares
+    shares_reference_cache: bool = False  # precomputed reference log-probs are cached by content: sweep points share them
     writes_data: str | None = None  # the preference-data file it writes in its run directory instead of a model (`data_from`)
 
     @property
@@ -78,6 +79,7 @@ METHODS: dict[str, MethodSpec] = {
             "DPO and its loss family (IPO, robust, hinge, ...) on TRL's DPOTrainer",
             reference="offline",
             reads_lm_head=True,
+            shares_reference_cache=True,
         ),
         MethodSpec(
             "rejection_sampling",

@@ -231,6 +231,11 @@ class EvalConfig:
     judge: Literal["gold", "reward"] = _help(
         "Scorer of the win rate: `gold` (the independent scorer, falling back to the reward model) or `reward`.", default="gold"
     )
+    bootstrap_samples: int = _help(
+        "Prompt-bootstrap resamples behind the comparison report's length-controlled win rates and matched-KL differences "
+        "(seeded by `seed`; at least 40).",
+        default=200,
+    )
 
 
 @dataclass
