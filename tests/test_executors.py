@@ -3,7 +3,10 @@ reported with its log and not blocking the stages that do not need it."""
 
 from __future__ import annotations
 
-from conftest import read_yaml, run_workbench, write_yaml
+import json
+from pathlib import Path
+
+from conftest import kill_when, read_yaml, run_workbench, write_yaml
 from test_compare import results, small_comparison
 
 from workbench.comparison.executors import device_shares
@@ -43,3 +46,93 @@ def test_parallel_stages_run_at_once_and_a_failure_blocks_only_what_needs_it(tmp
     assert f"(log: {bad_log})" in got["bad"]["errors"][0] and bad_log.is_file()
     assert got["after_bad"]["status"] == "skipped" and "needs stage bad" in got["after_bad"]["errors"][0]
     assert "evaluating 2 policies on 8 held-out prompts" in log  # the evaluation ran once the stages had ended
+
+
+def two_stage_comparison(tmp_path: Path, model: Path) -> Path:
+    """The small comparison's sft and dpo only: the quickest pipeline with a stage that needs another."""
+    data = read_yaml(small_comparison(tmp_path, model))
+    data["stages"] = {k: v for k, v in data["stages"].items() if k in ("sft", "dpo")}
+    return write_yaml(tmp_path / "two.yaml", data, sort_keys=False)
+
+
+def metrics(out: Path) -> dict[str, dict]:
+    keep = ("status", "gold_reward_mean", "win_rate_vs_baseline", "kl_to_reference", "preference_accuracy", "num_pairs")
+    return {name: {k: r.get(k) for k in keep} for name, r in results(out).items()}
+
+
+def test_submitit_local_jobs_give_the_local_results_and_survive_a_controller_kill(tmp_path, tiny_model):
+    """Stages and evaluations as submitit jobs on this machine: the controller is killed (-9) once the dpo job is
+    submitted; `compare` again attaches to that job (recorded in jobs.json), reuses sft, and the results equal the
+    local executor's (same seeds). `--status` reports each stage without submitting anything."""
+    path = two_stage_comparison(tmp_path, tiny_model)
+    local = run_workbench(["compare", str(path), "--set", f"output_dir={tmp_path / 'local'}"], timeout=900)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    out = tmp_path / "jobs"
+    args = ["compare", str(path), "--set", f"output_dir={out}", "--executor", "submitit_local"]
+    jobs = out / "jobs.json"
+    kill_when(args, lambda: jobs.is_file() and "seed-42/dpo" in jobs.read_text(), timeout=600)
+    dpo_job = json.loads(jobs.read_text())["jobs"]["seed-42/dpo"]["job_id"]
+    status = run_workbench([*args, "--status"])
+    assert status.returncode == 0 and "seed-42/sft" in status.stdout and "completed" in status.stdout
+    assert f"job {dpo_job} running or queued (log: " in status.stdout
+    assert not (out / "seed-42" / "dpo" / "eval.json").exists()  # --status submitted nothing
+
+    again = run_workbench([*args, "--resume"], timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-3000:]
+    assert "sft (sft): cached" in again.stdout and f"dpo (dpo): attached to job {dpo_job}" in again.stdout
+    assert metrics(out) == metrics(tmp_path / "local")
+    recorded = json.loads(jobs.read_text())["jobs"]
+    assert recorded["seed-42/dpo"]["state"] == "done" and recorded["seed-42/dpo:eval"]["state"] == "done"
+
+
+def test_a_two_node_zero3_stage_becomes_this_sbatch_script(tmp_path):
+    """submitit's own generator, nothing submitted: 2 nodes x 1 task (each node's `workbench launch` starts its 4
+    processes), 4 GPUs per node, the recipe's partition / account / time / extra options, afterok on the upstream
+    jobs, and the job's launch line takes the machine rank and main address from the Slurm environment."""
+    from workbench.comparison.jobs import node_command, sbatch_script, slurm_parameters, stage_shape
+    from workbench.comparison.types import Stage, StageRun
+    from workbench.config.comparison import ExecutorConfig, SlurmConfig
+
+    acc = write_yaml(tmp_path / "zero3.yaml", {"distributed_type": "DEEPSPEED", "num_machines": 2, "num_processes": 8})
+    run = StageRun(Stage("ppo", {"method": "ppo"}, accelerate_config=str(acc)), 42, {}, tmp_path / "seed-42" / "ppo")
+    slurm = SlurmConfig(
+        partition="gpu",
+        account="align",
+        qos="high",
+        time_min=720,
+        extra_sbatch={"mem": 0, "exclusive": True},
+        setup=["module load cuda/12.4"],
+    )
+    cfg = ExecutorConfig(kind="slurm", slurm=slurm)
+    assert stage_shape(run, gpus_without_config=1) == (2, 4)
+    params = slurm_parameters(cfg, "quickstart-seed-42-ppo", 2, 4, ["1001", "1002"])
+    script = sbatch_script(params, tmp_path / "jobs").splitlines()
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=align",
+        "#SBATCH --qos=high",
+        "#SBATCH --time=720",
+        "#SBATCH --dependency=afterok:1001:1002",
+        "#SBATCH --job-name=quickstart-seed-42-ppo",
+        "#SBATCH --mem=0",
+        "#SBATCH --exclusive",
+    ):
+        assert line in script, (line, script)
+    assert script.index("module load cuda/12.4") < script.index("# command")  # the recipe's setup lines, before the job
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in script)
+    # on node 1 of 2 (as submitit.JobEnvironment reads SLURM_NODEID / SLURM_JOB_NODELIST), through launch's checks
+    cmd = ["python", "-m", "workbench", "launch", "r.yaml", "--accelerate-config", str(acc)]
+    assert node_command(cmd, 1, 2, "gpu-17", 21001) == [
+        *cmd,
+        "--machine-rank",
+        "1",
+        "--main-process-ip",
+        "gpu-17",
+        "--main-process-port",
+        "21001",
+    ]
+    assert node_command(cmd, 0, 1, "gpu-17", 21001) == cmd  # one node: the command as it is

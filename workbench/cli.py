@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stages (or jobs) at once; local: each gets its share of the GPUs or CPU cores (wins over the recipe)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a comparison whose controller died (what `compare` always does: finished stages are reused, "
+        "running jobs attached to, a failed job resubmitted once)",
+    )
+    p.add_argument("--status", action="store_true", help="print each stage's and evaluation's state and job; submit nothing")
     p.set_defaults(func=cmd_compare)
 
     p = verbs.add_parser("plan", help="per-device memory plan (models, activations, KV cache, total) without loading weights")
@@ -275,6 +282,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.comparison import compare, load_comparison
 
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise WorkbenchError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    if args.status:
+        from workbench.comparison.jobs import status_lines
+
+        print("\n".join(status_lines(load_comparison(args.recipe, args.overrides))))
+        return 0
     try:
         outcome = compare(load_comparison(args.recipe, args.overrides), args.executor, args.max_parallel)
     except KeyboardInterrupt:
