@@ -136,3 +136,80 @@ def test_a_two_node_zero3_stage_becomes_this_sbatch_script(tmp_path):
         "21001",
     ]
     assert node_command(cmd, 0, 1, "gpu-17", 21001) == cmd  # one node: the command as it is
+
+
+class ScriptedJobs:
+    """An executor whose jobs end as scripted (key -> outcomes of successive attempts), one poll after they start;
+    it records what ran when, so the scheduling of `run_tasks` can be checked without training anything."""
+
+    retries = 1
+    scheduler_dependencies = False
+
+    def __init__(self, capacity, outcomes):
+        self.capacity, self.outcomes, self.log, self.active = capacity, outcomes, [], set()
+
+    def decide(self, task, progress):
+        return False
+
+    def start(self, task, after, progress):
+        self.active.add(task.key)
+        self.log.append(("start", task.key, len(self.active)))
+
+    def poll(self, task):
+        self.active.discard(task.key)
+        status = self.outcomes.get(task.key, ["completed"]).pop(0) if self.outcomes.get(task.key) else "completed"
+        return status, None if status == "completed" else f"{task.key} broke", True
+
+    def settled(self, task, progress):
+        self.log.append((task.state, task.key))
+
+    def cancel(self, tasks):
+        pass
+
+    def wait(self):
+        pass
+
+    def interrupted(self, active):
+        pass
+
+
+def test_the_task_loop_keeps_the_cap_retries_a_failed_job_once_and_skips_only_what_needs_a_failure(capsys):
+    from workbench.comparison.run import Progress, Task, run_tasks
+
+    tasks = [
+        Task("sft", "eval_setup", 42),
+        Task("reward", "eval_setup", 42),
+        Task("dpo", "eval_setup", 42, needs={"sft": "ok"}),
+        Task("ppo", "eval_setup", 42, needs={"sft": "ok", "reward": "ok"}),
+        Task("after_ppo", "eval_setup", 42, needs={"ppo": "ok"}),
+        Task("report", "eval_setup", 42, needs={"dpo": "any", "after_ppo": "any"}),
+    ]
+    # reward fails once and succeeds when resubmitted; ppo fails twice: failed after one retry
+    jobs = ScriptedJobs(2, {"reward": ["failed", "completed"], "ppo": ["failed", "failed"]})
+    run_tasks(tasks, jobs, Progress(6))
+    state = {t.key: t.state for t in tasks}
+    assert state == {"sft": "done", "reward": "done", "dpo": "done", "ppo": "failed", "after_ppo": "skipped", "report": "done"}
+    assert max(n for kind, *rest in jobs.log if kind == "start" for n in rest[1:]) <= 2  # never more than 2 at once
+    starts = [key for kind, key, *_ in jobs.log if kind == "start"]
+    assert starts.count("reward") == 2 and starts.count("ppo") == 2 and "after_ppo" not in starts
+    assert [t.attempts for t in tasks if t.key in ("reward", "ppo")] == [2, 2]
+    assert "reward broke; submitting it once more" in capsys.readouterr().out
+    assert next(t for t in tasks if t.key == "after_ppo").error == "needs eval setup, which failed (ppo broke)"
+
+
+def test_the_slurm_example_comparison_reads_and_runs_its_rl_stages_after_sft_and_reward():
+    from conftest import REPO
+
+    from workbench.comparison import load_comparison
+    from workbench.comparison.recipe import stage_needs
+
+    comparison = load_comparison(REPO / "examples" / "slurm" / "comparison.yaml")
+    assert comparison.executor.kind == "slurm" and comparison.executor.parallel is None  # no cap on jobs
+    assert (comparison.executor.slurm.partition, comparison.executor.slurm.time_min) == ("gpu", 240)
+    assert stage_needs(comparison) == {
+        "sft": [],
+        "reward": [],
+        "dpo": ["sft"],
+        "ppo": ["sft", "reward"],
+        "grpo": ["sft", "reward"],
+    }
