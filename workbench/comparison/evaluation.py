@@ -123,23 +123,36 @@ def seed_eval(comparison: Comparison, runs: dict[str, StageRun]) -> SeedEval | N
     return SeedEval(policies, cfg, first, tokenizer, inputs)
 
 
-def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) -> None:
-    """The shared evaluation of every trained policy of one seed, on one set of prompts and baseline samples."""
-    from workbench import evaluate as ev
-
+def begin_seed_eval(
+    comparison: Comparison, seed: int, runs: dict[str, StageRun], what: str = ""
+) -> tuple[SeedEval, dict[str, dict[str, Any]]] | None:
+    """A seed's evaluation begins: its settings and inputs, said on the console with any shortfall, and the reward
+    stage's held-out accuracy; the scorers loaded so far (each reward model / function once per seed)."""
     setup = seed_eval(comparison, runs)
     if setup is None:
-        return
-    policies, cfg, inputs = setup.policies, setup.cfg, setup.inputs
+        return None
+    cfg, inputs = setup.cfg, setup.inputs
     print(
-        f"[seed {seed}] evaluating {len(policies)} policies on {len(inputs.prompts)} held-out prompts x "
-        f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs",
+        f"[seed {seed}] evaluating {len(setup.policies)} policies on {len(inputs.prompts)} held-out prompts x "
+        f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs{what}",
         flush=True,
     )
     for f in inputs.shortfalls:
         print(f"[seed {seed}] ⚠ {f['message']}", flush=True)
-    scorer_sets: dict[str, dict[str, Any]] = {}  # each reward model / function loaded once per seed
+    scorer_sets: dict[str, dict[str, Any]] = {}
     evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
+    return setup, scorer_sets
+
+
+def evaluate_seed(comparison: Comparison, seed: int, runs: dict[str, StageRun]) -> None:
+    """The shared evaluation of every trained policy of one seed, on one set of prompts and baseline samples."""
+    from workbench import evaluate as ev
+
+    begun = begin_seed_eval(comparison, seed, runs)
+    if begun is None:
+        return
+    setup, scorer_sets = begun
+    policies, cfg, inputs = setup.policies, setup.cfg, setup.inputs
     shared = ev.Shared()
     for i, run in enumerate(policies, 1):
         evaluate_policy(comparison, runs, run, setup, scorer_sets, shared, f"eval {i}/{len(policies)} ")
@@ -263,19 +276,11 @@ def prepare_shared(comparison: Comparison, seed: int, runs: dict[str, StageRun])
     log-probs of the held-out pairs. Policy evaluation jobs read it instead of computing it again."""
     from workbench import evaluate as ev
 
-    setup = seed_eval(comparison, runs)
-    if setup is None:
+    begun = begin_seed_eval(comparison, seed, runs, " (the shared part, for the policies' evaluation jobs)")
+    if begun is None:
         return
+    setup, scorer_sets = begun
     cfg, inputs = setup.cfg, setup.inputs
-    print(
-        f"[seed {seed}] evaluation of {len(setup.policies)} policies on {len(inputs.prompts)} held-out prompts x "
-        f"{cfg.samples_per_prompt} samples and {len(inputs.pairs)} held-out pairs: the shared part",
-        flush=True,
-    )
-    for f in inputs.shortfalls:
-        print(f"[seed {seed}] ⚠ {f['message']}", flush=True)
-    scorer_sets: dict[str, dict[str, Any]] = {}
-    evaluate_reward_model(comparison, runs, cfg, inputs, seed, scorer_sets)
     out: dict[str, Any] = {"fingerprint": shared_fingerprint(comparison, runs, setup), "baselines": {}, "reference_pairs": {}}
     if cfg.baseline:  # every policy's win-rate baseline: its scored samples, once per set of scorers
         for run in setup.policies:
