@@ -213,3 +213,20 @@ def test_the_slurm_example_comparison_reads_and_runs_its_rl_stages_after_sft_and
         "ppo": ["sft", "reward"],
         "grpo": ["sft", "reward"],
     }
+
+
+def test_a_forked_stage_takes_its_share_of_the_cores_as_torch_threads():
+    """torch read OMP_NUM_THREADS once, in the stage server; a forked stage given its share sets torch's threads."""
+    import torch
+
+    from workbench.stageproc import _follow_thread_count
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _follow_thread_count({"OMP_NUM_THREADS": "1"})
+        assert torch.get_num_threads() == 1
+        _follow_thread_count({})  # not given: left as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
