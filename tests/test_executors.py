@@ -230,3 +230,31 @@ def test_a_forked_stage_takes_its_share_of_the_cores_as_torch_threads():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_ctrl_c_cancels_the_jobs_only_when_the_user_says_so_at_a_terminal(tmp_path, tiny_model, capsys, monkeypatch):
+    from submitit.local.local import LocalJob
+
+    from workbench.comparison import load_comparison
+    from workbench.comparison.executors import executor_config
+    from workbench.comparison.jobs import JobExecutor
+    from workbench.comparison.run import plan
+
+    comparison = load_comparison(two_stage_comparison(tmp_path, tiny_model))
+    runs, tasks = plan(comparison, jobs=True)
+    executor = JobExecutor(comparison, executor_config(comparison, "submitit_local", None), runs)
+    cancelled = []
+
+    class Job(LocalJob):  # a real submitit job object of a job that is not ours to stop: record the cancel
+        def cancel(self, check=True):
+            cancelled.append(self.job_id)
+
+    task = next(t for t in tasks if t.key == "seed-42/dpo")
+    executor.jobs[task.key] = Job(tmp_path / "jobs", "4242")
+    executor.interrupted([task])  # pytest's stdin is not a terminal
+    assert "left job(s) 4242 running; `workbench compare` started again attaches to them" in capsys.readouterr().out
+    assert cancelled == []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "y" if "cancel the 1 submitted job(s) (4242)?" in prompt else "n")
+    executor.interrupted([task])
+    assert cancelled == ["4242"] and "cancelled job(s) 4242" in capsys.readouterr().out
