@@ -75,7 +75,7 @@ def test_submitit_local_jobs_give_the_local_results_and_survive_a_controller_kil
     dpo_job = json.loads(jobs.read_text())["jobs"]["seed-42/dpo"]["job_id"]
     status = run_workbench([*args, "--status"])
     assert status.returncode == 0 and "seed-42/sft" in status.stdout and "completed" in status.stdout
-    assert f"job {dpo_job} running or queued (log: " in status.stdout
+    assert f"job {dpo_job} running or queued (job log: " in status.stdout
     assert not (out / "seed-42" / "dpo" / "eval.json").exists()  # --status submitted nothing
 
     again = run_workbench([*args, "--resume"], timeout=900)

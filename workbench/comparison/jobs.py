@@ -379,7 +379,7 @@ def status_lines(comparison: Comparison) -> list[str]:
                 state = f"job {record['job_id']} {saved.get('status', 'ended')}" + (
                     f": {saved['error']}" if saved.get("error") else ""
                 )
-            state += f" (log: {record.get('log')})"
+            state += f" (job log: {record.get('log')})"
         else:
             state = "not started"
         lines.append(f"{task.key:<40} {state}")
