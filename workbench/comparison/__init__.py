@@ -56,7 +56,7 @@ def compare(comparison: Comparison, executor: str | None = None, max_parallel: i
     """Train every stage of every seed, evaluate the policies, and write the report; the stages run through the
     executor of the recipe's `executor` (`executor` / `max_parallel`, from the command line, win over it)."""
     from workbench import stageproc
-    from workbench.comparison.executors import executor_config, make_executor
+    from workbench.comparison.executors import LocalExecutor, executor_config
     from workbench.comparison.run import Progress, plan, run_tasks
     from workbench.report import aggregate, write_outputs
 
@@ -66,7 +66,12 @@ def compare(comparison: Comparison, executor: str | None = None, max_parallel: i
     outcome = Outcome(comparison)
     progress = Progress(len(comparison.seeds) * len(comparison.stages))
     outcome.runs, tasks = plan(comparison, jobs=cfg.kind != "local")
-    runner = make_executor(comparison, cfg, outcome.runs)
+    if cfg.kind == "local":
+        runner = LocalExecutor(comparison, outcome.runs, cfg.parallel or 1)
+    else:
+        from workbench.comparison.jobs import JobExecutor
+
+        runner = JobExecutor(comparison, cfg, outcome.runs)
     if cfg.kind == "local" and stageproc.usable():
         stageproc.prepare(
             [stage_recipe(comparison, s, comparison.seeds[0]).get("method", "dpo") for s in comparison.stages.values()]

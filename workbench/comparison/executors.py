@@ -2,7 +2,8 @@
 
 `LocalExecutor` runs stages as processes of this machine: one at a time (today's behaviour, in this thread), or up
 to `max_parallel` at once, each in a thread of its own with its share of the GPUs or CPU cores. The Slurm executor
-(and submitit's LocalExecutor, to try it without a cluster) lives in comparison/jobs.py.
+(and submitit's LocalExecutor, to try it without a cluster) is comparison/jobs.py's JobExecutor, with the same
+methods.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from workbench.comparison.run import Progress, Task, decide_cached, run_stage, train_ended, train_started
 from workbench.comparison.types import Comparison, StageRun
@@ -158,12 +158,3 @@ def executor_config(comparison: Comparison, kind: str | None, max_parallel: int 
         print(f"executor: the command line wins over the recipe's `executor` ({said})", flush=True)
         cfg = dataclasses.replace(cfg, **changes)
     return cfg
-
-
-def make_executor(comparison: Comparison, cfg: ExecutorConfig, runs: dict[int, dict[str, StageRun]]) -> Any:
-    """The executor `cfg` names."""
-    if cfg.kind == "local":
-        return LocalExecutor(comparison, runs, cfg.parallel or 1)
-    from workbench.comparison.jobs import JobExecutor
-
-    return JobExecutor(comparison, cfg, runs)
