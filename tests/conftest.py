@@ -48,6 +48,24 @@ def tokenizer(tiny_model: Path):
     return load_tokenizer(ModelConfig(name_or_path=str(tiny_model)))
 
 
+@pytest.fixture(scope="session")
+def rs_model(tmp_path_factory, tiny_model):
+    """The tiny model with its EOS row of the LM head scaled up, so that, within 12 new tokens, some prompts get
+    several finished completions, some one and some none (the untrained model almost never ends): rejection
+    sampling's and the pairs step's tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("rs-model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] *= 30.0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Recipe files: every test writes and edits its recipes (and other YAML configs) through these
 
@@ -66,6 +84,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def shipped_recipe(name: str) -> dict[str, Any]:
     """recipes/NAME.yaml as a dict, to adapt to a test (the tiny model, a temporary output_dir)."""
     return read_yaml(REPO / "recipes" / f"{name}.yaml")
+
+
+def adapted_recipe(tmp_path: Path, shipped: str, model: Path, name: str, **sections: Any) -> Path:
+    """recipes/SHIPPED.yaml on `model`, tracking off, its output in tmp_path/NAME, `sections` replacing whole sections."""
+    recipe = shipped_recipe(shipped)
+    recipe["model"]["name_or_path"] = str(model)
+    recipe["tracking"] = {"mode": "disabled"}
+    recipe["output_dir"] = str(tmp_path / name)
+    recipe.update(sections)
+    return write_yaml(tmp_path / f"{name}.yaml", recipe)
 
 
 @contextmanager

@@ -70,6 +70,7 @@ def test_every_field_has_help_and_a_stage_takes_every_recipe_section():
         "recipe",
         "model_from",
         "reward_from",
+        "data_from",
         "accelerate_config",
         "evaluate",
     }

@@ -475,3 +475,60 @@ def test_ppo_log_probs_are_those_generation_sampled_from(smollm2, smol_tokenizer
     for i, c in enumerate(made):
         assert ours[i, : len(c.sampled_ids)].tolist() == pytest.approx(sampled[i], abs=2e-4), (i, c)
         assert int(batch["response_mask"][i].sum()) == len(c.sampled_ids)  # and nothing after it is trained on
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_TRAINING_TIMEOUT)
+def test_pairs_from_the_chat_models_own_answers_to_hh_first_turns_labelled_by_sentiment(tmp_path, smollm2):
+    """The first stage of the controlled-sentiment comparison (issue 27) on a few prompts: the first user turn of HH
+    helpful-base dialogues with a system message asking for short answers, 4 answers each at T 0.7 within 64 tokens,
+    scored by VADER; each pair is the prompt's best finished answer against its worst, by the scores recomputed here."""
+    need_shared()
+    pytest.importorskip("vaderSentiment", reason="the sentiment extra (vaderSentiment) is not installed")
+    from workbench.rewards.sentiment import sentiment
+
+    with gzip.open(HH_TEST, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(next(fh)) for _ in range(8)]
+    data = tmp_path / "hh8.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    system = "You are a helpful assistant. Answer in one or two short sentences."
+    recipe = {
+        "method": "pairs",
+        "model": {"name_or_path": str(smollm2), "dtype": "float32"},
+        "reward_model": {"function": "workbench.rewards.sentiment:sentiment"},
+        "data": {"sources": [{"path": str(data), "format": "hh-rlhf", "prompt_turns": "first", "system_prompt": system}],
+                 "eval_split": 0.0, "max_length": 192},
+        "generation": {"num_samples": 4, "max_new_tokens": 64, "temperature": 0.7, "batch_size": 16},
+        "train": {"min_margin": 0.2},
+        "tracking": {"mode": "disabled"},
+        "output_dir": str(tmp_path / "pairs"),
+        "seed": 0,
+    }  # fmt: skip
+    run_ok(["data", "pairs", str(write_yaml(tmp_path / "pairs.yaml", recipe))], timeout=REAL_TRAINING_TIMEOUT)
+    run = tmp_path / "pairs"
+    generated = [json.loads(line) for line in (run / "samples" / "generations.jsonl").read_text().splitlines()]
+    assert len(generated) == 8 * 4
+    first_turns = {g["prompt_index"]: g["prompt"] for g in generated}
+    assert all(
+        p[0] == {"role": "system", "content": system} and [m["role"] for m in p] == ["system", "user"]
+        for p in first_turns.values()
+    )
+    assert "turkeys" in first_turns[0][1]["content"] and "\n\nAssistant:" not in json.dumps(list(first_turns.values()))
+    texts = [g["completion"] if isinstance(g["completion"], str) else g["completion"][0]["content"] for g in generated]
+    assert not any("\nuser\n" in t or "\nassistant\n" in t for t in texts)  # no run-on into a next turn
+    assert [g["score"] for g in generated] == pytest.approx(
+        sentiment([g["prompt"] for g in generated], [g["completion"] for g in generated])
+    )
+    assert sum(g["finished"] for g in generated) >= 4  # the instruct model ends many answers within 64 tokens
+    pairs = [json.loads(line) for line in (run / "pairs.jsonl").read_text().splitlines()]
+    by_prompt: dict = {}
+    for g in generated:
+        if g["finished"]:
+            by_prompt.setdefault(g["prompt_id"], []).append(g["score"])
+    for p in pairs:
+        assert (p["chosen_score"], p["rejected_score"]) == (max(by_prompt[p["prompt_id"]]), min(by_prompt[p["prompt_id"]]))
+        assert p["score_margin"] > 0.2 and p["prompt"][0]["content"] == system
+    report = json.loads((run / "data_report.json").read_text())["pairs"]
+    assert report["pairs"] == len(pairs) and report["prompts"] == 8
+    assert report["pairs"] + report["skipped_no_finished"] + report["skipped_one_finished"] + report["skipped_small_margin"] == 8
+    assert report["skipped_no_finished"] == 8 - len(by_prompt)

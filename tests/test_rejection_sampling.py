@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, kill_when, run_ok, shipped_recipe, write_yaml
+from conftest import REPO, adapted_recipe, kill_when, run_ok, shipped_recipe, write_yaml
 from test_train import read_metrics
 
 from workbench.config import GenerationConfig, RewardModelConfig
@@ -74,6 +74,7 @@ def test_pairs_are_best_vs_worst_finished_with_a_margin_and_counted():
         "rejected": "c11",
         "chosen_score": 0.8,
         "rejected_score": 0.2,
+        "score_margin": pytest.approx(0.6),
     }
     assert pick_pair([Candidate("a", 1.0, False), Candidate("b", 0.0, True)]) is None
     assert pick(groups[2].candidates, "best") == [] and pick(groups[0].candidates, "top_k", top_k=5) == [2, 0]
@@ -153,33 +154,14 @@ def test_reward_model_source_scores_with_its_own_formatting_and_normalizes(tmp_p
 
 
 def rs_recipe(tmp_path, model, name, **extra):
-    recipe = shipped_recipe("rejection_sampling")
-    recipe["model"]["name_or_path"] = str(model)
-    recipe["data"]["sources"] = [{"synthetic": {"num_pairs": 160, "seed": 2}}]
-    recipe["generation"] = {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4}
-    recipe["train"].update({"num_train_epochs": 1, "logging_steps": 1})
-    recipe["tracking"] = {"mode": "disabled"}
-    recipe["output_dir"] = str(tmp_path / name)
-    for key, value in extra.items():
-        recipe[key] = value
-    return write_yaml(tmp_path / f"{name}.yaml", recipe)
-
-
-@pytest.fixture(scope="module")
-def rs_model(tmp_path_factory, tiny_model):
-    """The tiny model with its EOS row of the LM head scaled up, so that, within 12 new tokens, some prompts get
-    several finished completions, some one and some none (the untrained model almost never ends)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("rs-model")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    with torch.no_grad():
-        model.lm_head.weight[tok.eos_token_id] *= 30.0
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    shipped = shipped_recipe("rejection_sampling")
+    sections = {
+        "data": {**shipped["data"], "sources": [{"synthetic": {"num_pairs": 160, "seed": 2}}]},
+        "generation": {"num_samples": 4, "max_new_tokens": 12, "batch_size": 4},
+        "train": {**shipped["train"], "num_train_epochs": 1, "logging_steps": 1},
+        **extra,
+    }
+    return adapted_recipe(tmp_path, "rejection_sampling", model, name, **sections)
 
 
 @pytest.fixture(scope="module")

@@ -204,6 +204,7 @@ RAISED_AFTER_THE_START = {
     ("ppo_learner.py", "snapshot"): "internal: a DeepSpeed update without a scratch directory",
     ("ppo_learner.py", "update"): "the learner's own guard on ppo_batch_problems, which validate reports",
     ("rejection_sampling.py", "stage_select"): "no finished completion to keep: known only after generating",
+    ("pairs.py", "run"): "no prompt gave a pair: known only after generating and scoring",
 }
 
 

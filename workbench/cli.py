@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("prepare", help="write prepared splits, rejects and data_report.json to OUTPUT_DIR")
     _add_recipe_args(p)
     p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser(
+        "pairs", help="run a `method: pairs` recipe: on-policy preference pairs into OUTPUT_DIR/pairs.jsonl (as `train` does)"
+    )
+    _add_recipe_args(p)
+    _add_start_args(p)
+    p.set_defaults(func=cmd_data_pairs)
     p = data.add_parser("inspect", help="print and write the data report with length plots")
     p.add_argument("target", help="a recipe YAML or a data file / saved dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -161,8 +167,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.already_finished and _is_main():
         print(f"already finished: {result.run_dir} completed earlier; nothing was changed")
     elif result.run_dir and _is_main():
-        print(f"run complete: {result.run_dir} (model: {result.model_dir})")
+        from workbench.config import METHODS
+
+        written = METHODS[recipe.method].writes_data
+        print(
+            f"run complete: {result.run_dir} ({f'{written}: {result.run_dir / written}' if written else f'model: {result.model_dir}'})"
+        )
     return 0
+
+
+def cmd_data_pairs(args: argparse.Namespace) -> int:
+    """`train` for a pairs recipe, where a user looks for data commands; any other method is refused."""
+    from workbench.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.method != "pairs":
+        raise WorkbenchError(
+            f"{args.recipe} is a `method: {recipe.method}` recipe; `workbench data pairs` runs `method: pairs` recipes "
+            "(recipes/pairs.yaml): set `method: pairs`, or run this one with `workbench train`"
+        )
+    code = cmd_train(args)
+    if _is_main():
+        from workbench.data.pipeline import read_json
+
+        report = read_json(Path(recipe.output_dir) / "data_report.json").get("pairs") or {}
+        if report:
+            print(
+                f"pairs: {report['pairs']} of {report['prompts']} prompts; skipped {report['skipped_no_finished']} with no "
+                f"finished response, {report['skipped_one_finished']} with one, {report['skipped_small_margin']} with "
+                f"best - worst <= min_margin {report['min_margin']}"
+            )
+    return code
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from workbench.config import METHODS, GenerationConfig, ModelConfig, Recipe, plain_train_defaults
 from workbench.errors import RecipeError
 from workbench.online import online_problems
-from workbench.sampling.settings import PPO_SAMPLING, REJECTION_SAMPLING, sampling_problems
+from workbench.sampling.settings import PAIRS_SAMPLING, PPO_SAMPLING, REJECTION_SAMPLING, sampling_problems
 from workbench.sampling.settings import eval_sampling_problems as eval_sampling_problems  # compare imports it from here
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}  # TRL's DPOTrainer
@@ -127,6 +127,22 @@ def rejection_sampling_problems(train: dict[str, Any], generation: GenerationCon
     return problems
 
 
+def pairs_problems(train: dict[str, Any], generation: GenerationConfig) -> list[str]:
+    """A pair compares two sampled responses of one prompt, and a tie is never a preference."""
+    problems = sampling_problems(generation, PAIRS_SAMPLING)
+    if generation.num_samples < 2:
+        problems.append(
+            f"`generation.num_samples: {generation.num_samples}`: a pair compares two responses of one prompt; "
+            "set it to 2 or more (4 is usual)"
+        )
+    if train["min_margin"] < 0:
+        problems.append(
+            f"`train.min_margin: {train['min_margin']}` must not be negative (best - worst > a negative margin would "
+            "make ties into pairs); use 0 or more"
+        )
+    return problems
+
+
 def kto_problems(train: dict[str, Any]) -> list[str]:
     """TRL's KTOTrainer pairs each example with a neighbour's completion for its KL term (every loss but apo_zero_unpaired)."""
     if train.get("loss_type") == "apo_zero_unpaired":
@@ -220,6 +236,8 @@ def method_problems(recipe: Recipe, processes: int = 1) -> list[str]:
         problems.extend(ppo_problems(train, recipe.generation))
     elif recipe.method == "rejection_sampling":
         problems.extend(rejection_sampling_problems(train, recipe.generation))
+    elif recipe.method == "pairs":
+        problems.extend(pairs_problems(train, recipe.generation))
     elif recipe.method == "kto":
         problems.extend(kto_problems(train))
     elif recipe.method == "dpo":

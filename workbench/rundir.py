@@ -137,6 +137,9 @@ def decide_start(run_dir: Path, resolved: dict[str, Any], resume: bool, overwrit
         if manifest.get("status") == "completed":
             return Start(finished=True)
         found = newest_complete(ckpt_dir)
+        if found is None and (run_dir / "samples").is_dir():  # sampling methods continue their samples/ stages
+            log.info("resuming the samples in %s (no checkpoint yet)", run_dir / "samples")
+            return Start()
         if found is None:
             raise WorkbenchError(
                 f"nothing to resume in {run_dir}: there is no complete checkpoint in {ckpt_dir}; "

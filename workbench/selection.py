@@ -136,7 +136,8 @@ def select_pairs(groups: Sequence[Group], min_margin: float = 0.0) -> tuple[list
 
 
 def pair_row(group: Group, chosen: int, rejected: int) -> dict[str, Any]:
-    """A preference row that a DPO recipe reads unchanged, with both scores."""
+    """A preference row that a DPO recipe reads unchanged, with both scores and their difference (`score_margin`,
+    not `margin`: the data layer would read a `margin` column as a reward model's per-pair margin)."""
     best, worst = group.candidates[chosen], group.candidates[rejected]
     return {
         "prompt": group.prompt,
@@ -144,4 +145,5 @@ def pair_row(group: Group, chosen: int, rejected: int) -> dict[str, Any]:
         "rejected": worst.completion,
         "chosen_score": best.score,
         "rejected_score": worst.score,
+        "score_margin": best.score - worst.score,
     }

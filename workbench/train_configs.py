@@ -35,6 +35,19 @@ class RejectionSamplingConfig(SFTConfig):
     )
 
 
+@dataclass
+class PairsConfig:
+    """The pairs step's `train:` section: it trains nothing, so it holds only how pairs are chosen."""
+
+    min_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "A prompt gives a pair (its best vs its worst finished response) only when best - worst > this; "
+            "prompts at or below it are skipped and counted (a tie is never a preference)."
+        },
+    )
+
+
 SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices
 PACKING_HELP = (
     "Padding-free forward passes: each batch's chosen and rejected sequences are packed into rows with position "

@@ -338,8 +338,9 @@ def check_recipe(recipe: Recipe, accelerate_config: str | None = None, example: 
     try:
         gb = global_batch(recipe.train, plain_train_defaults(recipe.method), accelerate_config)
         source = f" (from {accelerate_config})" if accelerate_config else ""
-        sections.append(f"global batch{source}: {gb.describe()}")
-        problems.extend(gb.warnings)
+        if spec.produces_model:  # a method that trains nothing has no batch to speak of
+            sections.append(f"global batch{source}: {gb.describe()}")
+            problems.extend(gb.warnings)
         problems.extend(accelerate_problems(recipe, accelerate_config))
     except WorkbenchError as exc:
         problems.append(str(exc))
@@ -380,7 +381,7 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
     """A comparison recipe (`stages:`): the comparison's own keys, then every stage's composed recipe
     (first seed) through the same checks as a single run. A stage reading an earlier stage's model is
     checked on the model that chain starts from; paths that earlier stages will write are not problems."""
-    from workbench.comparison.recipe import load_comparison, stage_recipe
+    from workbench.comparison.recipe import data_from_file, load_comparison, stage_recipe
     from workbench.config import recipe_from_dict
 
     try:
@@ -389,7 +390,10 @@ def validate_comparison(path: str, overrides: Sequence[str], show_recipe: bool =
         return "", exc.problems  # the verdict and the problems say it all
     seed = comparison.seeds[0]
     seed_dir = comparison.output_dir / f"seed-{seed}"
-    future = [str(seed_dir / name / "model") for name in comparison.stages]
+    future = [str(seed_dir / name / "model") for name in comparison.stages]  # and the data files `data_from` reads
+    future += [
+        str(seed_dir / s.data_from / written) for s in comparison.stages.values() if (written := data_from_file(comparison, s))
+    ]
     sections = [f"comparison {comparison.name}: {len(comparison.stages)} stages, seeds {comparison.seeds}"]
     problems: list[str] = []
     for stage in comparison.stages.values():

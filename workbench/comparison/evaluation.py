@@ -34,6 +34,14 @@ def eval_config(comparison: Comparison, runs: dict[str, StageRun]) -> EvalConfig
     return dataclasses.replace(cfg, **changes)
 
 
+def base_data(run: StageRun, runs: dict[str, StageRun]) -> dict[str, Any]:
+    """The data the evaluation holds out prompts and pairs from: the stage's own, or, for a stage trained on an earlier
+    stage's output (`data_from`, e.g. on-policy pairs), the data that chain started from, not the pairs' eval split."""
+    while run.stage.data_from:
+        run = runs[run.stage.data_from]
+    return run.recipe["data"]
+
+
 def eval_fingerprint(comparison: Comparison, run: StageRun, cfg: EvalConfig, inputs_fp: str, runs: dict[str, StageRun]) -> str:
     """The policy, the evaluation settings and inputs, and the baseline, reference and reward model it is judged
     with: stages by their fingerprints, model directories by their files (a model replaced in place re-evaluates)."""
@@ -117,7 +125,8 @@ def seed_eval(comparison: Comparison, runs: dict[str, StageRun]) -> SeedEval | N
     if not policies:
         return None
     cfg = eval_config(comparison, runs)
-    first = recipe_from_dict({**policies[0].recipe, "train": {}}, source=f"stage {policies[0].stage.name}")
+    data = base_data(policies[0], runs)
+    first = recipe_from_dict({**policies[0].recipe, "data": data, "train": {}}, source=f"stage {policies[0].stage.name}")
     tokenizer = load_tokenizer(dataclasses.replace(first.model, name_or_path=str(policies[0].model_dir)))
     inputs = ev.eval_inputs(dataclasses.replace(first, eval=cfg), tokenizer)
     return SeedEval(policies, cfg, first, tokenizer, inputs)

@@ -76,7 +76,7 @@ def stage_needs(comparison: Comparison) -> dict[str, list[str]]:
     `stage_recipe` wires into a method needing a reward (which executors must wait for, and fingerprints include)."""
     graph = {}
     for stage in comparison.stages.values():
-        implicit = implicit_reward_stage(comparison, stage, composed_recipe(comparison, stage))
+        implicit = implicit_reward_stage(comparison, stage, composed_sections(comparison, stage))
         graph[stage.name] = list(dict.fromkeys([*stage.upstream, *([implicit] if implicit and implicit != stage.name else [])]))
     return graph
 
@@ -141,8 +141,8 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
     return comparison
 
 
-def composed_recipe(comparison: Comparison, stage: Stage) -> dict[str, Any]:
-    """The stage's recipe file, then `base`, then its own sections (before the comparison wires in paths and links)."""
+def composed_sections(comparison: Comparison, stage: Stage) -> dict[str, Any]:
+    """The stage's recipe file, then `base`, then its own sections, before the comparison sets its links."""
     recipe = read_yaml(stage.recipe) if stage.recipe else {}
     return deep_merge(deep_merge(recipe, comparison.base), stage.sections)
 
@@ -156,9 +156,47 @@ def implicit_reward_stage(comparison: Comparison, stage: Stage, recipe: dict[str
     return None
 
 
+def stage_method(comparison: Comparison, stage: Stage) -> str:
+    return composed_sections(comparison, stage).get("method", "dpo")
+
+
+def data_from_file(comparison: Comparison, stage: Stage) -> str | None:
+    """The file name in its `data_from` stage's directory that `stage` trains on (None without data_from)."""
+    if not stage.data_from:
+        return None
+    return METHODS[stage_method(comparison, comparison.stages[stage.data_from])].writes_data
+
+
+def link_problems(comparison: Comparison) -> list[str]:
+    """`data_from` names a stage whose method writes data (the registry's `writes_data`); `model_from` and
+    `reward_from` name one that exports a model."""
+    writers = [name for name, spec in METHODS.items() if spec.writes_data]
+    problems = []
+    for stage in comparison.stages.values():
+        for key in ("model_from", "reward_from", "data_from"):
+            source = comparison.stages.get(getattr(stage, key) or "")
+            if source is None:  # unset, or not an earlier stage (order_problems said so)
+                continue
+            method = stage_method(comparison, source)
+            spec = METHODS.get(method)
+            if spec is None:  # an unknown method: the stage's own recipe check names it
+                continue
+            if key == "data_from" and spec.writes_data is None:
+                problems.append(
+                    f"`stages.{stage.name}.data_from: {source.name}`: stage `{source.name}` is a `method: {method}` stage, "
+                    f"which writes no data; name a stage whose method writes data ({', '.join(writers)})"
+                )
+            elif key != "data_from" and not spec.produces_model:
+                problems.append(
+                    f"`stages.{stage.name}.{key}: {source.name}`: stage `{source.name}` (`method: {method}`) writes "
+                    f"{spec.writes_data}, not a model; read it with `data_from: {source.name}`, or name a stage that trains one"
+                )
+    return problems
+
+
 def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, Any]:
     """The stage's recipe: its recipe file, then `base`, then its own sections; run dir, seed, tracking and links set."""
-    recipe = composed_recipe(comparison, stage)
+    recipe = composed_sections(comparison, stage)
     seed_dir = comparison.output_dir / f"seed-{seed}"
     recipe["output_dir"] = str(seed_dir / stage.name)
     recipe["seed"] = seed
@@ -171,12 +209,17 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
         recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}
+    written = data_from_file(comparison, stage)
+    if written:  # the data-writing stage's file, read with the base's data settings
+        recipe.setdefault("data", {})["sources"] = [{"path": str(seed_dir / str(stage.data_from) / written)}]
     return recipe
 
 
 def check_stage_recipes(comparison: Comparison) -> None:
     """Every stage recipe of the first seed is validated; all problems are reported together."""
-    problems: list[str] = []
+    problems = link_problems(comparison)
+    if problems:  # a stage reading what an earlier stage does not make cannot be composed
+        raise RecipeError(comparison.source, problems)
     for stage in comparison.stages.values():
         try:
             recipe_from_dict(stage_recipe(comparison, stage, comparison.seeds[0]), source=f"stage {stage.name}")

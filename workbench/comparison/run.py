@@ -34,7 +34,7 @@ def stage_fingerprint(run: StageRun, upstream: dict[str, str]) -> str:
     recipe = run.recipe
     inputs = {}
     for src in (recipe.get("data") or {}).get("sources") or []:
-        if isinstance(src, dict) and src.get("path"):
+        if isinstance(src, dict) and src.get("path") and not run.stage.data_from:
             inputs[src["path"]] = path_fingerprint(src["path"])
     model = (recipe.get("model") or {}).get("name_or_path")
     if model and not run.stage.model_from:
@@ -59,7 +59,7 @@ def is_cached(run: StageRun) -> bool:
         state.get("fingerprint") == run.fingerprint
         and state.get("status") == "completed"
         and manifest.get("status") == "completed"
-        and run.model_dir.is_dir()
+        and run.output.exists()
     )
 
 
@@ -82,6 +82,18 @@ def error_line(log_path: Path) -> str:
     return (lines[-1] if lines else "no output").strip()[:500]
 
 
+def clear_stage_dir(run: StageRun, same: bool) -> None:
+    """A changed stage starts clean (no stale eval.json, samples or checkpoints); the same stage killed before any
+    checkpoint keeps its samples/, where its method continues generating (they carry their own fingerprint)."""
+    for path in run.run_dir.iterdir():
+        if same and path.name == "samples":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def prepare_stage(run: StageRun, retry: bool = False) -> list[str]:
     """Get the stage's run directory ready and return its command: a run of the same fingerprint killed midway (or, on
     a `retry`, failed) resumes from its last complete checkpoint; anything else starts clean. Done by whoever starts
@@ -89,13 +101,13 @@ def prepare_stage(run: StageRun, retry: bool = False) -> list[str]:
     state_path = run.run_dir / "stage.json"
     previous = read_json(state_path)
     resume = previous.get("fingerprint") == run.fingerprint and (previous.get("status") == "running" or retry)
-    # a stage killed before its first checkpoint starts over (--resume would fail: nothing to resume)
+    # a stage killed before its first checkpoint starts again, keeping only its samples/ (clear_stage_dir)
     resume = resume and (
         newest_complete(run.run_dir / "checkpoints") is not None
         or read_json(run.run_dir / "manifest.json").get("status") == "completed"
     )
     if not resume and run.run_dir.exists():
-        shutil.rmtree(run.run_dir)  # a changed stage starts clean: no stale eval.json, samples or checkpoints
+        clear_stage_dir(run, same=previous.get("fingerprint") == run.fingerprint)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run.run_dir / "stage_recipe.yaml"
     recipe_path.write_text(dump_yaml(run.recipe), encoding="utf-8")

@@ -25,13 +25,14 @@ class Stage:
     recipe: str | None = None
     model_from: str | None = None
     reward_from: str | None = None
+    data_from: str | None = None
     accelerate_config: str | None = None
     evaluate: bool = True
 
     @property
     def upstream(self) -> list[str]:
         """The earlier stages this one reads: the one place a stage's dependencies are named."""
-        return [s for s in (self.model_from, self.reward_from) if s]
+        return [s for s in (self.model_from, self.reward_from, self.data_from) if s]
 
 
 @dataclass
@@ -79,6 +80,14 @@ class StageRun:
     @property
     def model_dir(self) -> Path:
         return self.run_dir / "model"
+
+    @property
+    def output(self) -> Path:
+        """What the stage leaves for later stages: its model, or the data file its method writes (the registry says which)."""
+        from workbench.config import METHODS
+
+        spec = METHODS.get(self.method)
+        return self.run_dir / spec.writes_data if spec is not None and spec.writes_data else self.model_dir
 
     @property
     def ok(self) -> bool:

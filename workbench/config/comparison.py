@@ -39,6 +39,11 @@ class StageSteering:
         "An earlier stage whose reward model this stage trains against; unset: `reward_stage` for methods that need a reward.",
         default=None,
     )
+    data_from: str | None = _help(
+        "An earlier stage that writes data (`method: pairs`) whose output becomes this stage's `data.sources` (its "
+        "pairs.jsonl); the other `data` settings (max_length, eval_split, ...) stay the base's.",
+        default=None,
+    )
     accelerate_config: str | None = _help(
         "Launch the stage with this accelerate config (`workbench launch`); unset: one process (`workbench train`).",
         default=None,

@@ -14,7 +14,8 @@ from typing import Any, Literal
 DataKind = Literal["preference", "sft", "prompt", "unpaired"]
 # Which frozen reference a method measures its policy against (the rule: `reference_rule`).
 ReferenceStyle = Literal["none", "offline", "rollout", "online"]
-# How a method samples while it trains: not at all, best-of-n then fine-tuning, its own rollouts, TRL's online trainer.
+# How a method samples: not at all; n per prompt with a plain copy of the policy, scored on the main process (then
+# fine-tuning, or pairs); its own rollouts; TRL's online trainer.
 SamplingStyle = Literal["none", "best_of_n", "rollout", "trl"]
 
 
@@ -27,7 +28,7 @@ class MethodSpec:
     train_config: tuple[str, str]  # (module, class) of its `train:` section
     data_kind: DataKind  # the records the data layer gives it
     summary: str  # one line for help texts and docs
-    produces_policy: bool = True  # a causal LM the shared evaluation judges (False: a reward model)
+    produces_policy: bool = True  # a causal LM the shared evaluation judges (False: a reward model, or data)
     needs_reward: bool = False  # trains against `reward_model` (a comparison wires its reward stage in)
     reference: ReferenceStyle = "none"
     value_model: bool = False  # a value model (a head on the policy, or a separate critic) trains beside the policy
@@ -35,11 +36,18 @@ class MethodSpec:
     hf_trainer: bool = True  # a transformers Trainer trains it (its precision defaults, eval-set checks)
     reads_lm_head: bool = False  # TRL computes its log-probs from lm_head.weight itself (LoRA there never trains)
     checks_declared_choices: bool = False  # validate checks `train:` strings against the choices TRL's class declares
+    writes_data: str | None = None  # the preference-data file it writes in its run directory instead of a model (`data_from`)
+
+    @property
+    def produces_model(self) -> bool:
+        """It exports a model to OUTPUT_DIR/model (False: it writes `writes_data` and trains nothing)."""
+        return self.writes_data is None
 
     @property
     def model_role(self) -> str:
-        """The trained model's role in the memory plan and reports."""
-        return "policy" if self.produces_policy else "reward"
+        """The role of the model it loads in the memory plan and reports: the policy it trains or samples from, or
+        the reward model it trains."""
+        return "reward" if self.produces_model and not self.produces_policy else "policy"
 
 
 WORKBENCH_CONFIGS = "workbench.train_configs"
@@ -79,6 +87,18 @@ METHODS: dict[str, MethodSpec] = {
             "best-of-n sampling scored by the reward source, then fine-tuning on the kept responses",
             needs_reward=True,
             sampling="best_of_n",
+        ),
+        MethodSpec(
+            "pairs",
+            "workbench.methods.pairs",
+            (WORKBENCH_CONFIGS, "PairsConfig"),
+            "prompt",
+            "on-policy preference pairs: n responses per prompt from the model, best vs worst by the reward source",
+            produces_policy=False,
+            needs_reward=True,
+            sampling="best_of_n",
+            hf_trainer=False,
+            writes_data="pairs.jsonl",
         ),
         MethodSpec(
             "ppo",

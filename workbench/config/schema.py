@@ -141,6 +141,12 @@ class SourceConfig:
         "becomes the user turn after it, so the prompt is chat-templated. Unset: prompts as the rows give them.",
         default=None,
     )
+    prompt_turns: Literal["all", "first"] = _help(
+        "`first`: a chat prompt keeps its system message and its first user turn only (the later turns of a dialogue, "
+        "written with another model's answers, are dropped); for methods that read prompts only, since a pair's "
+        "responses answer its last turn. `all`: the prompt as the row gives it.",
+        default="all",
+    )
     weight: float = _help(
         "Mixture weight: the share of this source's training rows used (e.g. 0.5 = half, 2.0 = each row twice).",
         default=1.0,

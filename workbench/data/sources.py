@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.config import LabelSpec, SourceConfig
+from workbench.config import LabelSpec, SourceConfig, methods_where
 from workbench.data import synthetic
 from workbench.data.schema import (
     KIND_FIELDS,
@@ -567,8 +567,32 @@ def with_system_prompt(prompt: Content, text: str) -> list[Message]:
     return [{"role": "system", "content": text}, *messages]
 
 
+def first_user_turn(prompt: Content) -> Content:
+    """A chat prompt's system messages and its first user turn (a text prompt is a single turn already)."""
+    if not isinstance(prompt, list):
+        return prompt
+    first = next((i for i, m in enumerate(prompt) if m.get("role") == "user"), None)
+    if first is None:
+        return prompt
+    return [m for m in prompt[:first] if m.get("role") == "system"] + [prompt[first]]
+
+
+def prompt_turns_problem(src: SourceConfig, source_index: int, kind: str) -> str | None:
+    """`prompt_turns: first` cuts a dialogue before the turn its responses answer: usable for prompt records only."""
+    if src.prompt_turns == "all" or kind == "prompt":
+        return None
+    return (
+        f"`data.sources.{source_index}.prompt_turns: first` keeps a dialogue's first user turn only, but {kind} records "
+        f"pair it with responses to its last turn; use it with a method that reads prompts ({', '.join(methods_where(data_kind='prompt'))}), "
+        "or set prompt_turns: all"
+    )
+
+
 def load_source(src: SourceConfig, source_index: int, kind: str = "preference") -> Iterator[Loaded | Reject]:
     """Canonical records of one source, and a Reject for every row that cannot be used."""
+    problem = prompt_turns_problem(src, source_index, kind)
+    if problem:
+        raise DataError(problem)
     fmt = None if src.format == "auto" else src.format
     for item in iter_raw(src):
         if isinstance(item, Reject):
@@ -592,6 +616,8 @@ def load_source(src: SourceConfig, source_index: int, kind: str = "preference") 
             yield Reject(item.source, item.line, result, item.row)
         else:
             for record in result if isinstance(result, list) else [result]:
+                if src.prompt_turns == "first":
+                    record = {**record, "prompt": first_user_turn(record["prompt"])}
                 if src.system_prompt is not None:
                     record = {**record, "prompt": with_system_prompt(record["prompt"], src.system_prompt)}
                 yield Loaded(item.source, item.line, record, source_index)

@@ -252,8 +252,9 @@ def rows_and_seq(recipe: Any, train: dict[str, Any], processes: int = 1) -> tupl
         new = int(effective["max_completion_length"])
         gen_rows = online_batch(effective, {}, processes).generation_batch // processes
         return micro, prompt + new, gen_rows, prompt + new
-    if spec.sampling == "best_of_n":
-        return micro, seq, gen.batch_size * gen.num_samples, prompt + gen.max_new_tokens
+    if spec.sampling == "best_of_n":  # then fine-tuning (rejection sampling), or nothing trained (pairs)
+        train_rows, train_seq = (micro, seq) if spec.produces_model else (0, 0)
+        return train_rows, train_seq, gen.batch_size * gen.num_samples, prompt + gen.max_new_tokens
     return micro, seq, 0, 0
 
 
@@ -282,7 +283,7 @@ def build_plan(recipe: Any, launch: Launch, device_memory: float | None = None) 
         )
     ckpt = checkpointing_on(train)
     kv = gather = 0.0
-    separate_phases = spec.sampling == "best_of_n"  # best-of-n generates with a plain copy, then fine-tunes
+    separate_phases = spec.sampling == "best_of_n" and spec.produces_model  # generates with a plain copy, then fine-tunes
     concurrent = not separate_phases
     if gen_rows:
         policy = roles[0]

@@ -79,11 +79,13 @@ def model_roles(recipe: Any, train: dict[str, Any]) -> tuple[list[Role], list[st
     policy = Role(
         spec.model_role,
         m.name_or_path,
-        head="causal-lm" if spec.produces_policy else "seq-cls",
-        training="lora" if m.lora is not None else "full",
+        head="causal-lm" if spec.model_role == "policy" else "seq-cls",
+        training=("lora" if m.lora is not None else "full") if spec.produces_model else "frozen",
         dtype=m.dtype,
         quantization=m.quantization,
         lora=m.lora,
+        placement="engine" if spec.produces_model else "plain",
+        note="" if spec.produces_model else "sampled from, never trained",
         trust_remote_code=m.trust_remote_code,
     )
     roles, notes = [policy], []

@@ -1,6 +1,6 @@
 """The recipe's `generation:` block: what each consumer of the sampling path refuses, and what each sampler is given.
 
-One list of refusals (`sampling_problems`) for every consumer: PPO, rejection sampling and the evaluation
+One list of refusals (`sampling_problems`) for every consumer: PPO, rejection sampling, pairs and the evaluation
 name themselves with a `SamplingUse`, and `validate`, each method's first step and the evaluation all ask it.
 The same block becomes a complete transformers GenerationConfig (`hf_generation_config`) or TRL's GRPO / RLOO
 fields (`trl_generation_fields`). Pure functions of the settings: nothing is loaded.
@@ -30,6 +30,7 @@ class SamplingUse:
 
 PPO_SAMPLING = SamplingUse("PPO", "generation", needs_logprobs=True)
 REJECTION_SAMPLING = SamplingUse("rejection sampling", "generation", needs_logprobs=False)
+PAIRS_SAMPLING = SamplingUse("pairs", "generation", needs_logprobs=False)
 EVAL_SAMPLING = SamplingUse("evaluation", "eval.generation", needs_logprobs=True, backend_applies=False)
 
 
