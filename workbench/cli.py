@@ -106,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("compare", help="run several methods from one base and data, evaluate them, write the report")
     p.add_argument("recipe", help="comparison recipe YAML file (with `stages:`)")
     _add_set_arg(p, "stages.NAME.train.learning_rate=1e-5 or base.data.max_length=512")
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm", "submitit_local"],
+        default=None,
+        help="where the stages run (default: the recipe's `executor.kind`, else local); wins over the recipe",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stages (or jobs) at once; local: each gets its share of the GPUs or CPU cores (wins over the recipe)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a comparison whose controller died (what `compare` always does: finished stages are reused, "
+        "running jobs attached to, a failed job resubmitted once)",
+    )
+    p.add_argument("--status", action="store_true", help="print each stage's and evaluation's state and job; submit nothing")
     p.set_defaults(func=cmd_compare)
 
     p = verbs.add_parser("plan", help="per-device memory plan (models, activations, KV cache, total) without loading weights")
@@ -305,8 +325,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.comparison import compare, load_comparison
 
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise WorkbenchError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    if args.status:
+        from workbench.comparison.jobs import status_lines
+
+        print("\n".join(status_lines(load_comparison(args.recipe, args.overrides))))
+        return 0
     try:
-        outcome = compare(load_comparison(args.recipe, args.overrides))
+        outcome = compare(load_comparison(args.recipe, args.overrides), args.executor, args.max_parallel)
     except KeyboardInterrupt:
         from workbench.rundir import continue_command
         from workbench.runner import Interrupted

@@ -185,17 +185,30 @@ def log_probs(
     """The samples' log-probs, and the held-out pairs' (taken from `pairs` when this model's were computed before)."""
     pad, bs = tokenizer.pad_token_id, cfg.batch_size
     sample_prompts = [inputs.prompt_ids[p] for p in samples.prompt_index]
-    pair_prompts = [p.prompt_ids for p in inputs.pairs]
     if pairs is None and inputs.pairs:
-        pairs = LogProbs(
-            [],
-            token_logprobs(model, pair_prompts, [p.chosen_ids for p in inputs.pairs], pad, bs),
-            token_logprobs(model, pair_prompts, [p.rejected_ids for p in inputs.pairs], pad, bs),
-        )
+        pairs = pair_log_probs(model, tokenizer, inputs, cfg)
     return LogProbs(
         token_logprobs(model, sample_prompts, samples.sampled_ids(tokenizer.eos_token_id), pad, bs, cfg.generation.temperature),
         pairs.chosen if pairs else [],
         pairs.rejected if pairs else [],
+    )
+
+
+def pair_log_probs(model: Any, tokenizer: Any, inputs: EvalInputs, cfg: EvalConfig) -> LogProbs:
+    """The held-out pairs' log-probs under one model (`model`, or a path to load): the same for every policy judged
+    against it as reference, so a comparison computes them once."""
+    if isinstance(model, (str, Path)):
+        loaded = load_policy(str(model), tokenizer).to(device())
+        try:
+            return pair_log_probs(loaded, tokenizer, inputs, cfg)
+        finally:
+            del loaded
+    pad, bs = tokenizer.pad_token_id, cfg.batch_size
+    prompts = [p.prompt_ids for p in inputs.pairs]
+    return LogProbs(
+        [],
+        token_logprobs(model, prompts, [p.chosen_ids for p in inputs.pairs], pad, bs),
+        token_logprobs(model, prompts, [p.rejected_ids for p in inputs.pairs], pad, bs),
     )
 
 

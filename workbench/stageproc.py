@@ -58,12 +58,14 @@ def prepare(methods: Sequence[str]) -> None:
     _context = context
 
 
-def run(argv: Sequence[str], log_path: str | Path) -> int:
-    """`workbench ARGV` in a child forked from the server, output appended to `log_path`; its exit code."""
+def run(argv: Sequence[str], log_path: str | Path, environ: dict[str, str] | None = None) -> int:
+    """`workbench ARGV` in a child forked from the server, output appended to `log_path`; its exit code.
+    `environ`: the child's environment (default: ours)."""
     if _context is None:
         prepare(())
     owner_gone, owner = _context.Pipe(duplex=False)  # the child sees EOF on it once this process is gone
-    proc = _context.Process(target=_child, args=(list(argv), str(log_path), os.getcwd(), dict(os.environ), owner_gone))
+    env = dict(os.environ if environ is None else environ)
+    proc = _context.Process(target=_child, args=(list(argv), str(log_path), os.getcwd(), env, owner_gone))
     proc.start()
     owner_gone.close()
     try:
@@ -109,6 +111,7 @@ def _child(argv: list[str], log_path: str, cwd: str, environ: dict[str, str], ow
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
+    _follow_thread_count(environ)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -126,6 +129,16 @@ def _child(argv: list[str], log_path: str, cwd: str, environ: dict[str, str], ow
         sys.stdout.flush()
         sys.stderr.flush()
     sys.exit(code)
+
+
+def _follow_thread_count(environ: dict[str, str]) -> None:
+    """torch read OMP_NUM_THREADS when the server imported it; a child given another count (a parallel executor's
+    share of the cores) sets it, as a fresh interpreter would have."""
+    wanted = environ.get("OMP_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0 and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != int(wanted):
+            torch.set_num_threads(int(wanted))
 
 
 def _stop_with_owner(owner_gone: Any) -> None:

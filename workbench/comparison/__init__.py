@@ -52,27 +52,36 @@ __all__ = [
 ]
 
 
-def compare(comparison: Comparison) -> Outcome:
-    """Train every stage of every seed, evaluate the policies, and write the report."""
+def compare(comparison: Comparison, executor: str | None = None, max_parallel: int | None = None) -> Outcome:
+    """Train every stage of every seed, evaluate the policies, and write the report; the stages run through the
+    executor of the recipe's `executor` (`executor` / `max_parallel`, from the command line, win over it)."""
     from workbench import stageproc
-    from workbench.comparison.evaluation import evaluate_seed
-    from workbench.comparison.run import Progress, train_seed
+    from workbench.comparison.executors import LocalExecutor, executor_config
+    from workbench.comparison.run import Progress, plan, run_tasks
     from workbench.report import aggregate, write_outputs
 
     os.environ.setdefault("WANDB_SILENT", "true")  # the stage logs and the report say what W&B would
     comparison.output_dir.mkdir(parents=True, exist_ok=True)
+    cfg = executor_config(comparison, executor, max_parallel)
     outcome = Outcome(comparison)
     progress = Progress(len(comparison.seeds) * len(comparison.stages))
-    if stageproc.usable():
+    outcome.runs, tasks = plan(comparison, jobs=cfg.kind != "local")
+    if cfg.kind == "local":
+        runner = LocalExecutor(comparison, outcome.runs, cfg.parallel or 1)
+    else:
+        from workbench.comparison.jobs import JobExecutor
+
+        runner = JobExecutor(comparison, cfg, outcome.runs)
+    if cfg.kind == "local" and stageproc.usable():
         stageproc.prepare(
             [stage_recipe(comparison, s, comparison.seeds[0]).get("method", "dpo") for s in comparison.stages.values()]
         )
     try:
-        for seed in comparison.seeds:
-            outcome.runs[seed] = train_seed(comparison, seed, progress)
-            evaluate_seed(comparison, seed, outcome.runs[seed])
+        run_tasks(tasks, runner, progress)
     finally:
         stageproc.stop()
+    if hasattr(runner, "collect"):
+        runner.collect(tasks)
     outcome.results = aggregate(comparison, outcome.runs)
     write_outputs(comparison, outcome)
     return outcome

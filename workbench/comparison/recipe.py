@@ -188,9 +188,30 @@ def order_problems(stages: dict[str, Stage]) -> list[str]:
     return problems
 
 
+def stage_needs(comparison: Comparison) -> dict[str, list[str]]:
+    """The one dependency graph: each stage -> the stages it reads, `Stage.upstream` and the reward stage that
+    `stage_recipe` wires into a method needing a reward (which executors must wait for, and fingerprints include)."""
+    graph = {}
+    for stage in comparison.stages.values():
+        implicit = implicit_reward_stage(comparison, stage, composed_sections(comparison, stage))
+        graph[stage.name] = list(dict.fromkeys([*stage.upstream, *([implicit] if implicit and implicit != stage.name else [])]))
+    return graph
+
+
 def run_order(comparison: Comparison) -> list[Stage]:
-    """The order the stages run in: as written, which `order_problems` checked puts each after the stages it reads."""
-    return list(comparison.stages.values())
+    """The order the stages run in: as written, except that a stage comes after every stage it reads (`order_problems`
+    checked the written order for `Stage.upstream`; the wired reward stage may still move a stage later)."""
+    graph, placed, order = stage_needs(comparison), set(), []
+    while len(order) < len(graph):
+        ready = next((n for n in graph if n not in placed and all(u in placed for u in graph[n])), None)
+        if ready is None:
+            left = [n for n in graph if n not in placed]
+            raise RecipeError(
+                comparison.source, [f"stages {', '.join(left)} read each other (through `reward_stage`); break the loop"]
+            )
+        placed.add(ready)
+        order.append(comparison.stages[ready])
+    return order
 
 
 def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparison:
@@ -238,9 +259,11 @@ def load_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparis
         reward_stage=recipe.reward_stage,
         source=source,
         control=recipe.control,
+        executor=recipe.executor,
     )
     with_control(comparison)
     check_stage_recipes(comparison)
+    run_order(comparison)  # a loop through `reward_stage` is refused here, before anything runs
     return comparison
 
 
@@ -248,6 +271,15 @@ def composed_sections(comparison: Comparison, stage: Stage) -> dict[str, Any]:
     """The stage's recipe file, then `base`, then its own sections, before the comparison sets its links."""
     recipe = read_yaml(stage.recipe) if stage.recipe else {}
     return deep_merge(deep_merge(recipe, comparison.base), stage.sections)
+
+
+def implicit_reward_stage(comparison: Comparison, stage: Stage, recipe: dict[str, Any]) -> str | None:
+    """`reward_stage`, for a stage whose method needs a reward and which names neither `reward_from` nor a
+    `reward_model` in its composed recipe; else None."""
+    spec = METHODS.get(recipe.get("method"))
+    if stage.reward_from is None and spec is not None and spec.needs_reward and not recipe.get("reward_model"):
+        return comparison.reward_stage
+    return None
 
 
 def stage_method(comparison: Comparison, stage: Stage) -> str:
@@ -302,10 +334,7 @@ def stage_recipe(comparison: Comparison, stage: Stage, seed: int) -> dict[str, A
     recipe["tracking"] = tracking
     if stage.model_from:
         recipe.setdefault("model", {})["name_or_path"] = str(seed_dir / stage.model_from / "model")
-    reward_from = stage.reward_from
-    spec = METHODS.get(recipe.get("method"))
-    if reward_from is None and spec is not None and spec.needs_reward and not recipe.get("reward_model"):
-        reward_from = comparison.reward_stage
+    reward_from = stage.reward_from or implicit_reward_stage(comparison, stage, recipe)
     if reward_from:
         rm = {k: v for k, v in (recipe.get("reward_model") or {}).items() if k != "function"}
         recipe["reward_model"] = {"normalize": True, **rm, "name_or_path": str(seed_dir / reward_from / "model")}

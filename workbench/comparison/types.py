@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workbench.config import EvalConfig
+    from workbench.config.comparison import ExecutorConfig
 
 # The report's row of a baseline given as a model (`eval.baseline`) rather than a stage, and its method column.
 BASELINE_ROW = "baseline"
@@ -61,6 +62,7 @@ class Comparison:
     reward_stage: str | None = None
     source: str = "comparison"
     control: bool = False
+    executor: ExecutorConfig | None = None  # unset: local, one stage at a time
 
     @property
     def external_baseline(self) -> bool:

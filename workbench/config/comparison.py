@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from workbench.config.schema import EvalConfig, Recipe, _help
 
@@ -74,6 +74,68 @@ def stage_sections(stage: Any) -> dict[str, Any]:
     return {name: getattr(stage, name) for name in RECIPE_SECTIONS if getattr(stage, name) is not UNSET}
 
 
+@dataclass
+class SlurmConfig:
+    """How `executor.kind: slurm` asks for its jobs (sbatch options through submitit); nodes, tasks and GPUs come from
+    each stage's accelerate config."""
+
+    partition: str | None = _help("sbatch --partition of every job; unset: the cluster's default partition.", default=None)
+    account: str | None = _help("sbatch --account charged for the jobs; unset: your default account.", default=None)
+    qos: str | None = _help("sbatch --qos of every job; unset: the default quality of service.", default=None)
+    time_min: int = _help(
+        "Time limit of each job in minutes (sbatch --time); a job past it is killed and resubmitted once, resuming from "
+        "its last complete checkpoint.",
+        default=24 * 60,
+    )
+    cpus_per_task: int | None = _help("sbatch --cpus-per-task (one task per node); unset: the cluster's default.", default=None)
+    gpus: int = _help(
+        "GPUs of a job whose stage has no accelerate_config (one process) and of each evaluation job; 0 on CPU partitions.",
+        default=1,
+    )
+    main_process_port: int | None = _help(
+        "Port of a multi-node stage's main node; unset: 20000 + the job id modulo 20000, so two jobs sharing a node differ.",
+        default=None,
+    )
+    extra_sbatch: dict[str, Any] = _help(
+        "Further sbatch options, written as given (e.g. {mem: 0, exclusive: true, constraint: a100}).", default_factory=dict
+    )
+    setup: list[str] = _help(
+        "Shell lines each job runs before the workbench starts (module load ..., source .venv/bin/activate).",
+        default_factory=list,
+    )
+    folder: str | None = _help("Where submitit writes job scripts, pickles and job logs; unset: OUTPUT_DIR/jobs.", default=None)
+    poll_s: float = _help("Seconds between two looks at the jobs' states (sacct) while `compare` waits.", default=30.0)
+
+
+@dataclass
+class ExecutorConfig:
+    """Where and how the stages run: one after another here, several at once here, or as cluster jobs."""
+
+    kind: Literal["local", "slurm", "submitit_local"] = _help(
+        "local: stage processes on this machine; slurm: one Slurm job per stage and seed and per evaluation, through "
+        "submitit; submitit_local: the same jobs through submitit's LocalExecutor on this machine (one node per job), to "
+        "try the Slurm path without a cluster.",
+        default="local",
+    )
+    max_parallel: int | None = _help(
+        "Stages (or jobs) running at once; local: each gets its share of the GPUs or CPU cores, said in the log. "
+        "Unset: 1 for local, no limit for slurm, 2 for submitit_local.",
+        default=None,
+    )
+    slurm: SlurmConfig = _help("sbatch options of the jobs (slurm and submitit_local).", default_factory=SlurmConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, got {self.max_parallel}")
+
+    @property
+    def parallel(self) -> int | None:
+        """The cap on stages or jobs at once (None: no cap)."""
+        if self.max_parallel is not None:
+            return self.max_parallel
+        return {"local": 1, "submitit_local": 2}.get(self.kind)
+
+
 def _default_seeds() -> list[int]:
     return [42]
 
@@ -103,4 +165,7 @@ class ComparisonRecipe:
     )
     stages: dict[str, StageConfig] = _help(  # type: ignore[valid-type]
         "Stage name -> stage, run in the order written (a stage reads only earlier stages).", default_factory=dict
+    )
+    executor: ExecutorConfig = _help(
+        "Where the stages run (`compare --executor` / `--max-parallel` win over it).", default_factory=ExecutorConfig
     )
