@@ -82,6 +82,20 @@ def test_quickstart_comparison_end_to_end(tmp_path, tiny_model):
     report = (out / "report.md").read_text()
     assert report.split("\n")[2] == "## Findings" and "64 held-out prompts × 4 samples" in report
     assert "## Reward model (`reward`)" in report and "length-only rule" in report
+    # the RM against the gold on SFT's held-out responses: recomputed from its eval_samples by hand
+    sft_rows = [json.loads(line) for line in (out / "seed-42" / "sft" / "eval_samples.jsonl").read_text().splitlines()]
+    pairs = [
+        (a, b)
+        for a in sft_rows
+        for b in sft_rows
+        if a["prompt_index"] == b["prompt_index"] and a["sample_index"] < b["sample_index"] and a["gold"] != b["gold"]
+    ]
+    agree = [
+        0.5 if a["reward"] == b["reward"] else float((a["reward"] - b["reward"]) * (a["gold"] - b["gold"]) > 0) for a, b in pairs
+    ]
+    check = json.loads((out / "reward_vs_gold.json").read_text())
+    assert check["num_pairs"] == len(pairs) > 64 and check["accuracy"] == pytest.approx(sum(agree) / len(pairs))
+    assert f"of {len(pairs)} pairs of responses to the same prompt whose gold rewards differ" in report
     assert "### At matched KL" in report and "Holm-corrected across 10 policies at 5%" in report
     pngs = ["reward_vs_kl.png", "win_rate.png", "difference_vs_baseline.png", "response_lengths.png", "best_of_n.png"]
     pngs.append("reward_margins.png")

@@ -192,3 +192,19 @@ def test_sign_of_every_and_replicate_means():
     assert S.replicate_means([[1.0, 0.0], [1.0, 0.5], [0.0, 1.0]]) == pytest.approx([2 / 3, 0.5])
     with pytest.raises(ValueError):
         S.replicate_means([[1.0, 0.0], [1.0]])
+
+
+def test_order_agreement_counts_pairs_whose_gold_differs_with_ties_of_the_judge_half():
+    # prompt 1: gold 0.9 > 0.5 > 0.1; the judge orders (a, b) right, (a, c) right, (b, c) wrong; length: a 10, b 30, c 20
+    # prompt 2: gold tie (skipped); prompt 3: gold 0.2 < 0.6, the judge ties (half), length 5 < 8 (right)
+    groups = [
+        [(0.9, 2.0, 10.0), (0.5, 1.0, 30.0), (0.1, 1.5, 20.0)],
+        [(0.3, 1.0, 4.0), (0.3, 2.0, 9.0)],
+        [(0.2, 1.0, 5.0), (0.6, 1.0, 8.0)],
+    ]
+    n, judge, length = S.order_agreement(groups)
+    assert n == 4
+    assert judge == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    # length: (a, b) a shorter but better: wrong; (a, c) wrong; (b, c) b longer and better: right; prompt 3 right
+    assert length == pytest.approx((0 + 0 + 1 + 1) / 4)
+    assert S.order_agreement([[(0.1, 1.0, 1.0)]])[0] == 0

@@ -305,6 +305,40 @@ def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, Stage
     }
 
 
+def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
+    """The reward stage's model against the gold judge on the baseline's held-out responses (both scored every one):
+    pairs of responses to one prompt whose gold rewards differ, ordered alike or not. Needs no held-out preference
+    pairs, so it also judges a proxy RM trained on on-policy pairs whose evaluation data holds prompts only."""
+    base = comparison.baseline_name
+    if not (comparison.reward_stage and comparison.eval.gold_reward and base):
+        return None
+    groups: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for row in samples_of(comparison, runs, base):
+        gold, judge = _value(row, "gold"), _value(row, "reward")
+        if gold is not None and judge is not None:
+            groups.setdefault((row["seed"], row["prompt_index"]), []).append((gold, judge, float(row["num_tokens"])))
+    n, agree, length = S.order_agreement(list(groups.values()))
+    if not n:
+        return None
+    return {
+        "stage": comparison.reward_stage,
+        "responses_of": base,
+        "num_pairs": n,
+        "accuracy": agree,
+        "length_rule_accuracy": length,
+    }
+
+
+def reward_vs_gold_line(check: dict[str, Any]) -> str:
+    half = 1.96 * math.sqrt(0.25 / check["num_pairs"])
+    return (
+        f"Reward model `{check['stage']}` against the gold judge on `{check['responses_of']}`'s held-out responses: of "
+        f"{check['num_pairs']} pairs of responses to the same prompt whose gold rewards differ, it orders "
+        f"{check['accuracy']:.3f} as the gold does; the length-only rule (longer wins) {check['length_rule_accuracy']:.3f}; "
+        f"a coin 0.5 ± {half:.3f} (95%)."
+    )
+
+
 def uses_reward_model(comparison: Comparison, run: StageRun) -> bool:
     """Whether the policy was trained on the reward stage's model (RS, PPO)."""
     rm = (run.recipe.get("reward_model") or {}).get("name_or_path")
@@ -496,6 +530,9 @@ def write_outputs(comparison: Comparison, outcome: Outcome) -> None:
     rm = reward_model_summary(comparison, outcome.runs)
     if rm is not None:
         write_json(out / "reward_model.json", rm)
+    gold_check = reward_vs_gold(comparison, outcome.runs)
+    if gold_check is not None:
+        write_json(out / "reward_vs_gold.json", gold_check)
     frontier = frontier_summary(comparison, outcome)
     if frontier is not None:
         write_json(out / "frontier.json", frontier)
@@ -799,7 +836,9 @@ def _tokens(r: dict[str, Any]) -> float | None:
     return float(sum(parts)) if parts else None
 
 
-def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None) -> list[str]:
+def findings(
+    comparison: Comparison, results: list[dict[str, Any]], rm: dict[str, Any] | None, gold_check: dict[str, Any] | None = None
+) -> list[str]:
     """The verdicts in words: who beats the baseline beyond noise, who does not, and every warning next to its policy."""
     judge = judge_metric(results)
     ok = [r for r in results if r["status"] == "ok"]
@@ -836,6 +875,8 @@ def findings(comparison: Comparison, results: list[dict[str, Any]], rm: dict[str
             f"vs {rm['length_baseline_accuracy']:.3f} for the length-only rule (details below)."
         )
         lines.append("")
+    if gold_check is not None:
+        lines += [reward_vs_gold_line(gold_check), ""]
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
         lines += ["Not evaluated: " + ", ".join(f"`{r['name']}` ({r['status']})" for r in failed) + ".", ""]
@@ -903,7 +944,7 @@ def report_markdown(
     seeds = ", ".join(str(s) for s in comparison.seeds)
     base_model = (comparison.base.get("model") or {}).get("name_or_path", "?")
     baseline = comparison.baseline_name
-    lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm)]
+    lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm, reward_vs_gold(comparison, outcome.runs))]
     lines += [*control_lines(results, baseline), *matched_kl_lines(frontier)]
     lines += [
         "## Quality",

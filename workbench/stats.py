@@ -520,3 +520,21 @@ def length_controlled(
     raw_low, raw_high = percentile_interval([p[1] for p in pairs])
     gap_low, gap_high = percentile_interval([p[1] - p[0] for p in pairs])
     return LengthControlled(lc, lc_low, lc_high, raw, raw_low, raw_high, gap_low, gap_high)
+
+
+def order_agreement(groups: Sequence[Sequence[tuple[float, float, float]]]) -> tuple[int, float, float]:
+    """Responses to one prompt per group, each (gold, judge, length): over every pair whose gold scores differ, the
+    share a judge orders as the gold does and the share the length rule (longer is better) does, ties counted half.
+    A proxy reward model's agreement with the gold on fresh, on-policy responses, beside the rule it must beat."""
+    n, judge, length = 0, 0.0, 0.0
+    for group in groups:
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                (ga, ja, la), (gb, jb, lb) = group[i], group[j]
+                if ga == gb:
+                    continue
+                sign = 1.0 if ga > gb else -1.0
+                n += 1
+                judge += 0.5 if ja == jb else float((ja - jb) * sign > 0)
+                length += 0.5 if la == lb else float((la - lb) * sign > 0)
+    return n, (judge / n if n else math.nan), (length / n if n else math.nan)
