@@ -191,7 +191,7 @@ def test_failed_stage_is_reported_and_a_changed_stage_reruns_downstream(tmp_path
     # sample sizes, and the clustered stderr recomputed from the samples (one sample per prompt: the plain sd / sqrt(n))
     assert (res["dpo"]["num_prompts"], res["dpo"]["samples_per_prompt"]) == (8, 1) and res["dpo"]["num_pairs"] > 0
     assert f"evaluating 2 policies on 8 held-out prompts x 1 samples and {res['dpo']['num_pairs']} held-out pairs" in first.stdout
-    rows = [json.loads(line) for line in (out / "seed-42" / DPO / "eval_samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "seed-42" / "dpo" / "eval_samples.jsonl").read_text().splitlines()]
     gold = [r["gold"] for r in rows]
     assert len(gold) == 8 and len({r["prompt_index"] for r in rows}) == 8
     mean = sum(gold) / 8
