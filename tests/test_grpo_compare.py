@@ -49,9 +49,12 @@ def test_comparison_rows_for_grpo_and_kto(tmp_path, tiny_model):
     out = tmp_path / "mini"
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
     assert sorted(rows) == ["grpo", "kto"] and all(r["status"] == "ok" for r in rows.values())
+    # the baseline's row has every metric but the length-controlled win rate (against itself it is undefined)
+    lc = {"lc_win_rate_vs_baseline", "lc_win_rate_vs_baseline_low", "lc_win_rate_vs_baseline_high", "length_control"}
     keys = set(rows["kto"])
+    assert not keys & lc
     for name in ("grpo",):
-        assert set(rows[name]) == keys
+        assert set(rows[name]) == keys | lc
         for metric in ("reward_mean", "gold_reward_mean", "win_rate_vs_baseline", "kl_to_reference", "preference_accuracy"):
             assert isinstance(rows[name][metric], float), (name, metric)
         assert rows[name]["generated_tokens"] > 0 and rows[name]["train_tokens"] > 0
