@@ -157,8 +157,9 @@ def test_validate_checks_every_stage_of_a_comparison(tmp_path, tiny_model, capsy
     write_yaml(path, data, sort_keys=False)
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\nstage ") == len(data["stages"]) == 8
-    assert "stage ppo (ppo): OK" in out and "stage grpo (grpo): OK" in out
+    # 8 stages written, DPO's and PPO's swept over 3 values each: 12 checked
+    assert len(data["stages"]) == 8 and out.count("\nstage ") == 12
+    assert "stage ppo@kl_coef=0.05 (ppo): OK" in out and "stage grpo (grpo): OK" in out
     assert "completions per step: 32" in out  # GRPO's own line, per stage
 
     data["stages"]["dpo"]["train"]["lr_scheduler_type"] = "cosinee"
