@@ -537,7 +537,7 @@ def write_outputs(comparison: Comparison, outcome: Outcome) -> None:
     if frontier is not None:
         write_json(out / "frontier.json", frontier)
     plots = make_plots(comparison, outcome, rm, frontier)
-    (out / "report.md").write_text(report_markdown(comparison, outcome, plots, rm, frontier), encoding="utf-8")
+    (out / "report.md").write_text(report_markdown(comparison, outcome, plots, rm, frontier, gold_check), encoding="utf-8")
     log_wandb(comparison, outcome, plots)
 
 
@@ -939,12 +939,13 @@ def report_markdown(
     plots: dict[str, str],
     rm: dict[str, Any] | None = None,
     frontier: dict[str, Any] | None = None,
+    gold_check: dict[str, Any] | None = None,
 ) -> str:
     results = outcome.results
     seeds = ", ".join(str(s) for s in comparison.seeds)
     base_model = (comparison.base.get("model") or {}).get("name_or_path", "?")
     baseline = comparison.baseline_name
-    lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm, reward_vs_gold(comparison, outcome.runs))]
+    lines = [f"# Comparison: {comparison.name}", "", *findings(comparison, results, rm, gold_check)]
     lines += [*control_lines(results, baseline), *matched_kl_lines(frontier)]
     lines += [
         "## Quality",
