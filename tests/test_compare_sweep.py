@@ -135,3 +135,35 @@ def test_control_of_a_model_baseline_samples_it_again_with_another_seed(tmp_path
     assert res["baseline@control"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-4)  # the same model as its reference
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert f"Control `baseline@control` (`baseline` sampled again with evaluation seed {cfg.seed} + 1000)" in report
+
+
+def test_the_reward_model_is_checked_on_the_baseline_models_samples_and_its_controls_pooled_by_prompt(tmp_path):
+    """With `eval.baseline` and `control: true`, both sets of the instruct model's held-out responses feed the
+    reward-vs-gold check: each prompt's 2 + 2 responses make 6 pairs (those across the two sets included)."""
+    from workbench.comparison.types import Comparison, Stage, StageRun
+    from workbench.config import EvalConfig, RewardModelConfig
+    from workbench.data.pipeline import write_jsonl
+    from workbench.report import reward_vs_gold
+
+    cfg = EvalConfig(baseline="instruct", gold_reward=RewardModelConfig(function="workbench.data.synthetic:vowel_reward"))
+    comparison = Comparison("m", tmp_path, [0], {}, {}, cfg, reward_stage="reward", control=True)
+    # (prompt, gold, reward, tokens)
+    rows = {
+        "baseline": [(0, 0.9, 2.0, 10), (0, 0.1, 1.0, 20), (1, 0.5, 1.0, 5), (1, 0.4, 0.0, 6)],
+        "baseline@control": [(0, 0.8, 0.5, 30), (0, 0.2, 3.0, 40), (1, 0.5, 1.0, 5), (1, 0.3, 0.5, 7)],
+    }
+    runs = {}
+    for name, values in rows.items():
+        run = StageRun(Stage(name, {}), 0, {}, tmp_path / name, status="completed")
+        run.run_dir.mkdir()
+        samples = [{"prompt_index": p, "gold": g, "reward": r, "num_tokens": n} for p, g, r, n in values]
+        write_jsonl(run.run_dir / "eval_samples.jsonl", samples)
+        run.evaluation = {"gold_reward_mean": 0.0}
+        runs[name] = run
+    check = reward_vs_gold(comparison, {0: runs})
+    assert check["responses_of"] == "`baseline` and `baseline@control`"
+    # prompt 0: golds .9 .1 .8 .2, rewards 2 1 .5 3: (.9,.1) right, (.9,.8) right, (.9,.2) wrong, (.1,.8) wrong,
+    # (.1,.2) right, (.8,.2) wrong -> 3 of 6; prompt 1: golds .5 .4 .5 .3, rewards 1 0 1 .5: the two .5s tie in gold
+    # (no pair); (.5,.4) right, (.5,.3) right, (.4,.5) right, (.4,.3) wrong, (.5,.3) right -> 4 of 5
+    assert check["num_pairs"] == 11
+    assert check["accuracy"] == pytest.approx(7 / 11)

@@ -45,7 +45,13 @@ def test_parallel_stages_run_at_once_and_a_failure_blocks_only_what_needs_it(tmp
     assert got["bad"]["status"] == "failed" and "the reward server is down" in got["bad"]["errors"][0]
     assert f"(log: {bad_log})" in got["bad"]["errors"][0] and bad_log.is_file()
     assert got["after_bad"]["status"] == "skipped" and "needs stage bad" in got["after_bad"]["errors"][0]
-    assert "evaluating 2 policies on 8 held-out prompts" in log  # the evaluation ran once the stages had ended
+    # in parallel, each policy's evaluation is a process of its own, with its log, once its stage has ended
+    for name in ("setup", "sft", "dpo"):
+        assert (out / "seed-42" / "eval_logs" / f"{name}.log").is_file()
+    assert log.index("sft: completed in") < log.index("eval sft: started") < log.index("eval sft: done in")
+    assert log.index("dpo: completed in") < log.index("eval dpo: started")
+    assert "policies on 8 held-out prompts" in (out / "seed-42" / "eval_logs" / "setup.log").read_text()
+    assert got["sft"]["gold_reward_mean"] is not None and got["dpo"]["win_rate_vs_baseline"] is not None
 
 
 def two_stage_comparison(tmp_path: Path, model: Path) -> Path:
@@ -146,14 +152,15 @@ class ScriptedJobs:
     scheduler_dependencies = False
 
     def __init__(self, capacity, outcomes):
-        self.capacity, self.outcomes, self.log, self.active = capacity, outcomes, [], set()
+        self.capacity, self.outcomes, self.log, self.active, self.alone = capacity, outcomes, [], set(), {}
 
     def decide(self, task, progress):
         return False
 
-    def start(self, task, after, progress):
+    def start(self, task, after, progress, alone=False):
         self.active.add(task.key)
         self.log.append(("start", task.key, len(self.active)))
+        self.alone[task.key] = alone
 
     def poll(self, task):
         self.active.discard(task.key)
@@ -195,6 +202,21 @@ def test_the_task_loop_keeps_the_cap_retries_a_failed_job_once_and_skips_only_wh
     assert [t.attempts for t in tasks if t.key in ("reward", "ppo")] == [2, 2]
     assert "reward broke; submitting it once more" in capsys.readouterr().out
     assert next(t for t in tasks if t.key == "after_ppo").error == "needs eval setup, which failed (ppo broke)"
+
+
+def test_a_task_that_nothing_could_run_beside_takes_the_whole_machine():
+    """The first stage every other needs, and the last that waits on all, run alone; two ready at once do not."""
+    from workbench.comparison.run import Progress, Task, run_tasks
+
+    tasks = [
+        Task("pairs", "eval_setup", 0),
+        Task("dpo", "eval_setup", 0, needs={"pairs": "ok"}),
+        Task("kto", "eval_setup", 0, needs={"pairs": "ok"}),
+        Task("report", "eval_setup", 0, needs={"dpo": "any", "kto": "any"}),
+    ]
+    jobs = ScriptedJobs(2, {})
+    run_tasks(tasks, jobs, Progress(4))
+    assert jobs.alone == {"pairs": True, "dpo": False, "kto": False, "report": True}
 
 
 def test_the_slurm_example_comparison_reads_and_runs_its_rl_stages_after_sft_and_reward():

@@ -306,14 +306,18 @@ def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, Stage
 
 
 def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
-    """The reward stage's model against the gold judge on the baseline's held-out responses (both scored every one):
-    pairs of responses to one prompt whose gold rewards differ, ordered alike or not. Needs no held-out preference
+    """The reward stage's model against the gold judge on the baseline's held-out responses (both scored every one;
+    with its control, the baseline model's second set of samples too): pairs of responses to one prompt whose gold
+    rewards differ, ordered alike or not. Needs no held-out preference
     pairs, so it also judges a proxy RM trained on on-policy pairs whose evaluation data holds prompts only."""
     base = comparison.baseline_name
     if not (comparison.reward_stage and comparison.eval.gold_reward and base):
         return None
+    names = [base]
+    if comparison.external_baseline and comparison.control_name:  # the same model sampled again: more responses
+        names.append(comparison.control_name)
     groups: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
-    for row in samples_of(comparison, runs, base):
+    for row in [r for name in names for r in samples_of(comparison, runs, name)]:
         gold, judge = _value(row, "gold"), _value(row, "reward")
         if gold is not None and judge is not None:
             groups.setdefault((row["seed"], row["prompt_index"]), []).append((gold, judge, float(row["num_tokens"])))
@@ -322,7 +326,7 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
         return None
     return {
         "stage": comparison.reward_stage,
-        "responses_of": base,
+        "responses_of": " and ".join(f"`{n}`" for n in names if samples_of(comparison, runs, n)),
         "num_pairs": n,
         "accuracy": agree,
         "length_rule_accuracy": length,
@@ -332,7 +336,7 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
 def reward_vs_gold_line(check: dict[str, Any]) -> str:
     half = 1.96 * math.sqrt(0.25 / check["num_pairs"])
     return (
-        f"Reward model `{check['stage']}` against the gold judge on `{check['responses_of']}`'s held-out responses: of "
+        f"Reward model `{check['stage']}` against the gold judge on {check['responses_of']}'s held-out responses: of "
         f"{check['num_pairs']} pairs of responses to the same prompt whose gold rewards differ, it orders "
         f"{check['accuracy']:.3f} as the gold does; the length-only rule (longer wins) {check['length_rule_accuracy']:.3f}; "
         f"a coin 0.5 ± {half:.3f} (95%)."

@@ -65,7 +65,7 @@ def compare(comparison: Comparison, executor: str | None = None, max_parallel: i
     cfg = executor_config(comparison, executor, max_parallel)
     outcome = Outcome(comparison)
     progress = Progress(len(comparison.seeds) * len(comparison.stages))
-    outcome.runs, tasks = plan(comparison, jobs=cfg.kind != "local")
+    outcome.runs, tasks = plan(comparison, jobs=cfg.kind != "local" or (cfg.parallel or 1) > 1)
     if cfg.kind == "local":
         runner = LocalExecutor(comparison, outcome.runs, cfg.parallel or 1)
     else:

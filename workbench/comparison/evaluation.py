@@ -420,3 +420,40 @@ def collect(comparison: Comparison, seed: int, runs: dict[str, StageRun], errors
             run = baseline_run(comparison, seed, cfg, control)
             run.evaluation = saved_evaluation(comparison, runs, run)
             runs[run.stage.name] = run
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation as tasks of their own (Slurm or submitit jobs, or processes of a parallel local executor)
+
+
+def fresh_runs(runs: dict[str, StageRun]) -> dict[str, StageRun]:
+    """The seed's runs with each stage's outcome as its stage.json says now (the controller's copy was pickled
+    when the job was submitted, possibly before the stages it waits for had ended)."""
+    for run in runs.values():
+        state = read_json(run.run_dir / "stage.json")
+        if state.get("fingerprint") == run.fingerprint and state.get("status") in ("completed", "failed"):
+            run.status = "cached" if run.status == "cached" else state["status"]
+    return runs
+
+
+def evaluation_job(comparison: Comparison, seed: int, runs: dict[str, StageRun], kind: str, name: str | None) -> None:
+    """A seed's evaluation job: the shared part (`eval_setup`), or one policy's / the baseline model's."""
+    runs = fresh_runs(runs)
+    if kind == "eval_setup":
+        prepare_shared(comparison, seed, runs)
+    else:
+        evaluate_one(comparison, seed, runs, name)
+
+
+def collect_tasks(comparison: Comparison, runs_by_seed: dict[int, dict[str, StageRun]], tasks: list[Any]) -> None:
+    """Once every evaluation task has ended: each seed's evaluation from the files they wrote (nothing loaded)."""
+    for seed, runs in runs_by_seed.items():
+        errors = {}
+        for t in tasks:  # an evaluation that failed, or never ran although its stage is fine
+            evaluation_of_a_fine_stage = t.kind in ("eval_policy", "eval_baseline") and (t.run is None or t.run.ok)
+            if t.seed == seed and evaluation_of_a_fine_stage and t.state != "done":
+                errors[t.run.stage.name if t.run else BASELINE_ROW] = t.error or t.state
+        if any(t.seed == seed and t.kind == "eval_setup" and t.state == "failed" for t in tasks):
+            setup = next(t for t in tasks if t.seed == seed and t.kind == "eval_setup")
+            print(f"[seed {seed}] eval setup: failed - {setup.error}", flush=True)
+        collect(comparison, seed, runs, {k: v for k, v in errors.items() if k in runs or k == BASELINE_ROW})

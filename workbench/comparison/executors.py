@@ -9,14 +9,27 @@ methods.
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from workbench.comparison.run import Progress, Task, decide_cached, run_stage, train_ended, train_started
+from workbench.comparison.run import (
+    Progress,
+    Task,
+    decide_cached,
+    error_line,
+    evaluation_name,
+    run_stage,
+    train_ended,
+    train_started,
+)
 from workbench.comparison.types import Comparison, StageRun
 from workbench.config.comparison import ExecutorConfig
+from workbench.console import duration
 from workbench.data.pipeline import read_json
 
 
@@ -53,6 +66,11 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def evaluation_log(comparison: Comparison, task: Task) -> Path:
+    """Where an evaluation task's process writes: seed-N/eval_logs/NAME.log (`setup` for the shared part)."""
+    return comparison.output_dir / f"seed-{task.seed}" / "eval_logs" / f"{evaluation_name(task) or 'setup'}.log"
+
+
 def interrupted_line(task: Task) -> str:
     """What Ctrl-C left of a training stage: its last complete checkpoint, kept for the next run to resume from."""
     run = task.run
@@ -62,8 +80,11 @@ def interrupted_line(task: Task) -> str:
 
 
 class LocalExecutor:
-    """Stages as processes of this machine, `max_parallel` at once; a seed's evaluation in this process once its
-    stages have ended (as `compare` always did)."""
+    """Stages as processes of this machine, `max_parallel` at once. One at a time, a seed's evaluation runs in this
+    process once its stages have ended (as `compare` always did); in parallel, each policy's evaluation is a task of
+    its own, run as soon as its stage and the shared part are done, beside the stages still training. A task that
+    runs alone (nothing else could start until it ends, e.g. the first stage every other needs) gets the whole
+    machine rather than its share."""
 
     retries = 0
     scheduler_dependencies = False
@@ -77,29 +98,36 @@ class LocalExecutor:
         self.free: list[int] = list(range(max_parallel))
         self.slot: dict[str, int] = {}
         self.envs: list[dict[str, str] | None] = [None]
+        self.whole: dict[str, str] | None = None  # a task alone on the machine: every device or core
         if max_parallel > 1:
             overrides, line = device_shares(max_parallel, visible_gpus(), len(os.sched_getaffinity(0)))
             self.envs = [{**os.environ, **o} for o in overrides]
+            self.whole = {**os.environ, **device_shares(1, visible_gpus(), len(os.sched_getaffinity(0)))[0][0]}
             print(f"executor: local, up to {max_parallel} stages at once; {line}", flush=True)
 
     def decide(self, task: Task, progress: Progress) -> bool:
         return task.kind == "train" and decide_cached(task, progress)
 
-    def start(self, task: Task, after: list[Task], progress: Progress) -> None:
+    def start(self, task: Task, after: list[Task], progress: Progress, alone: bool = False) -> None:
         if task.kind == "evaluate":
             from workbench.comparison.evaluation import evaluate_seed
 
             evaluate_seed(self.comparison, task.seed, self.runs[task.seed])
             self.finished[task.key] = ("completed", None, False)
             return
-        train_started(task, progress)
+        if task.kind == "train":
+            train_started(task, progress)
         if self.capacity == 1:  # in this thread, exactly as `compare` always ran a stage (Ctrl-C included)
             run_stage(task.run)
             self.finished[task.key] = (task.run.status, task.run.error, False)
             return
         slot = self.free.pop(0)
         self.slot[task.key] = slot
-        thread = threading.Thread(target=self._train, args=(task, self.envs[slot]), name=task.key, daemon=True)
+        env = self.whole if alone else self.envs[slot]
+        if task.kind != "train":
+            print(f"[seed {task.seed}] {task.name}: started, log {evaluation_log(self.comparison, task)}", flush=True)
+        target = self._train if task.kind == "train" else self._evaluate
+        thread = threading.Thread(target=target, args=(task, env), name=task.key, daemon=True)
         self.threads[task.key] = thread
         thread.start()
 
@@ -110,6 +138,23 @@ class LocalExecutor:
         except Exception as exc:  # noqa: BLE001 - the stage fails, named; the comparison goes on
             outcome = ("failed", f"{type(exc).__name__}: {exc}", False)
         self.finished[task.key] = outcome
+        self.event.set()
+
+    def _evaluate(self, task: Task, env: dict[str, str] | None) -> None:
+        """An evaluation task in a process of its own with its share of the devices (comparison/evaljob.py)."""
+        log = evaluation_log(self.comparison, task)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        job = log.with_suffix(".pkl")
+        with open(job, "wb") as f:
+            pickle.dump((self.comparison, task.seed, self.runs[task.seed], task.kind, evaluation_name(task)), f)
+        t0 = time.time()
+        with open(log, "w", encoding="utf-8") as out:
+            cmd = [sys.executable, "-m", "workbench.comparison.evaljob", str(job)]
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        task.seconds = time.time() - t0
+        self.finished[task.key] = (
+            ("completed", None, False) if code == 0 else ("failed", f"{error_line(log)} (log: {log})", False)
+        )
         self.event.set()
 
     def poll(self, task: Task) -> tuple[str, str | None, bool] | None:
@@ -123,6 +168,17 @@ class LocalExecutor:
     def settled(self, task: Task, progress: Progress) -> None:
         if task.kind == "train" and task.state != "skipped":
             train_ended(task, progress)
+        elif task.kind != "train" and task.state == "done" and task.kind != "evaluate":
+            print(f"[seed {task.seed}] {task.name}: done in {duration(task.seconds)}", flush=True)
+        elif task.kind != "train" and task.state == "failed":
+            print(f"[seed {task.seed}] {task.name}: failed - {task.error}", flush=True)
+
+    def collect(self, tasks: list[Task]) -> None:
+        """With evaluation tasks (max_parallel > 1): each seed's evaluation from the files their processes wrote."""
+        if any(t.kind != "train" and t.kind != "evaluate" for t in tasks):
+            from workbench.comparison.evaluation import collect_tasks
+
+            collect_tasks(self.comparison, self.runs, tasks)
 
     def cancel(self, tasks: list[Task]) -> None:
         """Nothing waits here on a stage that failed: a local stage starts only once its needs have succeeded."""

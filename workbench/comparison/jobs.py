@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.comparison.evaluation import evaluation_job
 from workbench.comparison.run import (
     FINAL,
     Progress,
     Task,
     decide_cached,
+    evaluation_name,
     is_cached,
     plan,
     prepare_stage,
@@ -121,27 +123,6 @@ def stage_job(run: StageRun, cmd: list[str], env: dict[str, str], port: int | No
     if job.node == 0:
         record_stage(run, code, time.time() - t0, log_path)
     return code
-
-
-def fresh_runs(runs: dict[str, StageRun]) -> dict[str, StageRun]:
-    """The seed's runs with each stage's outcome as its stage.json says now (the controller's copy was pickled
-    when the job was submitted, possibly before the stages it waits for had ended)."""
-    for run in runs.values():
-        state = read_json(run.run_dir / "stage.json")
-        if state.get("fingerprint") == run.fingerprint and state.get("status") in ("completed", "failed"):
-            run.status = "cached" if run.status == "cached" else state["status"]
-    return runs
-
-
-def evaluation_job(comparison: Comparison, seed: int, runs: dict[str, StageRun], kind: str, name: str | None) -> None:
-    """A seed's evaluation job: the shared part (`eval_setup`), or one policy's / the baseline model's."""
-    from workbench.comparison import evaluation
-
-    runs = fresh_runs(runs)
-    if kind == "eval_setup":
-        evaluation.prepare_shared(comparison, seed, runs)
-    else:
-        evaluation.evaluate_one(comparison, seed, runs, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,15 +242,16 @@ class JobExecutor:
         executor.update_parameters(**params)
         return executor, params
 
-    def start(self, task: Task, after: list[Task], progress: Progress) -> None:
+    def start(self, task: Task, after: list[Task], progress: Progress, alone: bool = False) -> None:
         executor, _ = self.executor_for(task, after)
         if task.kind == "train":
             cmd = prepare_stage(task.run, retry=task.attempts > 1)
             job = executor.submit(stage_job, task.run, cmd, self.env, self.cfg.slurm.main_process_port)
             train_started(task, progress, how=f"job {job.job_id}")
         else:
-            name = task.run.stage.name if task.run else ("baseline" if task.kind == "eval_baseline" else None)
-            job = executor.submit(evaluation_job, self.comparison, task.seed, self.runs[task.seed], task.kind, name)
+            job = executor.submit(
+                evaluation_job, self.comparison, task.seed, self.runs[task.seed], task.kind, evaluation_name(task)
+            )
             print(f"[seed {task.seed}] {task.name}: job {job.job_id}", flush=True)
         self.jobs[task.key] = job
         task.job = {
@@ -335,18 +317,9 @@ class JobExecutor:
 
     def collect(self, tasks: list[Task]) -> None:
         """Once every job is in: each seed's evaluation from the files the jobs wrote (the controller loads nothing)."""
-        from workbench.comparison.evaluation import collect
+        from workbench.comparison.evaluation import collect_tasks
 
-        for seed, runs in self.runs.items():
-            errors = {}
-            for t in tasks:  # an evaluation that failed, or never ran although its stage is fine
-                evaluation_job_of_a_fine_stage = t.kind in ("eval_policy", "eval_baseline") and (t.run is None or t.run.ok)
-                if t.seed == seed and evaluation_job_of_a_fine_stage and t.state != "done":
-                    errors[t.run.stage.name if t.run else "baseline"] = t.error or t.state
-            if any(t.seed == seed and t.kind == "eval_setup" and t.state == "failed" for t in tasks):
-                setup = next(t for t in tasks if t.seed == seed and t.kind == "eval_setup")
-                print(f"[seed {seed}] eval setup: failed - {setup.error}", flush=True)
-            collect(self.comparison, seed, runs, {k: v for k, v in errors.items() if k in runs or k == "baseline"})
+        collect_tasks(self.comparison, self.runs, tasks)
 
 
 def visible_gpus_here() -> bool:

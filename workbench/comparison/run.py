@@ -199,6 +199,7 @@ class Task:
     job: dict[str, Any] | None = None  # the executor's record of the attempt under way (job id, logs)
     error: str | None = None
     prefix: str = ""  # the progress prefix of its start line, repeated on its end line
+    seconds: float = 0.0  # how long its last attempt ran, where the executor measures it
 
     @property
     def name(self) -> str:
@@ -211,6 +212,13 @@ class Task:
 
 
 FINAL = ("done", "failed", "skipped")
+
+
+def evaluation_name(task: Task) -> str | None:
+    """What an evaluation task evaluates: its stage, the `eval.baseline` model, or nothing (the shared part)."""
+    if task.run is not None:
+        return task.run.stage.name
+    return BASELINE_ROW if task.kind == "eval_baseline" else None
 
 
 def train_key(seed: int, stage: str) -> str:
@@ -292,7 +300,8 @@ def run_tasks(tasks: list[Task], executor: Any, progress: Progress) -> None:
     once, a task whose needs failed skipped (the others still run), a failed job retried `executor.retries` times.
 
     The executor: `capacity` (None: no cap), `retries`, `scheduler_dependencies`, `decide(task, progress)` (settle a
-    task without running it, e.g. cached: True), `start(task, after, progress)`, `poll(task)` -> None while it runs,
+    task without running it, e.g. cached: True), `start(task, after, progress, alone)` (`alone`: nothing else runs
+    or could start until it ends, so it may take the whole machine), `poll(task)` -> None while it runs,
     else (completed | failed, error, worth a retry), `settled(task, progress)`, `cancel(tasks)`, `wait()`,
     `interrupted(active tasks)`."""
     by_key = {t.key: t for t in tasks}
@@ -313,8 +322,12 @@ def run_tasks(tasks: list[Task], executor: Any, progress: Progress) -> None:
                     break  # in order: a later task does not overtake one waiting for room
                 task.attempts += 1
                 after = [by_key[k] for k, how in task.needs.items() if how == "ok" and by_key[k].state == "active"]
+                alone = not any(t.state == "active" for t in tasks) and not any(
+                    t is not task and t.state == "waiting" and readiness(t, by_key, executor.scheduler_dependencies) == "ready"
+                    for t in tasks
+                )
                 task.state = "active"
-                executor.start(task, after, progress)
+                executor.start(task, after, progress, alone)
             if any(t.state == "active" for t in tasks):
                 executor.wait()
     except KeyboardInterrupt:
