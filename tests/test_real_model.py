@@ -482,7 +482,8 @@ def test_ppo_log_probs_are_those_generation_sampled_from(smollm2, smol_tokenizer
 def test_pairs_from_the_chat_models_own_answers_to_hh_first_turns_labelled_by_sentiment(tmp_path, smollm2):
     """The first stage of the controlled-sentiment comparison (issue 27) on a few prompts: the first user turn of HH
     helpful-base dialogues with a system message asking for short answers, 4 answers each at T 0.7 within 64 tokens,
-    scored by VADER; each pair is the prompt's best finished answer against its worst, by the scores recomputed here."""
+    scored by VADER; each pair is the prompt's best finished answer against its worst answer (the recipe's
+    `rejected: any`), by the scores recomputed here."""
     need_shared()
     pytest.importorskip("vaderSentiment", reason="the sentiment extra (vaderSentiment) is not installed")
     from workbench.rewards.sentiment import sentiment
@@ -499,7 +500,7 @@ def test_pairs_from_the_chat_models_own_answers_to_hh_first_turns_labelled_by_se
         "data": {"sources": [{"path": str(data), "format": "hh-rlhf", "prompt_turns": "first", "system_prompt": system}],
                  "eval_split": 0.0, "max_length": 192},
         "generation": {"num_samples": 4, "max_new_tokens": 64, "temperature": 0.7, "batch_size": 16},
-        "train": {"min_margin": 0.2},
+        "train": {"min_margin": 0.2, "rejected": "any"},
         "tracking": {"mode": "disabled"},
         "output_dir": str(tmp_path / "pairs"),
         "seed": 0,
@@ -521,14 +522,18 @@ def test_pairs_from_the_chat_models_own_answers_to_hh_first_turns_labelled_by_se
     )
     assert sum(g["finished"] for g in generated) >= 4  # the instruct model ends many answers within 64 tokens
     pairs = [json.loads(line) for line in (run / "pairs.jsonl").read_text().splitlines()]
-    by_prompt: dict = {}
+    by_prompt: dict = {}  # finished scores, all scores
     for g in generated:
+        finished, every = by_prompt.setdefault(g["prompt_id"], ([], []))
+        every.append(g["score"])
         if g["finished"]:
-            by_prompt.setdefault(g["prompt_id"], []).append(g["score"])
-    for p in pairs:
-        assert (p["chosen_score"], p["rejected_score"]) == (max(by_prompt[p["prompt_id"]]), min(by_prompt[p["prompt_id"]]))
+            finished.append(g["score"])
+    for p in pairs:  # the recipe's `rejected: any`: the best finished answer against the worst of all four
+        finished, every = by_prompt[p["prompt_id"]]
+        assert (p["chosen_score"], p["rejected_score"]) == (max(finished), min(every))
         assert p["score_margin"] > 0.2 and p["prompt"][0]["content"] == system
     report = json.loads((run / "data_report.json").read_text())["pairs"]
-    assert report["pairs"] == len(pairs) and report["prompts"] == 8
-    assert report["pairs"] + report["skipped_no_finished"] + report["skipped_one_finished"] + report["skipped_small_margin"] == 8
-    assert report["skipped_no_finished"] == 8 - len(by_prompt)
+    assert report["pairs"] == len(pairs) and report["prompts"] == 8 and report["rejected"] == "any"
+    assert report["skipped_one_finished"] == 0  # with `any`, one finished answer is enough
+    assert report["pairs"] + report["skipped_no_finished"] + report["skipped_small_margin"] == 8
+    assert report["skipped_no_finished"] == sum(not f for f, _ in by_prompt.values())

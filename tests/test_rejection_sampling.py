@@ -65,6 +65,7 @@ def test_pairs_are_best_vs_worst_finished_with_a_margin_and_counted():
         "skipped_one_finished": 1,
         "skipped_small_margin": 1,
         "pairs": 2,
+        "rejected_unfinished": 0,
     }
     pairs, counts = select_pairs(groups, min_margin=0.5)  # p0's margin 0.4 is too small, p1's 0.6 is not
     assert pairs == [(1, 2, 1)] and counts.skipped_small_margin == 2
@@ -78,6 +79,31 @@ def test_pairs_are_best_vs_worst_finished_with_a_margin_and_counted():
     }
     assert pick_pair([Candidate("a", 1.0, False), Candidate("b", 0.0, True)]) is None
     assert pick(groups[2].candidates, "best") == [] and pick(groups[0].candidates, "top_k", top_k=5) == [2, 0]
+
+
+def test_pairs_may_reject_a_response_cut_at_the_cap_but_never_choose_one():
+    """`rejected: any`: the best finished response against the worst of all. p5 (0.7 F, 0.1 U, 0.4 F) rejects its cut
+    0.1 where `finished` rejects 0.4; p3's only finished response (0.3) is its worst, so no pair (margin 0)."""
+    groups = [
+        *hand_groups(),
+        Group("p5", [Candidate("c50", 0.7, True), Candidate("c51", 0.1, False), Candidate("c52", 0.4, True)]),
+    ]
+    pairs, counts = select_pairs(groups, rejected="any")
+    assert pairs == [(0, 2, 0), (1, 2, 1), (5, 0, 1)]
+    assert counts.to_dict() == {
+        "prompts": 6,
+        "skipped_no_finished": 1,
+        "skipped_one_finished": 0,
+        "skipped_small_margin": 2,
+        "pairs": 3,
+        "rejected_unfinished": 1,
+    }
+    assert select_pairs(groups)[0] == [(0, 2, 0), (1, 2, 1), (5, 0, 2)]
+    assert select_pairs(groups, min_margin=0.55, rejected="any")[0] == [(1, 2, 1), (5, 0, 1)]  # 0.6 and 0.6 > 0.55
+    # one finished response beats a cut one: a pair only with `any`
+    one = [Candidate("a", 0.2, False), Candidate("b", 0.9, True)]
+    assert pick_pair(one) is None and pick_pair(one, rejected="any") == (1, 0)
+    assert pick_pair([Candidate("a", 0.9, False), Candidate("b", 0.2, True)], rejected="any") is None  # never chosen
 
 
 def test_generation_is_deterministic_and_resumable_by_batch(tiny_model, tokenizer):

@@ -1,8 +1,10 @@
 """Which sampled completions are kept: by score, among the completions the model finished.
 
-A completion cut at `max_new_tokens` is never kept. Fine-tuning on it, or using it as either side of a
-preference pair, appends an EOS the model never sampled and teaches it to stop at the length cap. Rejection
-sampling and on-policy preference pairs select through these functions, so both skip and count alike.
+A completion cut at `max_new_tokens` is never kept. Fine-tuning on it, or using it as the chosen side of a
+preference pair, appends an EOS the model never sampled and teaches it to stop at the length cap. As the rejected
+side (pairs' `rejected: any`) it teaches the opposite: that running on past the cap is worse than an answer that
+ends. Rejection sampling and on-policy preference pairs select through these functions, so both skip and count
+alike.
 Pure functions over (prompt, [completion, score, finished]) groups; the rules on scores are in `losses`.
 """
 
@@ -15,6 +17,7 @@ from typing import Any, Literal
 from workbench import losses
 
 Rule = Literal["best", "top_k", "threshold"]
+Rejected = Literal["finished", "any"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,21 @@ def pick(candidates: Sequence[Candidate], rule: Rule, top_k: int = 1, threshold:
     return [done[i] for i in local]
 
 
-def pick_pair(candidates: Sequence[Candidate], min_margin: float = 0.0) -> tuple[int, int] | None:
-    """(chosen, rejected): the best and the worst finished completion, or None unless best - worst > min_margin
-    (a tie is never a preference)."""
+def pick_pair(
+    candidates: Sequence[Candidate], min_margin: float = 0.0, rejected: Rejected = "finished"
+) -> tuple[int, int] | None:
+    """(chosen, rejected): the best finished completion against the worst one (`rejected: finished`: the worst
+    finished one; `any`: the worst of all, a completion cut at the cap included), or None unless best - worst >
+    min_margin (a tie is never a preference)."""
     done = finished_indices(candidates)
-    found = losses.best_worst_pair([candidates[i].score for i in done], min_margin) if len(done) >= 2 else None
-    return (done[found[0]], done[found[1]]) if found else None
+    if rejected == "finished":
+        found = losses.best_worst_pair([candidates[i].score for i in done], min_margin) if len(done) >= 2 else None
+        return (done[found[0]], done[found[1]]) if found else None
+    if not done:
+        return None
+    best = done[losses.best_of_n([candidates[i].score for i in done])]
+    worst = min(range(len(candidates)), key=lambda i: (candidates[i].score, i))
+    return (best, worst) if candidates[best].score - candidates[worst].score > min_margin else None
 
 
 @dataclass
@@ -109,25 +121,30 @@ class PairCounts:
     prompts: int = 0
     skipped_no_finished: int = 0  # no finished completion
     skipped_one_finished: int = 0  # one finished completion: nothing to compare it with
-    skipped_small_margin: int = 0  # best - worst of the finished completions <= min_margin
+    skipped_small_margin: int = 0  # best (finished) - worst <= min_margin
     pairs: int = 0
+    rejected_unfinished: int = 0  # pairs whose rejected side was cut at the cap (`rejected: any` only)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-def select_pairs(groups: Sequence[Group], min_margin: float = 0.0) -> tuple[list[tuple[int, int, int]], PairCounts]:
-    """((group index, chosen index, rejected index) per pair, counts); both sides of every pair are finished."""
+def select_pairs(
+    groups: Sequence[Group], min_margin: float = 0.0, rejected: Rejected = "finished"
+) -> tuple[list[tuple[int, int, int]], PairCounts]:
+    """((group index, chosen index, rejected index) per pair, counts); the chosen side is always finished, the
+    rejected side too unless `rejected: any`."""
     counts = PairCounts(prompts=len(groups))
     out: list[tuple[int, int, int]] = []
     for g, group in enumerate(groups):
         finished = len(finished_indices(group.candidates))
-        pair = pick_pair(group.candidates, min_margin)
+        pair = pick_pair(group.candidates, min_margin, rejected)
         if pair is not None:
             out.append((g, *pair))
+            counts.rejected_unfinished += not group.candidates[pair[1]].finished
         elif finished == 0:
             counts.skipped_no_finished += 1
-        elif finished == 1:
+        elif finished == 1 and rejected == "finished":
             counts.skipped_one_finished += 1
         else:
             counts.skipped_small_margin += 1

@@ -46,6 +46,14 @@ class PairsConfig:
             "prompts at or below it are skipped and counted (a tie is never a preference)."
         },
     )
+    rejected: Literal["finished", "any"] = field(
+        default="finished",
+        metadata={
+            "help": "The rejected side: the worst finished response (`finished`), or the worst of all, a response cut "
+            "at max_new_tokens included (`any`: prompts with one finished response give pairs too, and training on "
+            "them favours answers that end; the chosen side is always finished)."
+        },
+    )
 
 
 SAMPLERS = ["random", "sequential", "group_by_length", "batch_rebalance"]  # TrainingArguments' choices

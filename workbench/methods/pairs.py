@@ -1,10 +1,11 @@
 """On-policy preference pairs: `generation.num_samples` responses per training prompt from `model`, scored by the
-reward source; each prompt's best finished response against its worst, when best - worst > `train.min_margin`.
+reward source; each prompt's best finished response against its worst (finished, or any with `train.rejected: any`),
+when best - worst > `train.min_margin`.
 
 Writes OUTPUT_DIR/pairs.jsonl, preference rows that a DPO, reward or KTO recipe reads unchanged (a comparison
 stage reads them with `data_from`), and trains nothing. Generation and scoring are the samples stages rejection
 sampling uses (methods/samples.py: batched, resumable, fingerprinted); the choice is `selection.select_pairs`,
-so both sides of every pair are responses the model ended itself, and every skipped prompt is counted.
+so the chosen side of every pair is a response the model ended itself, and every skipped prompt is counted.
 """
 
 from __future__ import annotations
@@ -57,14 +58,15 @@ def run(ctx: RunContext) -> RunResult:
     from workbench.context import RunResult
 
     refuse_method_problems(ctx.recipe, ctx.world_size)  # before any generation
-    min_margin = float(effective_train(ctx.recipe)["min_margin"])
+    train = effective_train(ctx.recipe)
+    min_margin, rejected = float(train["min_margin"]), train["rejected"]
     samples, metrics = draw_samples(ctx, "pairs")
     rows = read_jsonl(samples / "generations.jsonl")
     grouped = group_by_prompt(rows)
     groups = as_groups(grouped)
-    made, counts = selection.select_pairs(groups, min_margin)
+    made, counts = selection.select_pairs(groups, min_margin, rejected)
     pairs = pair_rows(grouped, groups, made)
-    report = pairs_report(rows, pairs, counts, min_margin)
+    report = {**pairs_report(rows, pairs, counts, min_margin), "rejected": rejected}
     if ctx.is_main:
         write_jsonl(ctx.run_dir / OUTPUT, pairs)
         data_report = ctx.run_dir / "data_report.json"
