@@ -161,9 +161,12 @@ def test_the_reward_model_is_checked_on_the_baseline_models_samples_and_its_cont
         run.evaluation = {"gold_reward_mean": 0.0}
         runs[name] = run
     check = reward_vs_gold(comparison, {0: runs})
-    assert check["responses_of"] == "`baseline` and `baseline@control`"
+    assert check["responses_of"] == ["baseline", "baseline@control"]
     # prompt 0: golds .9 .1 .8 .2, rewards 2 1 .5 3: (.9,.1) right, (.9,.8) right, (.9,.2) wrong, (.1,.8) wrong,
     # (.1,.2) right, (.8,.2) wrong -> 3 of 6; prompt 1: golds .5 .4 .5 .3, rewards 1 0 1 .5: the two .5s tie in gold
     # (no pair); (.5,.4) right, (.5,.3) right, (.4,.5) right, (.4,.3) wrong, (.5,.3) right -> 4 of 5
-    assert check["num_pairs"] == 11
+    assert check["num_pairs"] == 11 and check["num_prompts"] == 2
     assert check["accuracy"] == pytest.approx(7 / 11)
+    # clustered by prompt: residuals 3 - 6 * 7/11 = -9/11 and 4 - 5 * 7/11 = +9/11, se = sqrt(2 * 162/121) / 11 = 18/121;
+    # t(1 df) 12.706205
+    assert check["accuracy_interval"] == pytest.approx([7 / 11 - 12.706205 * 18 / 121, 7 / 11 + 12.706205 * 18 / 121])

@@ -46,11 +46,12 @@ def test_parallel_stages_run_at_once_and_a_failure_blocks_only_what_needs_it(tmp
     assert f"(log: {bad_log})" in got["bad"]["errors"][0] and bad_log.is_file()
     assert got["after_bad"]["status"] == "skipped" and "needs stage bad" in got["after_bad"]["errors"][0]
     # in parallel, each policy's evaluation is a process of its own, with its log, once its stage has ended
-    for name in ("setup", "sft", "dpo"):
-        assert (out / "seed-42" / "eval_logs" / f"{name}.log").is_file()
+    for log_file in ("eval_shared.log", "eval_logs/sft.log", "eval_logs/dpo.log"):
+        assert (out / "seed-42" / log_file).is_file()
+    assert not list((out / "seed-42" / "eval_logs").glob("*.pkl"))  # each job's pickle is removed once it ends
     assert log.index("sft: completed in") < log.index("eval sft: started") < log.index("eval sft: done in")
     assert log.index("dpo: completed in") < log.index("eval dpo: started")
-    assert "policies on 8 held-out prompts" in (out / "seed-42" / "eval_logs" / "setup.log").read_text()
+    assert "policies on 8 held-out prompts" in (out / "seed-42" / "eval_shared.log").read_text()
     assert got["sft"]["gold_reward_mean"] is not None and got["dpo"]["win_rate_vs_baseline"] is not None
 
 
@@ -217,6 +218,20 @@ def test_a_task_that_nothing_could_run_beside_takes_the_whole_machine():
     jobs = ScriptedJobs(2, {})
     run_tasks(tasks, jobs, Progress(4))
     assert jobs.alone == {"pairs": True, "dpo": False, "kto": False, "report": True}
+
+    # a fails: t (needs it ended) is ready, y (needs it to succeed) is skipped, which makes z (needs y ended) ready in
+    # the same pass, so t is not alone: z starts beside it
+    tasks = [
+        Task("a", "eval_setup", 0),
+        Task("t", "eval_setup", 0, needs={"a": "any"}),
+        Task("y", "eval_setup", 0, needs={"a": "ok"}),
+        Task("z", "eval_setup", 0, needs={"y": "any"}),
+    ]
+    jobs = ScriptedJobs(2, {"a": ["failed"]})
+    jobs.retries = 0
+    run_tasks(tasks, jobs, Progress(4))
+    assert jobs.alone == {"a": True, "t": False, "z": False}
+    assert [t.state for t in tasks] == ["failed", "done", "skipped", "done"]
 
 
 def test_the_slurm_example_comparison_reads_and_runs_its_rl_stages_after_sft_and_reward():

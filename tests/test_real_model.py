@@ -537,3 +537,6 @@ def test_pairs_from_the_chat_models_own_answers_to_hh_first_turns_labelled_by_se
     assert report["skipped_one_finished"] == 0  # with `any`, one finished answer is enough
     assert report["pairs"] + report["skipped_no_finished"] + report["skipped_small_margin"] == 8
     assert report["skipped_no_finished"] == sum(not f for f, _ in by_prompt.values())
+    cut = {(g["prompt_id"], json.dumps(g["completion"])) for g in generated if not g["finished"]}
+    assert report["rejected_unfinished"] == sum((p["prompt_id"], json.dumps(p["rejected"])) in cut for p in pairs)
+    assert not any((p["prompt_id"], json.dumps(p["chosen"])) in cut for p in pairs)  # never a cut answer chosen

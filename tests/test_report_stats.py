@@ -208,3 +208,13 @@ def test_order_agreement_counts_pairs_whose_gold_differs_with_ties_of_the_judge_
     # length: (a, b) a shorter but better: wrong; (a, c) wrong; (b, c) b longer and better: right; prompt 3 right
     assert length == pytest.approx((0 + 0 + 1 + 1) / 4)
     assert S.order_agreement([[(0.1, 1.0, 1.0)]])[0] == 0
+
+
+def test_a_share_over_prompts_gets_a_cluster_robust_interval():
+    # prompt hits / totals: 3/6, 4/5, 1/1 -> 8/12; residuals h - r t: 3 - 4 = -1, 4 - 10/3 = 2/3, 1 - 2/3 = 1/3
+    # se = sqrt(3/2 * (1 + 4/9 + 1/9)) / 12 = sqrt(7/3) / 12 = 0.127294; t(2 df) 4.302653
+    est = S.clustered_share([3, 4, 1, 0], [6, 5, 1, 0])  # a prompt with no pair does not count
+    assert est.mean == pytest.approx(8 / 12) and (est.num_clusters, est.num_values) == (3, 12)
+    assert est.stderr == pytest.approx(math.sqrt(7 / 3) / 12)
+    assert est.high - est.mean == pytest.approx(4.302653 * math.sqrt(7 / 3) / 12, abs=1e-6)
+    assert math.isnan(S.clustered_share([1], [2]).stderr)  # one prompt: no spread to measure

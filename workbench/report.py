@@ -308,7 +308,7 @@ def reward_model_summary(comparison: Comparison, runs: dict[int, dict[str, Stage
 def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]]) -> dict[str, Any] | None:
     """The reward stage's model against the gold judge on the baseline's held-out responses (both scored every one;
     with its control, the baseline model's second set of samples too): pairs of responses to one prompt whose gold
-    rewards differ, ordered alike or not. Needs no held-out preference
+    rewards differ, ordered alike or not, with intervals clustered by prompt (a prompt's pairs share responses). Needs no held-out preference
     pairs, so it also judges a proxy RM trained on on-policy pairs whose evaluation data holds prompts only."""
     base = comparison.baseline_name
     if not (comparison.reward_stage and comparison.eval.gold_reward and base):
@@ -321,25 +321,34 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
         gold, judge = _value(row, "gold"), _value(row, "reward")
         if gold is not None and judge is not None:
             groups.setdefault((row["seed"], row["prompt_index"]), []).append((gold, judge, float(row["num_tokens"])))
-    n, agree, length = S.order_agreement(list(groups.values()))
-    if not n:
+    counts = [S.group_agreement(g) for g in groups.values()]
+    totals = [c[0] for c in counts]
+    if not sum(totals):
         return None
+    judge, length = S.clustered_share([c[1] for c in counts], totals), S.clustered_share([c[2] for c in counts], totals)
     return {
         "stage": comparison.reward_stage,
-        "responses_of": " and ".join(f"`{n}`" for n in names if samples_of(comparison, runs, n)),
-        "num_pairs": n,
-        "accuracy": agree,
-        "length_rule_accuracy": length,
+        "responses_of": [n for n in names if samples_of(comparison, runs, n)],
+        "num_pairs": sum(totals),
+        "num_prompts": judge.num_clusters,
+        "accuracy": judge.mean,
+        "accuracy_interval": [judge.low, judge.high],
+        "length_rule_accuracy": length.mean,
+        "length_rule_interval": [length.low, length.high],
     }
 
 
 def reward_vs_gold_line(check: dict[str, Any]) -> str:
-    half = 1.96 * math.sqrt(0.25 / check["num_pairs"])
+    def share(key: str) -> str:
+        low, high = check[f"{key}_interval"]
+        return f"{check[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+    whose = " and ".join(f"`{n}`" for n in check["responses_of"])
     return (
-        f"Reward model `{check['stage']}` against the gold judge on {check['responses_of']}'s held-out responses: of "
-        f"{check['num_pairs']} pairs of responses to the same prompt whose gold rewards differ, it orders "
-        f"{check['accuracy']:.3f} as the gold does; the length-only rule (longer wins) {check['length_rule_accuracy']:.3f}; "
-        f"a coin 0.5 ± {half:.3f} (95%)."
+        f"Reward model `{check['stage']}` against the gold judge on {whose}'s held-out responses: of "
+        f"{check['num_pairs']} pairs of responses to the same prompt whose gold rewards differ ({check['num_prompts']} "
+        f"prompts), it orders {share('accuracy')} as the gold does; the length-only rule (longer wins) "
+        f"{share('length_rule_accuracy')}; a coin 0.5 (95% intervals clustered by prompt)."
     )
 
 

@@ -522,19 +522,40 @@ def length_controlled(
     return LengthControlled(lc, lc_low, lc_high, raw, raw_low, raw_high, gap_low, gap_high)
 
 
-def order_agreement(groups: Sequence[Sequence[tuple[float, float, float]]]) -> tuple[int, float, float]:
-    """Responses to one prompt per group, each (gold, judge, length): over every pair whose gold scores differ, the
-    share a judge orders as the gold does and the share the length rule (longer is better) does, ties counted half.
-    A proxy reward model's agreement with the gold on fresh, on-policy responses, beside the rule it must beat."""
+def group_agreement(group: Sequence[tuple[float, float, float]]) -> tuple[int, float, float]:
+    """One prompt's responses, each (gold, judge, length): (pairs whose gold scores differ, how many of them the
+    judge orders as the gold does, how many the length rule (longer is better) does), ties counted half."""
     n, judge, length = 0, 0.0, 0.0
-    for group in groups:
-        for i in range(len(group)):
-            for j in range(i + 1, len(group)):
-                (ga, ja, la), (gb, jb, lb) = group[i], group[j]
-                if ga == gb:
-                    continue
-                sign = 1.0 if ga > gb else -1.0
-                n += 1
-                judge += 0.5 if ja == jb else float((ja - jb) * sign > 0)
-                length += 0.5 if la == lb else float((la - lb) * sign > 0)
-    return n, (judge / n if n else math.nan), (length / n if n else math.nan)
+    for i in range(len(group)):
+        for j in range(i + 1, len(group)):
+            (ga, ja, la), (gb, jb, lb) = group[i], group[j]
+            if ga == gb:
+                continue
+            sign = 1.0 if ga > gb else -1.0
+            n += 1
+            judge += 0.5 if ja == jb else float((ja - jb) * sign > 0)
+            length += 0.5 if la == lb else float((la - lb) * sign > 0)
+    return n, judge, length
+
+
+def order_agreement(groups: Sequence[Sequence[tuple[float, float, float]]]) -> tuple[int, float, float]:
+    """Responses to one prompt per group: over every pair whose gold scores differ, the share a judge orders as the
+    gold does and the share the length rule does (group_agreement). A proxy reward model's agreement with the gold
+    on fresh, on-policy responses, beside the rule it must beat."""
+    counts = [group_agreement(g) for g in groups]
+    n = sum(c[0] for c in counts)
+    return n, (sum(c[1] for c in counts) / n if n else math.nan), (sum(c[2] for c in counts) / n if n else math.nan)
+
+
+def clustered_share(hits: Sequence[float], totals: Sequence[float], level: float = 0.95) -> Estimate:
+    """sum(hits) / sum(totals) over clusters (a prompt's pairs of responses share responses, so they are not
+    independent), with the linearised cluster-robust standard error sqrt(k/(k-1) * sum((h - r t)^2)) / sum(t) and
+    a t interval on k - 1 degrees of freedom, k the clusters with a total."""
+    kept = [(h, t) for h, t in zip(hits, totals) if t > 0]
+    k, total = len(kept), sum(t for _, t in kept)
+    ratio = sum(h for h, _ in kept) / total if total else math.nan
+    if k < 2:
+        return Estimate(ratio, math.nan, math.nan, math.nan, k, int(total))
+    stderr = math.sqrt(k / (k - 1) * sum((h - ratio * t) ** 2 for h, t in kept)) / total
+    half = t_quantile(k - 1, 0.5 + level / 2) * stderr
+    return Estimate(ratio, stderr, ratio - half, ratio + half, k, int(total))

@@ -18,7 +18,7 @@ def main(path: str) -> int:
     try:
         evaluation_job(comparison, seed, runs, kind, name)
     except WorkbenchError as exc:
-        print(f"error: {exc}", flush=True)
+        print(f"error: {str(exc).removeprefix('evaluation: ')}", flush=True)  # the report adds `evaluation:`
         return 1
     return 0
 

@@ -67,8 +67,10 @@ def visible_gpus() -> list[str]:
 
 
 def evaluation_log(comparison: Comparison, task: Task) -> Path:
-    """Where an evaluation task's process writes: seed-N/eval_logs/NAME.log (`setup` for the shared part)."""
-    return comparison.output_dir / f"seed-{task.seed}" / "eval_logs" / f"{evaluation_name(task) or 'setup'}.log"
+    """Where an evaluation task's process writes: seed-N/eval_logs/NAME.log, the shared part seed-N/eval_shared.log."""
+    name = evaluation_name(task)
+    seed_dir = comparison.output_dir / f"seed-{task.seed}"
+    return seed_dir / "eval_logs" / f"{name}.log" if name else seed_dir / "eval_shared.log"
 
 
 def interrupted_line(task: Task) -> str:
@@ -82,7 +84,8 @@ def interrupted_line(task: Task) -> str:
 class LocalExecutor:
     """Stages as processes of this machine, `max_parallel` at once. One at a time, a seed's evaluation runs in this
     process once its stages have ended (as `compare` always did); in parallel, each policy's evaluation is a task of
-    its own, run as soon as its stage and the shared part are done, beside the stages still training. A task that
+    its own, a process beside the stages still training, started in order once its stage and the shared part are
+    done and a slot is free (a current eval.json counts as done). A task that
     runs alone (nothing else could start until it ends, e.g. the first stage every other needs) gets the whole
     machine rather than its share."""
 
@@ -97,6 +100,7 @@ class LocalExecutor:
         self.stopping = False
         self.free: list[int] = list(range(max_parallel))
         self.slot: dict[str, int] = {}
+        self.procs: dict[str, subprocess.Popen] = {}  # evaluation processes under way
         self.envs: list[dict[str, str] | None] = [None]
         self.whole: dict[str, str] | None = None  # a task alone on the machine: every device or core
         if max_parallel > 1:
@@ -106,7 +110,18 @@ class LocalExecutor:
             print(f"executor: local, up to {max_parallel} stages at once; {line}", flush=True)
 
     def decide(self, task: Task, progress: Progress) -> bool:
-        return task.kind == "train" and decide_cached(task, progress)
+        """A cached stage, or a policy's evaluation whose eval.json is current, is done without running."""
+        if task.kind == "train":
+            return decide_cached(task, progress)
+        if task.kind == "eval_policy":
+            from workbench.comparison.evaluation import saved_evaluation
+
+            runs = self.runs[task.seed]
+            if saved_evaluation(self.comparison, runs, task.run) is not None:
+                task.state = "done"
+                print(f"[seed {task.seed}] {task.name}: evaluation cached", flush=True)
+                return True
+        return False
 
     def start(self, task: Task, after: list[Task], progress: Progress, alone: bool = False) -> None:
         if task.kind == "evaluate":
@@ -143,18 +158,26 @@ class LocalExecutor:
     def _evaluate(self, task: Task, env: dict[str, str] | None) -> None:
         """An evaluation task in a process of its own with its share of the devices (comparison/evaljob.py)."""
         log = evaluation_log(self.comparison, task)
-        log.parent.mkdir(parents=True, exist_ok=True)
         job = log.with_suffix(".pkl")
-        with open(job, "wb") as f:
-            pickle.dump((self.comparison, task.seed, self.runs[task.seed], task.kind, evaluation_name(task)), f)
         t0 = time.time()
-        with open(log, "w", encoding="utf-8") as out:
-            cmd = [sys.executable, "-m", "workbench.comparison.evaljob", str(job)]
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        task.seconds = time.time() - t0
-        self.finished[task.key] = (
-            ("completed", None, False) if code == 0 else ("failed", f"{error_line(log)} (log: {log})", False)
-        )
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(job, "wb") as f:
+                pickle.dump((self.comparison, task.seed, self.runs[task.seed], task.kind, evaluation_name(task)), f)
+            with open(log, "w", encoding="utf-8") as out:
+                cmd = [sys.executable, "-m", "workbench.comparison.evaljob", str(job)]
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+                self.procs[task.key] = proc
+                code = proc.wait()
+            said = error_line(log).removeprefix("error: ")
+            outcome = ("completed", None, False) if code == 0 else ("failed", f"exit code {code}: {said} (log: {log})", False)
+        except Exception as exc:  # noqa: BLE001 - the evaluation fails, named; the comparison goes on
+            outcome = ("failed", f"{type(exc).__name__}: {exc}", False)
+        finally:
+            job.unlink(missing_ok=True)
+            self.procs.pop(task.key, None)
+            task.seconds = time.time() - t0
+        self.finished[task.key] = outcome
         self.event.set()
 
     def poll(self, task: Task) -> tuple[str, str | None, bool] | None:
@@ -193,6 +216,8 @@ class LocalExecutor:
         """Ctrl-C reached every stage process too: each records `interrupted` and stops; wait for them, then say
         what each kept."""
         self.stopping = True
+        for proc in list(self.procs.values()):  # Ctrl-C may have reached this process alone
+            proc.terminate()
         deadline = time.time() + 90
         for task in active:
             thread = self.threads.get(task.key)

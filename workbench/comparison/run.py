@@ -251,14 +251,17 @@ def plan(comparison: Comparison, jobs: bool) -> tuple[dict[int, dict[str, StageR
 
 def evaluation_tasks(comparison: Comparison, seed: int, runs: dict[str, StageRun]) -> list[Task]:
     """A seed's evaluation as jobs: the shared part (inputs, the reward model's held-out accuracy, the baseline's
-    samples and the reference's log-probs of the pairs, on disk) once the baseline and reward stages have ended, then
+    samples and the reference's log-probs of the pairs, on disk) once the baseline and reward stages and the first
+    policy (whose data the held-out inputs come from) have ended, then
     each policy's evaluation once it and the shared part are done, and the `eval.baseline` model's."""
     policies = [r for r in runs.values() if r.method in POLICY_METHODS and r.stage.evaluate]
     if not policies:
         return []
     related = {n: runs[n].fingerprint for n in (comparison.baseline_stage, comparison.reward_stage) if n in runs}
     settings = stable_hash([related, dataclasses.asdict(comparison.eval)])[:16]
-    setup = Task(f"seed-{seed}:eval-setup", "eval_setup", seed, needs={train_key(seed, n): "any" for n in related})
+    # the held-out inputs come from the first policy's data (evaluation.seed_eval): it must have ended first
+    waits = [*related, policies[0].stage.name]
+    setup = Task(f"seed-{seed}:eval-setup", "eval_setup", seed, needs={train_key(seed, n): "any" for n in waits})
     setup.fingerprint = settings
     tasks = [setup]
     for run in policies:
@@ -311,11 +314,9 @@ def run_tasks(tasks: list[Task], executor: Any, progress: Progress) -> None:
                 outcome = executor.poll(task)
                 if outcome is not None:
                     settle(task, *outcome, tasks, by_key, executor, progress)
+            skip_blocked(tasks, by_key, executor, progress)  # first: what a skip makes ready counts for `alone`
             for task in [t for t in tasks if t.state == "waiting"]:
                 verdict = readiness(task, by_key, executor.scheduler_dependencies)
-                if verdict == "blocked":
-                    skip(task, by_key, executor, progress)
-                    continue
                 if verdict == "wait" or executor.decide(task, progress):
                     continue
                 if executor.capacity is not None and sum(t.state == "active" for t in tasks) >= executor.capacity:
@@ -364,6 +365,15 @@ def settle(
         return
     task.state, task.error = "failed", error
     executor.settled(task, progress)
+
+
+def skip_blocked(tasks: list[Task], by_key: dict[str, Task], executor: Any, progress: Progress) -> None:
+    """Skip every waiting task whose `ok` need failed or was skipped, and what that blocks in turn."""
+    while blocked := [
+        t for t in tasks if t.state == "waiting" and readiness(t, by_key, executor.scheduler_dependencies) == "blocked"
+    ]:
+        for task in blocked:
+            skip(task, by_key, executor, progress)
 
 
 def skip(task: Task, by_key: dict[str, Task], executor: Any, progress: Progress) -> None:
