@@ -334,7 +334,7 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
         "accuracy": judge.mean,
         "accuracy_interval": [judge.low, judge.high],
         "length_rule_accuracy": length.mean,
-        "length_rule_interval": [length.low, length.high],
+        "length_rule_accuracy_interval": [length.low, length.high],
     }
 
 
