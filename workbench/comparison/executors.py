@@ -85,9 +85,8 @@ class LocalExecutor:
     """Stages as processes of this machine, `max_parallel` at once. One at a time, a seed's evaluation runs in this
     process once its stages have ended (as `compare` always did); in parallel, each policy's evaluation is a task of
     its own, a process beside the stages still training, started in order once its stage and the shared part are
-    done and a slot is free (a current eval.json counts as done). A task that
-    runs alone (nothing else could start until it ends, e.g. the first stage every other needs) gets the whole
-    machine rather than its share."""
+    done and a slot is free (a current eval.json counts as done). A task that runs alone (nothing else could start
+    until it ends, e.g. the first stage every other needs) gets the whole machine rather than its share."""
 
     retries = 0
     scheduler_dependencies = False
