@@ -316,8 +316,9 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
     names = [base]
     if comparison.external_baseline and comparison.control_name:  # the same model sampled again: more responses
         names.append(comparison.control_name)
+    samples = {name: samples_of(comparison, runs, name) for name in names}  # each eval_samples.jsonl read once
     groups: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
-    for row in [r for name in names for r in samples_of(comparison, runs, name)]:
+    for row in [r for rows in samples.values() for r in rows]:
         gold, judge = _value(row, "gold"), _value(row, "reward")
         if gold is not None and judge is not None:
             groups.setdefault((row["seed"], row["prompt_index"]), []).append((gold, judge, float(row["num_tokens"])))
@@ -328,7 +329,7 @@ def reward_vs_gold(comparison: Comparison, runs: dict[int, dict[str, StageRun]])
     judge, length = S.clustered_share([c[1] for c in counts], totals), S.clustered_share([c[2] for c in counts], totals)
     return {
         "stage": comparison.reward_stage,
-        "responses_of": [n for n in names if samples_of(comparison, runs, n)],
+        "responses_of": [n for n, rows in samples.items() if rows],
         "num_pairs": sum(totals),
         "num_prompts": judge.num_clusters,
         "accuracy": judge.mean,
